@@ -1,0 +1,71 @@
+"""Exact comparison of a policy q with the enumerated posterior pi*.
+
+All sums run over the posterior's table; q's mass outside it (``q_outside``) makes
+KL(q || pi*) infinite and counts fully in the total variation::
+
+    KL(q || pi*)  = sum_x q log(q / pi*)
+    KL(pi* || q)  = sum_x pi* log(pi* / q)
+    TV            = (sum_x |q - pi*| + q_outside) / 2
+    J(q)          = E_q[r] - beta KL(q || pi0) = beta (log Z - KL(q || pi*))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bayes_rlhf.errors import TokenizerMismatchError
+from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.models.causal_lm import CausalLM
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Exact divergences between a policy q and pi* (nats) and q's RL objective."""
+
+    kl_q_posterior: float
+    kl_posterior_q: float
+    total_variation: float
+    objective: float
+    optimal_objective: float
+    mean_reward: float
+    kl_q_prior: float
+    q_outside: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def policy_log_probs(policy: CausalLM, posterior: ExactPosterior, batch_size: int = 1024) -> torch.Tensor:
+    """log q(x) [K] (float64) for every completion in the posterior's table."""
+    if not policy.same_tokenizer(posterior.lm):
+        raise TokenizerMismatchError("the policy's tokenizer differs from the prior's; compare policies "
+                                     "fine-tuned from the same base model (same vocabulary and EOS)")
+    return policy.score(posterior.prompt, posterior.completion_ids, posterior.mask,
+                        batch_size=batch_size).sum(-1).double().cpu()
+
+
+def compare(policy: CausalLM | torch.Tensor, posterior: ExactPosterior, batch_size: int = 1024) -> Comparison:
+    """Exact KL both ways, TV and the RL objective of ``policy`` against ``posterior``.
+
+    ``policy`` is a ``CausalLM`` sharing the prior's tokenizer, or log q over the table [K].
+    """
+    lq = policy if isinstance(policy, torch.Tensor) else policy_log_probs(policy, posterior, batch_size)
+    lq = lq.double()
+    q = lq.exp()
+    q_outside = max(0.0, 1.0 - float(q.sum()))
+    lp, p = posterior.log_probs, posterior.probs
+    pos = q > 0
+    kl_qp = float((q[pos] * (lq[pos] - lp[pos])).sum())
+    if q_outside > 1e-9:
+        kl_qp = math.inf
+    kl_pq = float((p * (lp - lq)).sum()) if bool((lq[p > 0] > -math.inf).all()) else math.inf
+    tv = 0.5 * (float((q - p).abs().sum()) + q_outside)
+    r = posterior.rewards
+    finite_r = torch.isfinite(r)
+    mean_r = float((q[finite_r] * r[finite_r]).sum()) if not bool((pos & ~finite_r).any()) else -math.inf
+    kl_q0 = float((q[pos] * (lq[pos] - posterior.prior_log_probs[pos])).sum())
+    objective = mean_r - posterior.beta * kl_q0 if q_outside <= 1e-9 else -math.inf
+    return Comparison(kl_qp, kl_pq, tv, objective, posterior.optimal_objective, mean_r, kl_q0, q_outside)

@@ -1,0 +1,41 @@
+"""Completions: a padded batch of completion token ids, the currency between modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Completions:
+    """A batch of completions of one or more prompts.
+
+    Attributes
+    ----------
+    ids : LongTensor [n, T]
+        Completion tokens, padded after the end with the model's pad id.
+    mask : BoolTensor [n, T]
+        True at real tokens. A completion ends at its first EOS (kept, mask True) or at T.
+    log_probs : Tensor [n]
+        Log-probability of each completion under the model that produced or scored it.
+    prompt_index : LongTensor [n]
+        Which prompt (in the list the sampler was given) each row continues.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    log_probs: torch.Tensor
+    prompt_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """LongTensor [n]: number of real tokens in each completion."""
+        return self.mask.sum(-1)
+
+    def select(self, idx: torch.Tensor) -> "Completions":
+        """Rows `idx` (LongTensor [m]) as a new batch."""
+        return Completions(self.ids[idx], self.mask[idx], self.log_probs[idx], self.prompt_index[idx])

@@ -1,0 +1,87 @@
+"""The reward protocol, ``TokenReward`` and the checked call ``evaluate_reward``."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from bayes_rlhf.errors import RewardError
+
+
+def reward_name(reward) -> str:
+    """A readable name for error messages and reports."""
+    return getattr(reward, "name", None) or getattr(reward, "__name__", None) or type(reward).__name__
+
+
+class TokenReward:
+    """A reward computed from token ids, without decoding.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(completion_ids: LongTensor [n, T], completion_mask: BoolTensor [n, T]) -> Tensor [n]``.
+        The mask is True at real tokens (the EOS that ends a completion included).
+    name : str, optional
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], name: str | None = None):
+        if not callable(fn):
+            raise RewardError(f"TokenReward needs a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "token_reward")
+
+    def score_batch(self, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.fn(ids, mask)
+
+    def __repr__(self) -> str:
+        return f"TokenReward({self.name})"
+
+
+def _as_tensor(values, n: int, name: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        out = values.detach()
+    elif isinstance(values, np.ndarray):
+        out = torch.from_numpy(values)
+    elif isinstance(values, (list, tuple)):
+        if not all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in values):
+            bad = next(type(v).__name__ for v in values
+                       if not isinstance(v, (int, float, np.floating, np.integer)) or isinstance(v, bool))
+            raise RewardError(f"reward {name!r} returned a sequence holding {bad}; return floats")
+        out = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    else:
+        raise RewardError(f"reward {name!r} returned {type(values).__name__}; return a Tensor, ndarray "
+                          "or list of floats, one per completion")
+    if out.dtype == torch.bool or not (out.is_floating_point() or out.dtype in (torch.int32, torch.int64)):
+        raise RewardError(f"reward {name!r} returned dtype {out.dtype}; return floats")
+    out = out.to(torch.float64).reshape(-1) if out.dim() <= 1 else out
+    if out.dim() != 1 or out.shape[0] != n:
+        raise RewardError(f"reward {name!r} returned shape {tuple(out.shape)} for {n} completions; "
+                          f"return one value per completion, shape ({n},)")
+    return out
+
+
+def evaluate_reward(reward, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rewards (float64 Tensor [n], on CPU) of completions, checked.
+
+    ``prompts`` has one prompt per row. Text rewards get decoded completions. -inf is allowed
+    (a hard constraint); NaN and +inf are errors naming the reward.
+    """
+    n = ids.shape[0]
+    name = reward_name(reward)
+    if hasattr(reward, "score_batch"):
+        values = reward.score_batch(lm, prompts, ids, mask)
+    elif callable(reward):
+        values = reward(list(prompts), lm.decode(ids, mask))
+    else:
+        raise RewardError(f"reward {name!r} is not callable; pass f(prompts, completions) or a TokenReward")
+    out = _as_tensor(values, n, name).cpu()
+    if torch.isnan(out).any():
+        i = int(torch.isnan(out).nonzero()[0])
+        raise RewardError(f"reward {name!r} returned NaN for completion {i} "
+                          f"({lm.decode(ids[i:i + 1], mask[i:i + 1])[0]!r}); return finite values or -inf")
+    if (out == math.inf).any():
+        raise RewardError(f"reward {name!r} returned +inf; the posterior would not be normalisable")
+    return out

@@ -1,0 +1,53 @@
+"""Rewards built from rewards: hard constraints and weighted sums."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from bayes_rlhf.errors import RewardError
+from bayes_rlhf.rewards.base import evaluate_reward, reward_name
+
+
+class Constraint:
+    """A hard constraint: reward 0 where ``predicate`` holds and -inf where it does not.
+
+    Parameters
+    ----------
+    predicate : callable
+        With ``on="text"``: ``predicate(prompts, completions) -> sequence of bool``.
+        With ``on="tokens"``: ``predicate(ids [n, T], mask [n, T]) -> BoolTensor [n]``.
+    """
+
+    def __init__(self, predicate: Callable, on: str = "text", name: str | None = None):
+        if on not in ("text", "tokens"):
+            raise RewardError(f"Constraint(on=...) must be 'text' or 'tokens', got {on!r}")
+        self.predicate, self.on = predicate, on
+        self.name = name or getattr(predicate, "__name__", "constraint")
+
+    def score_batch(self, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.on == "tokens":
+            ok = self.predicate(ids, mask)
+        else:
+            ok = self.predicate(list(prompts), lm.decode(ids, mask))
+        ok = torch.as_tensor(ok, dtype=torch.bool).reshape(-1)
+        zero = torch.zeros(ok.shape, dtype=torch.float64)
+        return torch.where(ok.cpu(), zero, torch.full_like(zero, float("-inf")))
+
+
+class WeightedSum:
+    """``sum_i w_i * r_i`` over rewards of any kind. -inf from a term with w > 0 stays -inf."""
+
+    def __init__(self, terms: Sequence[tuple[float, object]], name: str | None = None):
+        if not terms:
+            raise RewardError("WeightedSum needs at least one (weight, reward) pair")
+        self.terms = [(float(w), r) for w, r in terms]
+        self.name = name or " + ".join(f"{w:g}*{reward_name(r)}" for w, r in self.terms)
+
+    def score_batch(self, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(ids.shape[0], dtype=torch.float64)
+        for w, r in self.terms:
+            if w != 0.0:
+                total = total + w * evaluate_reward(r, lm, prompts, ids, mask)
+        return total
