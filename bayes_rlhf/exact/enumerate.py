@@ -45,7 +45,9 @@ def count_completions(branching: int, T: int, has_eos: bool) -> tuple[int, int]:
 def check_space(lm: CausalLM, T: int, max_completions: int) -> tuple[int, int]:
     """Refuse, before any work, a space with more than ``max_completions`` completions."""
     branching = min(lm.top_k or lm.vocab_size, lm.vocab_size)
-    leaves, internal = count_completions(branching, T, lm.eos_token_id is not None)
+    # with top-k truncation EOS may fall outside the k kept tokens: bound by k^T leaves
+    exact_count = branching == lm.vocab_size and lm.eos_token_id is not None
+    leaves, internal = count_completions(branching, T, exact_count)
     if leaves > max_completions:
         raise SpaceTooLargeError(
             f"the completion space has up to {leaves:,} completions ({branching} tokens per step, "

@@ -1,0 +1,99 @@
+"""The exact posterior: normalisation, token-level posterior, soft values, expectations."""
+
+import math
+
+import pytest
+import torch
+
+import bayes_rlhf as br
+
+
+def test_posterior_normalised_and_log_z(gpt2_post, gpt2_target):
+    post = gpt2_post
+    assert abs(float(post.probs.sum()) - 1.0) < 1e-12
+    lw = post.prior_log_probs + post.rewards / gpt2_target.beta
+    assert math.isclose(post.log_z, float(torch.logsumexp(lw, 0)), abs_tol=1e-12)
+    # log Z = log E_pi0[exp(r / beta)] computed directly
+    z = float((post.prior_log_probs.exp() * (post.rewards / gpt2_target.beta).exp()).sum())
+    assert math.isclose(post.log_z, math.log(z), rel_tol=1e-10)
+
+
+def _marginal(post, prefix):
+    """pi*(v | prefix) by a plain loop over the table."""
+    num = torch.zeros(post.lm.vocab_size, dtype=torch.float64)
+    for row, m, p in zip(post.completion_ids.tolist(), post.mask.tolist(), post.probs.tolist()):
+        toks = [t for t, keep in zip(row, m) if keep]
+        if toks[: len(prefix)] == list(prefix) and len(toks) > len(prefix):
+            num[toks[len(prefix)]] += p
+    return num / num.sum()
+
+
+@pytest.mark.parametrize("prefix", [(), (3,), (4, 3), (3, 3, 5)])
+def test_token_posterior_matches_table_marginals(gpt2_post, prefix):
+    assert torch.allclose(gpt2_post.token_posterior(prefix), _marginal(gpt2_post, prefix), atol=1e-12)
+
+
+@pytest.mark.parametrize("prefix", [(), (3,), (6, 4)])
+def test_token_posterior_is_prior_tilted_by_soft_values(gpt2_post, gpt2_target, prefix):
+    """pi*(v | x_<t) = pi0(v | x_<t) exp((V_t - V_{t-1}) / beta), with pi0 from the model itself."""
+    lm, beta = gpt2_target.prior, gpt2_target.beta
+    state, logp = lm.start(gpt2_post.prompt)
+    for tok in prefix:
+        state, logp = lm.step(state, torch.tensor([tok]))
+    v_prev = gpt2_post.soft_value(prefix)
+    values = torch.tensor([gpt2_post.soft_value(list(prefix) + [v]) for v in range(lm.vocab_size)])
+    expected = logp[0].exp() * torch.exp((values - v_prev) / beta)
+    assert torch.allclose(gpt2_post.token_posterior(prefix), expected, atol=1e-10)
+
+
+def test_soft_values_endpoints(gpt2_post):
+    k = int(torch.argmax(gpt2_post.log_probs))
+    ids = gpt2_post.completion_ids[k][gpt2_post.mask[k]].tolist()
+    v = gpt2_post.soft_values(ids)
+    assert math.isclose(float(v[0]), gpt2_post.optimal_objective, rel_tol=1e-12)
+    assert math.isclose(float(v[-1]), float(gpt2_post.rewards[k]), abs_tol=1e-10)
+
+
+def test_expectations_agree_with_definitions(gpt2_post):
+    p, lp, lp0 = gpt2_post.probs, gpt2_post.log_probs, gpt2_post.prior_log_probs
+    kl = float((p * (lp - lp0)).sum())
+    assert math.isclose(gpt2_post.kl_to_prior, kl, rel_tol=1e-9)
+    assert math.isclose(gpt2_post.entropy, float(-(p * lp).sum()), rel_tol=1e-12)
+    # the optimum of E_q[r] - beta KL(q || pi0) is attained at pi*
+    assert math.isclose(gpt2_post.mean_reward - gpt2_post.beta * kl, gpt2_post.optimal_objective, rel_tol=1e-9)
+
+
+def test_probability_lookup_by_ids_and_text(gpt2_post):
+    k = 123
+    ids = gpt2_post.completion_ids[k][gpt2_post.mask[k]].tolist()
+    assert math.isclose(gpt2_post.probability(ids), float(gpt2_post.probs[k]), rel_tol=1e-12)
+    # a completion made of plain words, ended by length: its text maps back to the same row
+    words = ((gpt2_post.completion_ids >= 3) & gpt2_post.mask).sum(-1) == gpt2_post.completion_ids.shape[1]
+    j = int(torch.nonzero(words)[5])
+    text = gpt2_post.completions[j]
+    assert math.isclose(gpt2_post.probability(text), float(gpt2_post.probs[j]), rel_tol=1e-12)
+    assert gpt2_post.probability([3, 3, 3, 3, 3, 3]) == 0.0  # longer than T: not in the space
+
+
+def test_prefix_errors(gpt2_post):
+    with pytest.raises(br.PromptError, match="EOS"):
+        gpt2_post.token_posterior([gpt2_post.lm.eos_token_id])
+    with pytest.raises(br.PromptError, match="shorter"):
+        gpt2_post.token_posterior([3, 3, 3, 3])
+
+
+def test_top_and_summary(gpt2_post):
+    top = gpt2_post.top(3)
+    assert len(top) == 3 and top[0]["posterior"] >= top[1]["posterior"] >= top[2]["posterior"]
+    s = gpt2_post.summary()
+    assert s["num_completions"] == gpt2_post.num_completions and math.isfinite(s["log_z"])
+
+
+def test_hard_constraint_zeroes_mass(gpt2_lm):
+    no_w0 = br.Constraint(lambda ids, mask: ~((ids == 3) & mask).any(-1), on="tokens", name="no_w0")
+    post = br.exact_posterior(br.Target(gpt2_lm, no_w0, 1.0, 3), "w1")
+    has_w0 = ((post.completion_ids == 3) & post.mask).any(-1)
+    assert float(post.probs[has_w0].sum()) == 0.0
+    # Z = prior mass of the allowed set
+    assert math.isclose(math.exp(post.log_z), float(post.prior_log_probs[~has_w0].exp().sum()), rel_tol=1e-12)
+    assert post.prior_mean_reward == -math.inf and post.mean_reward == 0.0
