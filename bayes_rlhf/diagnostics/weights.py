@@ -1,0 +1,150 @@
+"""Importance-weight diagnostics: Kish effective sample size and the PSIS k-hat.
+
+Given unnormalised log-weights ``lw_i = log pi*~(x_i) - log q(x_i)`` of n draws x_i ~ q::
+
+    w_i   = exp(lw_i - max lw) / sum_j exp(lw_j - max lw)        # self-normalised
+    ESS   = 1 / sum_i w_i^2                                       # Kish, in [1, n]
+    log Z = logsumexp(lw) - log n                                 # importance estimate
+    k-hat = shape of a generalised Pareto fit to the largest weights (az.psislw)
+
+ESS says how many equally weighted draws the weighted set is worth; k-hat says whether the
+weight distribution has a finite variance at all, which ESS alone cannot show (a heavy tail
+may simply not have been sampled yet).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from bayes_rlhf.errors import ConfigError, NoMassError
+
+#: Below this many draws the Pareto tail has too few points to fit; k-hat is reported as NaN.
+MIN_PSIS_SAMPLES = 20
+
+#: k-hat thresholds (Vehtari et al., "Pareto smoothed importance sampling", 2024).
+KHAT_GOOD, KHAT_OK, KHAT_BAD = 0.5, 0.7, 1.0
+
+
+class EmptySamplesError(ConfigError):
+    """A sample set is empty: there is nothing to estimate from."""
+
+
+def _as_log_weights(log_weights, name: str = "log_weights") -> torch.Tensor:
+    lw = torch.as_tensor(log_weights).detach().double().cpu().reshape(-1)
+    if lw.numel() == 0:
+        raise EmptySamplesError(f"{name} is empty: draw at least one sample before computing diagnostics")
+    if bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
+        raise ConfigError(f"{name} contains NaN or +inf; check the log-densities that produced them")
+    if not bool(torch.isfinite(lw).any()):
+        raise NoMassError(f"every entry of {name} is -inf: no sample has target mass")
+    return lw
+
+
+def normalized_weights(log_weights) -> torch.Tensor:
+    """Self-normalised weights [n] (float64, sum to 1) from log-weights [n]."""
+    lw = _as_log_weights(log_weights)
+    return torch.softmax(lw, 0)
+
+
+def kish_ess(log_weights) -> float:
+    """Kish effective sample size ``1 / sum_i w_i^2`` of normalised weights, in [1, n].
+
+    Parameters
+    ----------
+    log_weights : Tensor or array [n]
+        Unnormalised log-weights; -inf entries count as zero weight.
+    """
+    w = normalized_weights(log_weights)
+    return float(1.0 / (w * w).sum())
+
+
+def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
+    """Pareto-smoothed log-weights [n] and the Pareto shape k-hat, through ``az.psislw``.
+
+    How to read k-hat (the tail index of the weight distribution):
+
+    * ``k < 0.5``: the weights have finite variance; the central limit theorem holds and the
+      importance estimates converge at the usual 1/sqrt(n) rate. Good proposal.
+    * ``0.5 <= k < 0.7``: the variance is infinite, but Pareto smoothing still gives usable
+      estimates with a moderate number of draws (the practical threshold; for small n it is
+      ``min(1 - 1/log10(n), 0.7)``).
+    * ``0.7 <= k < 1``: the estimates converge too slowly to be trusted at any practical n;
+      the proposal misses a region where the target has mass.
+    * ``k >= 1``: the weights do not even have a finite mean; log Z and every expectation
+      from these weights are meaningless.
+
+    With fewer than ``MIN_PSIS_SAMPLES`` draws (or fewer than that with finite weight) the tail
+    cannot be fitted and k-hat is NaN.
+    """
+    lw = _as_log_weights(log_weights)
+    finite = torch.isfinite(lw)
+    if int(finite.sum()) < MIN_PSIS_SAMPLES:
+        return lw - torch.logsumexp(lw, 0), math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz as az
+
+        smoothed = np.full(lw.shape[0], -np.inf)
+        s, k = az.psislw(lw[finite].numpy())
+    smoothed[finite.numpy()] = s
+    return torch.from_numpy(smoothed), float(k)
+
+
+def khat_label(khat: float) -> str:
+    """'good' (< 0.5), 'ok' (< 0.7), 'bad' (< 1), 'very bad' (>= 1) or 'unknown' (NaN)."""
+    if math.isnan(khat):
+        return "unknown"
+    if khat < KHAT_GOOD:
+        return "good"
+    if khat < KHAT_OK:
+        return "ok"
+    return "bad" if khat < KHAT_BAD else "very bad"
+
+
+@dataclass(frozen=True)
+class WeightDiagnostics:
+    """Summary of one set of importance weights.
+
+    Attributes
+    ----------
+    num_samples : int
+    ess : float
+        Kish effective sample size.
+    ess_fraction : float
+        ``ess / num_samples``.
+    khat : float
+        PSIS Pareto shape (NaN with too few draws); see ``psis_khat``.
+    khat_label : str
+        'good', 'ok', 'bad', 'very bad' or 'unknown'.
+    log_z : float
+        ``logsumexp(lw) - log n``, the importance estimate of log Z.
+    max_weight : float
+        The largest normalised weight.
+    """
+
+    num_samples: int
+    ess: float
+    ess_fraction: float
+    khat: float
+    khat_label: str
+    log_z: float
+    max_weight: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def weight_diagnostics(log_weights) -> WeightDiagnostics:
+    """Kish ESS, PSIS k-hat and the log Z estimate of log-weights [n]."""
+    lw = _as_log_weights(log_weights)
+    n = lw.shape[0]
+    w = torch.softmax(lw, 0)
+    ess = float(1.0 / (w * w).sum())
+    _, k = psis_khat(lw)
+    log_z = float(torch.logsumexp(lw, 0)) - math.log(n)
+    return WeightDiagnostics(n, ess, ess / n, k, khat_label(k), log_z, float(w.max()))
