@@ -1,0 +1,311 @@
+"""The run directory: what ``save_run`` writes and ``write_report`` / ``load_run`` read.
+
+Layout (format ``bayes_rlhf.run/1``)::
+
+    RUN_DIR/
+      summary.json               written last: format, prompts, beta, per-posterior summaries,
+                                 policy / history / sample labels, and a manifest of every
+                                 file below with its size and sha256
+      tokenizer/                 the prior's tokenizer (decodes completions without the model)
+      posterior_<i>.safetensors  table of prompt i: completion_ids [K, T], mask [K, T],
+                                 prior_log_probs [K], rewards [K]; one "policy.<label>" [K]
+                                 (log q over the table) per policy
+      history_<label>.json       training history rows (optional)
+      samples_<label>.safetensors  log_weights [n], rewards [n], ids/mask [n, T] (optional)
+      inference_data.nc          ArviZ InferenceData (exact_<i>, comparisons, training, samples)
+
+Writing is atomic per file (temporary name, then rename) and the directory is valid only once
+``summary.json`` exists and matches the manifest; an older ``summary.json`` is removed first, so
+an interrupted write leaves a directory that ``load_run`` rejects with ``RunDirError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
+from bayes_rlhf.diagnostics.inference_data import _history_rows, save_inference_data, to_inference_data
+from bayes_rlhf.diagnostics.weights import weight_diagnostics
+from bayes_rlhf.errors import BayesRLHFError, ConfigError
+from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.models.causal_lm import CausalLM
+
+RUN_FORMAT = "bayes_rlhf.run/1"
+
+
+class RunDirError(BayesRLHFError):
+    """A run directory is missing, half-written or not in the expected format."""
+
+
+class TableLM:
+    """The parts of a ``CausalLM`` an ``ExactPosterior`` needs without the model: a tokenizer."""
+
+    decode = CausalLM.decode
+    encode_completions = CausalLM.encode_completions
+    _pad_rows = CausalLM._pad_rows
+
+    def __init__(self, tokenizer, vocab_size: int, eos_token_id: int | None, pad_id: int):
+        self.tokenizer, self.vocab_size, self.eos_token_id, self.pad_id = tokenizer, vocab_size, eos_token_id, pad_id
+
+    def same_tokenizer(self, other) -> bool:
+        return (self.eos_token_id == other.eos_token_id and self.vocab_size == other.vocab_size
+                and self.tokenizer.get_vocab() == other.tokenizer.get_vocab())
+
+
+@dataclass
+class Run:
+    """A loaded run directory."""
+
+    path: Path
+    summary: dict
+    posteriors: list[ExactPosterior]
+    policies: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    histories: dict[str, list[dict]] = field(default_factory=dict)
+    samples: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def inference_data_path(self) -> Path:
+        return self.path / "inference_data.nc"
+
+
+def _label(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def table_log_probs(policy: CausalLM, posterior: ExactPosterior, progress: bool = False) -> torch.Tensor:
+    """log q [K] of a policy on the posterior's table, by the policy's own tree walk when its
+    enumerated table is the same (much faster than scoring K sequences), else by scoring."""
+    from bayes_rlhf.exact.enumerate import enumerate_completions
+
+    if not policy.same_tokenizer(posterior.lm):
+        return policy_log_probs(policy, posterior)  # raises TokenizerMismatchError
+    T = posterior.completion_ids.shape[1]
+    ids, mask, lq = enumerate_completions(policy, posterior.prompt, T, max_completions=2 * posterior.num_completions
+                                          + 1, progress=progress) if _countable(policy, posterior) else (None,) * 3
+    if ids is not None and ids.shape == posterior.completion_ids.shape and torch.equal(ids, posterior.completion_ids) \
+            and torch.equal(mask, posterior.mask):
+        return lq
+    return policy_log_probs(policy, posterior)
+
+
+def _countable(policy: CausalLM, posterior: ExactPosterior) -> bool:
+    from bayes_rlhf.exact.enumerate import check_space
+    from bayes_rlhf.errors import SpaceTooLargeError
+
+    try:
+        check_space(policy, posterior.completion_ids.shape[1], 2 * posterior.num_completions + 1)
+    except SpaceTooLargeError:
+        return False
+    return True
+
+
+def _policy_tables(policies, posteriors) -> dict[str, list[torch.Tensor]]:
+    out = {}
+    for label, pol in (policies or {}).items():
+        if isinstance(pol, CausalLM):
+            out[label] = [table_log_probs(pol, p) for p in posteriors]
+            continue
+        tables = [torch.as_tensor(t).double().cpu() for t in pol]
+        if len(tables) != len(posteriors) or any(t.shape != p.rewards.shape for t, p in zip(tables, posteriors)):
+            raise ConfigError(f"policy {label!r}: give a CausalLM or one log q tensor [K] per posterior")
+        out[label] = tables
+    return out
+
+
+def _check_inputs(posteriors, samples) -> None:
+    if not posteriors or not all(isinstance(p, ExactPosterior) for p in posteriors):
+        raise ConfigError("save_run needs a non-empty list of ExactPosterior (one per prompt)")
+    if len({(float(p.beta), p.completion_ids.shape[1]) for p in posteriors}) != 1:
+        raise ConfigError("all posteriors of a run must share beta and max_new_tokens")
+    lm = posteriors[0].lm
+    if any(not lm.same_tokenizer(p.lm) for p in posteriors[1:]):
+        raise ConfigError("all posteriors of a run must share the prior's tokenizer")
+    for label, s in (samples or {}).items():
+        if getattr(s, "log_weights", None) is None and getattr(s, "rewards", None) is None:
+            raise ConfigError(f"samples {label!r} need log_weights or rewards")
+
+
+def _samples_tensors(s) -> dict[str, torch.Tensor]:
+    from bayes_rlhf.diagnostics.inference_data import _completion_arrays
+
+    out = {}
+    for name in ("log_weights", "rewards"):
+        v = getattr(s, name, None)
+        if v is not None:
+            out[name] = torch.as_tensor(v).detach().double().cpu().contiguous()
+    ids, mask = _completion_arrays(s)
+    if ids is not None and mask is not None:
+        out["ids"], out["mask"] = torch.as_tensor(ids).long().cpu(), torch.as_tensor(mask).bool().cpu()
+    return out
+
+
+def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *,
+             policies: Mapping[str, Any] | None = None, histories: Mapping[str, Any] | None = None,
+             samples: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a run directory that ``write_report`` and ``load_run`` read (layout: module docstring).
+
+    Parameters
+    ----------
+    posteriors : list of ExactPosterior
+        One per prompt; same beta, max_new_tokens and tokenizer.
+    policies : {label: CausalLM or [log q [K] per posterior]}, optional
+        Policies to compare with the posterior (scored exactly on each table).
+    histories : {label: rows of dicts}, optional
+        Training histories (``TrainingHistory`` or any rows of dicts).
+    samples : {label: weighted samples}, optional
+        Duck-typed: ``log_weights`` [n] and/or ``rewards`` [n], optional ``ids``/``mask``
+        (directly or on ``.completions``) and ``log_z``.
+    extra : dict, optional
+        JSON-serialisable facts to keep in summary.json (e.g. timings, model name).
+    """
+    posteriors = list(posteriors)
+    _check_inputs(posteriors, samples)
+    tables = _policy_tables(policies, posteriors)
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".run.", dir=run_dir))
+    try:
+        posteriors[0].lm.tokenizer.save_pretrained(tmp / "tokenizer")
+        for i, p in enumerate(posteriors):
+            t = {"completion_ids": p.completion_ids, "mask": p.mask, "prior_log_probs": p.prior_log_probs,
+                 "rewards": p.rewards}
+            t.update({f"policy.{label}": lq[i] for label, lq in tables.items()})
+            save_file({k: v.contiguous() for k, v in t.items()}, tmp / f"posterior_{i}.safetensors",
+                      metadata={"prompt": p.prompt, "beta": repr(float(p.beta))})
+        hist_files = {}
+        for label, h in (histories or {}).items():
+            name = f"history_{_label(label)}.json"
+            rows = [{k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
+                    for r in _history_rows(h)]
+            (tmp / name).write_text(json.dumps(_json_safe(rows)))
+            hist_files[label] = name
+        sample_info = {}
+        for label, s in (samples or {}).items():
+            name = f"samples_{_label(label)}.safetensors"
+            tens = _samples_tensors(s)
+            save_file(tens, tmp / name)
+            diag = weight_diagnostics(tens["log_weights"]).as_dict() if "log_weights" in tens else {}
+            sample_info[label] = {"file": name, "diagnostics": diag,
+                                  "log_z": float(getattr(s, "log_z", diag.get("log_z", math.nan)))}
+        comparisons = {f"{label} [{i}]": compare(lq[i], p) for label, lq in tables.items()
+                       for i, p in enumerate(posteriors)}
+        first = lambda m: next(iter(m.values())) if m else None  # noqa: E731
+        idata = to_inference_data(posteriors=posteriors, comparisons=comparisons or None,
+                                  history=first(histories), samples=first(samples))
+        save_inference_data(idata, tmp / "inference_data.nc")
+        summary = _summary(posteriors, tables, hist_files, sample_info, comparisons, extra)
+        _move_into(tmp, run_dir, summary)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return run_dir
+
+
+def _summary(posteriors, tables, hist_files, sample_info, comparisons, extra) -> dict:
+    lm = posteriors[0].lm
+    return _json_safe({
+        "format": RUN_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "beta": float(posteriors[0].beta), "max_new_tokens": int(posteriors[0].completion_ids.shape[1]),
+        "vocab_size": int(lm.vocab_size), "eos_token_id": lm.eos_token_id, "pad_id": int(lm.pad_id),
+        "posteriors": [{"prompt": p.prompt, "file": f"posterior_{i}.safetensors", "summary": p.summary()}
+                       for i, p in enumerate(posteriors)],
+        "policies": list(tables), "histories": hist_files, "samples": sample_info,
+        "comparisons": {k: c.as_dict() for k, c in comparisons.items()}, "extra": dict(extra or {})})
+
+
+def _move_into(tmp: Path, run_dir: Path, summary: dict) -> None:
+    manifest = {}
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            rel = f.relative_to(tmp).as_posix()
+            manifest[rel] = {"size": f.stat().st_size, "sha256": _sha(f)}
+    if (run_dir / "tokenizer").exists():
+        shutil.rmtree(run_dir / "tokenizer")
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, run_dir / f.name)
+    summary["files"] = manifest
+    fd, tmp_summary = tempfile.mkstemp(prefix=".summary.", dir=run_dir)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(summary, fh, indent=1)
+    os.chmod(tmp_summary, 0o666 & ~umask)
+    os.replace(tmp_summary, run_dir / "summary.json")
+
+
+def load_run(run_dir: str | os.PathLike, verify: bool = True) -> Run:
+    """Read a run directory written by ``save_run``; ``RunDirError`` if missing or half-written.
+
+    With ``verify`` every file in the manifest is checked for size and sha256.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; give a directory written by "
+                          "save_run (e.g. the --out folder of `bayes-rlhf demo`)")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} has no summary.json: it is not a run directory or its writing was "
+                          "interrupted; write it again with save_run / `bayes-rlhf demo --out`") from None
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{run_dir / 'summary.json'} is not valid JSON ({exc}); write the run again") from None
+    if not isinstance(summary, dict) or summary.get("format") != RUN_FORMAT:
+        raise RunDirError(f"{run_dir / 'summary.json'} is not a {RUN_FORMAT} summary")
+    for rel, meta in summary.get("files", {}).items():
+        f = run_dir / rel
+        if not f.is_file() or f.stat().st_size != meta["size"] or (verify and _sha(f) != meta["sha256"]):
+            raise RunDirError(f"{f} is missing or differs from what summary.json records: the run directory "
+                              "is half-written or was changed; write it again")
+    return _read_run(run_dir, summary)
+
+
+def _read_run(run_dir: Path, summary: dict) -> Run:
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+        lm = TableLM(tok, summary["vocab_size"], summary["eos_token_id"], summary["pad_id"])
+        posteriors, policies = [], {label: [] for label in summary["policies"]}
+        for entry in summary["posteriors"]:
+            t = load_file(run_dir / entry["file"])
+            posteriors.append(ExactPosterior(entry["prompt"], t["completion_ids"], t["mask"], t["prior_log_probs"],
+                                             t["rewards"], float(summary["beta"]), lm))
+            for label in policies:
+                policies[label].append(t[f"policy.{label}"])
+        histories = {k: json.loads((run_dir / f).read_text()) for k, f in summary["histories"].items()}
+        samples = {k: load_file(run_dir / v["file"]) for k, v in summary["samples"].items()}
+    except (KeyError, OSError, ValueError) as exc:
+        raise RunDirError(f"{run_dir} is not a complete {RUN_FORMAT} run directory ({exc!r}); "
+                          "write it again with save_run") from exc
+    return Run(run_dir, summary, posteriors, policies, histories, samples)
