@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from bayes_rlhf.diagnostics.exact import compare
 from bayes_rlhf.diagnostics.frontier import FrontierPoint, best_of_n_points, policy_point, posterior_frontier
 from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, TableLM, load_run, save_run
-from bayes_rlhf.diagnostics.weights import weight_diagnostics
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.plots import (plot_frontier, plot_reward_histograms, plot_token_distributions, plot_training,
                               plot_weight_diagnostics, save_figure)
@@ -131,15 +130,14 @@ def _run_sections(run: Run, figs: _Figures) -> str:
         series = {k: [float(r.get(k, math.nan)) for r in rows] for k in kl_cols}
         parts.append(figs.add(plot_training(steps, series, ylabel="KL [nats]"), f"training_{_safe(label)}",
                               f"Training run {label}: KL columns over steps"))
-    if run.samples:
-        diags = {label: weight_diagnostics(s["log_weights"]) for label, s in run.samples.items()
-                 if "log_weights" in s}
-        if diags:
-            rows = [{"sampler": k, **d.as_dict()} for k, d in diags.items()]
-            parts += ["<h2>Samplers: importance weights</h2>", _table(rows),
-                      figs.add(plot_weight_diagnostics(list(diags), [d.ess_fraction for d in diags.values()],
-                                                       [d.khat for d in diags.values()]),
-                               "weights", "Kish ESS / n and PSIS k-hat")]
+    rows = [{"sampler": label, "prompt": i, **d} for label, info in run.summary["samples"].items()
+            for i, d in enumerate(info["diagnostics"])]
+    if rows:
+        names = [f"{r['sampler']} [{r['prompt']}]" for r in rows]
+        parts += ["<h2>Samplers: importance weights</h2>", _table(rows),
+                  figs.add(plot_weight_diagnostics(names, [float(r["ess_fraction"]) for r in rows],
+                                                   [float(r["khat"]) for r in rows]),
+                           "weights", "Kish ESS / n and PSIS k-hat (thresholds 0.5, 0.7, 1)")]
     return "\n".join(parts)
 
 

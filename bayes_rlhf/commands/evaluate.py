@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from bayes_rlhf.errors import BayesRLHFError, ConfigError
+from bayes_rlhf.errors import ConfigError
 
 EPILOG = """examples:
   bayes-rlhf evaluate --policy runs/train/policy --out runs/eval
@@ -39,7 +38,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reward", default="sentiment",
                    help="'sentiment' (lexicon reward) or 'module:factory' with factory(lm) -> reward")
     p.add_argument("--beta", type=float, default=None, help="KL coefficient (default: the default model's)")
-    p.add_argument("--max-new-tokens", type=int, default=4, help="completion length T (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="completion length T (default: the default model's DEFAULT_MAX_NEW_TOKENS)")
     p.add_argument("--top-k", type=int, default=None, help="truncate the prior to its top-k tokens per step")
     p.add_argument("--out", default=None, help="write a run directory and report.html here")
     p.set_defaults(func=run)
@@ -72,7 +72,7 @@ def evaluate(args):
     from bayes_rlhf.errors import TokenizerMismatchError
     from bayes_rlhf.exact import exact_posterior
     from bayes_rlhf.models import load_model
-    from bayes_rlhf.models.default_model import DEFAULT_BETA, DEFAULT_PROMPTS, default_model
+    from bayes_rlhf.models.default_model import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS, default_model
     from bayes_rlhf.target import Target
 
     if args.model is None:
@@ -90,7 +90,7 @@ def evaluate(args):
                                      f"(vocab {policy.vocab_size} vs {prior.vocab_size}, EOS {policy.eos_token_id} vs "
                                      f"{prior.eos_token_id}); evaluate it against the model it was fine-tuned from")
     target = Target(prior, _reward(args.reward, prior), args.beta if args.beta is not None else DEFAULT_BETA,
-                    args.max_new_tokens)
+                    args.max_new_tokens if args.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS)
     posteriors, tables, comparisons = [], [], []
     for prompt in prompts:
         post = exact_posterior(target, prompt)
@@ -102,19 +102,16 @@ def evaluate(args):
 
 
 def run(args) -> int:
-    try:
-        posteriors, policies, comparisons = evaluate(args)
-        print("prompt\t" + "\t".join(FIELDS))
-        for post, c in zip(posteriors, comparisons):
-            d = c.as_dict()
-            print(repr(post.prompt) + "\t" + "\t".join(f"{d[f]:.6g}" for f in FIELDS))
-        if args.out:
-            from bayes_rlhf.report import save_run, write_report
+    """Print one row of exact comparisons per prompt; bad input raises typed errors (the CLI prints them)."""
+    posteriors, policies, comparisons = evaluate(args)
+    print("prompt\t" + "\t".join(FIELDS))
+    for post, c in zip(posteriors, comparisons):
+        d = c.as_dict()
+        print(repr(post.prompt) + "\t" + "\t".join(f"{d[f]:.6g}" for f in FIELDS))
+    if args.out:
+        from bayes_rlhf.report import save_run, write_report
 
-            save_run(args.out, posteriors, policies=policies,
-                     extra={"command": "evaluate", "policy": str(args.policy), "model": args.model or "default"})
-            print(write_report(args.out))
-    except BayesRLHFError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        save_run(args.out, posteriors, policies=policies,
+                 extra={"command": "evaluate", "policy": str(args.policy), "model": args.model or "default"})
+        print(write_report(args.out))
     return 0

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from bayes_rlhf.errors import BayesRLHFError
 
 EPILOG = """example:
   bayes-rlhf demo --out runs/demo && bayes-rlhf report runs/demo
@@ -28,13 +25,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    """Write the report; a missing or half-written RUN_DIR raises ``RunDirError`` (the CLI prints it)."""
     from bayes_rlhf.report import write_report
 
-    try:
-        path = write_report(args.run_dir, betas=args.betas, embed_figures=not args.link_figures,
-                            progress=args.progress)
-    except BayesRLHFError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    path = write_report(args.run_dir, betas=args.betas, embed_figures=not args.link_figures,
+                        progress=args.progress)
     print(path)
     return 0

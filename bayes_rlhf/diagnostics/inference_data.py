@@ -79,34 +79,60 @@ def _completion_arrays(samples) -> tuple[Any, Any]:
     return getattr(src, "ids", None), getattr(src, "mask", None)
 
 
+def prompt_groups(samples, n: int) -> list[torch.Tensor]:
+    """Row indices [n_p] of each prompt of duck-typed samples (one group without ``prompt_index``)."""
+    pi = getattr(samples, "prompt_index", None)
+    if pi is None:
+        return [torch.arange(n)]
+    pi = torch.as_tensor(pi).long().reshape(-1).cpu()
+    if pi.numel() != n:
+        raise ConfigError(f"prompt_index has {pi.numel()} entries for {n} samples")
+    return [torch.nonzero(pi == p).squeeze(-1) for p in range(int(pi.max()) + 1)]
+
+
+def _float_list(v, num: int) -> list[float]:
+    if v is None:
+        return [math.nan] * num
+    t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+    return t.tolist() if t.numel() == num else [math.nan] * num
+
+
 def samples_datasets(samples):
     """(posterior, sample_stats) datasets of duck-typed weighted samples.
 
-    ``samples`` needs ``log_weights`` [n]; ``rewards`` [n], ``log_z``, and completions (``ids``
-    and ``mask`` [n, T], directly or on ``samples.completions``) are used when present.
-    Exact draws (no ``log_weights``) get zero log-weights.
+    ``samples`` needs ``log_weights`` [n] or ``rewards`` [n]; ``ids`` and ``mask`` [n, T]
+    (directly or on ``samples.completions``), ``prompt_index`` [n] and ``log_z`` (float or [P])
+    are used when present. Exact draws (no ``log_weights``) get zero log-weights. Weights are
+    normalised, and ESS / k-hat computed, within each prompt (attrs are lists over prompts).
     """
     import xarray as xr
 
     ids, mask = _completion_arrays(samples)
     lw = getattr(samples, "log_weights", None)
-    n = len(lw) if lw is not None else (ids.shape[0] if ids is not None else len(getattr(samples, "rewards", [])))
+    rewards = getattr(samples, "rewards", None)
+    n = len(lw) if lw is not None else (len(rewards) if rewards is not None else 0)
     if n == 0:
         raise EmptySamplesError("the sample set is empty: nothing to convert")
-    lw = torch.zeros(n, dtype=torch.float64) if lw is None else _as_log_weights(lw)
-    diag = weight_diagnostics(lw)
+    lw = torch.zeros(n, dtype=torch.float64) if lw is None else torch.as_tensor(lw).detach().double().cpu()
+    groups = prompt_groups(samples, n)
+    diags = [weight_diagnostics(lw[g]) for g in groups]
+    weight = torch.zeros(n, dtype=torch.float64)
+    for g in groups:
+        weight[g] = torch.softmax(_as_log_weights(lw[g]), 0)
     post: dict = {}
-    rewards = getattr(samples, "rewards", None)
     if rewards is not None:
         post["reward"] = (("chain", "draw"), _np(rewards).astype(np.float64).reshape(1, n))
     if ids is not None:
         post["completion_ids"] = (("chain", "draw", "position"), _np(ids)[None])
         if mask is not None:
             post["length"] = (("chain", "draw"), _np(mask).sum(-1).reshape(1, n))
-    log_z = getattr(samples, "log_z", diag.log_z)
-    attrs = {"log_z": _attr(log_z), "ess": diag.ess, "khat": diag.khat, "num_samples": n}
+    log_z = _float_list(getattr(samples, "log_z", None), len(groups))
+    log_z = [d.log_z if math.isnan(z) else z for z, d in zip(log_z, diags)]
+    attrs = {"log_z": log_z, "ess": [d.ess for d in diags], "khat": [d.khat for d in diags], "num_samples": n}
     stats = {"log_weight": (("chain", "draw"), _np(lw).reshape(1, n)),
-             "weight": (("chain", "draw"), _np(torch.softmax(lw, 0)).reshape(1, n))}
+             "weight": (("chain", "draw"), _np(weight).reshape(1, n))}
+    if getattr(samples, "prompt_index", None) is not None:
+        stats["prompt_index"] = (("chain", "draw"), _np(torch.as_tensor(samples.prompt_index)).reshape(1, n))
     return xr.Dataset(post, attrs=attrs), xr.Dataset(stats, attrs=attrs)
 
 

@@ -36,8 +36,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
-from bayes_rlhf.diagnostics.inference_data import _history_rows, save_inference_data, to_inference_data
-from bayes_rlhf.diagnostics.weights import weight_diagnostics
+from bayes_rlhf.diagnostics.inference_data import (_float_list, _history_rows, prompt_groups, save_inference_data,
+                                                   to_inference_data)
+from bayes_rlhf.diagnostics.weights import EmptySamplesError, weight_diagnostics
 from bayes_rlhf.errors import BayesRLHFError, ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
@@ -149,16 +150,19 @@ def _check_inputs(posteriors, samples) -> None:
     for label, s in (samples or {}).items():
         if getattr(s, "log_weights", None) is None and getattr(s, "rewards", None) is None:
             raise ConfigError(f"samples {label!r} need log_weights or rewards")
+        if len(getattr(s, "log_weights", None) if getattr(s, "log_weights", None) is not None else s.rewards) == 0:
+            raise EmptySamplesError(f"samples {label!r} are empty: draw at least one sample")
 
 
 def _samples_tensors(s) -> dict[str, torch.Tensor]:
     from bayes_rlhf.diagnostics.inference_data import _completion_arrays
 
     out = {}
-    for name in ("log_weights", "rewards"):
+    for name in ("log_weights", "rewards", "prompt_index"):
         v = getattr(s, name, None)
         if v is not None:
-            out[name] = torch.as_tensor(v).detach().double().cpu().contiguous()
+            v = torch.as_tensor(v).detach().cpu().contiguous()
+            out[name] = v.long() if name == "prompt_index" else v.double()
     ids, mask = _completion_arrays(s)
     if ids is not None and mask is not None:
         out["ids"], out["mask"] = torch.as_tensor(ids).long().cpu(), torch.as_tensor(mask).bool().cpu()
@@ -213,9 +217,12 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
             name = f"samples_{_label(label)}.safetensors"
             tens = _samples_tensors(s)
             save_file(tens, tmp / name)
-            diag = weight_diagnostics(tens["log_weights"]).as_dict() if "log_weights" in tens else {}
-            sample_info[label] = {"file": name, "diagnostics": diag,
-                                  "log_z": float(getattr(s, "log_z", diag.get("log_z", math.nan)))}
+            lw = tens.get("log_weights", torch.zeros(len(tens["rewards"]), dtype=torch.float64))
+            groups = prompt_groups(s, lw.numel())
+            diags = [weight_diagnostics(lw[g]).as_dict() for g in groups]
+            log_z = _float_list(getattr(s, "log_z", None), len(groups))
+            sample_info[label] = {"file": name, "diagnostics": diags,
+                                  "log_z": [d["log_z"] if math.isnan(z) else z for z, d in zip(log_z, diags)]}
         comparisons = {f"{label} [{i}]": compare(lq[i], p) for label, lq in tables.items()
                        for i, p in enumerate(posteriors)}
         first = lambda m: next(iter(m.values())) if m else None  # noqa: E731

@@ -1,0 +1,170 @@
+"""Sampled divergences against their exact values on an enumerable model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import bayes_rlhf as br
+from bayes_rlhf.diagnostics.frontier import retilt
+from bayes_rlhf.diagnostics.run_dir import table_log_probs
+from bayes_rlhf.diagnostics.sampled import forward_kl, importance_log_z, reverse_kl, token_kl
+from bayes_rlhf.diagnostics.weights import EmptySamplesError
+from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
+from bayes_rlhf.models.toy import tiny_lm
+
+
+def tempered_table(post, temperature: float = 0.6) -> torch.Tensor:
+    """log q [K]: the prior's table tempered and renormalised, a valid distribution on the table."""
+    return torch.log_softmax(temperature * post.prior_log_probs, 0)
+
+
+def draw_rows(log_q: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n row indices drawn from exp(log_q) with a fixed seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.multinomial(log_q.exp(), n, replacement=True, generator=g)
+
+
+def chi2(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
+    """chi^2(p || q) = E_q[(p/q)^2] - 1, exact on the table."""
+    return float(torch.exp(torch.logsumexp(2 * log_p - log_q, 0))) - 1.0
+
+
+# Tolerance: every estimate below is a mean (or a smooth function of means) of iid terms, so by
+# the CLT it is within 4 delta-method standard errors of its expectation except with probability
+# 6e-5; seeds are fixed. Estimators that are only consistent (log of a mean) also carry their
+# first-order bias, computed exactly on the table and added to the tolerance.
+Z = 4.0
+
+
+@pytest.fixture(scope="module")
+def post(gpt2_post):
+    return gpt2_post
+
+
+@pytest.fixture(scope="module")
+def log_q(post):
+    return tempered_table(post)
+
+
+def _q_draws(post, log_q, n, seed):
+    rows = draw_rows(log_q, n, seed)
+    return rows, log_q[rows], post.prior_log_probs[rows], post.rewards[rows]
+
+
+def test_reverse_kl_with_exact_log_z(post, log_q):
+    exact = br.compare(log_q, post).kl_q_posterior
+    _, lq, lp, r = _q_draws(post, log_q, 4000, seed=0)
+    est = reverse_kl(lq, lp, r, post.beta, log_z=post.log_z)
+    assert est.kl.stderr > 0
+    assert abs(est.kl.value - exact) < Z * est.kl.stderr  # unbiased: a plain mean of log-weights
+    assert est.elbo.value <= post.log_z + Z * est.elbo.stderr
+
+
+def test_reverse_kl_and_log_z_from_the_same_draws(post, log_q):
+    exact = br.compare(log_q, post).kl_q_posterior
+    n = 4000
+    _, lq, lp, r = _q_draws(post, log_q, n, seed=1)
+    est = reverse_kl(lq, lp, r, post.beta)
+    # log of the IS mean: first-order bias -chi2(pi* || q) / (2n), exact on the table
+    bias = chi2(post.log_probs, log_q) / (2 * n)
+    assert abs(est.log_z.value - post.log_z) < Z * est.log_z.stderr + bias
+    assert abs(est.kl.value - exact) < Z * est.kl.stderr + bias
+    direct = importance_log_z(lq, lp, r, post.beta)
+    assert direct.value == pytest.approx(est.log_z.value)
+
+
+def test_forward_kl_from_exact_posterior_draws(post, log_q):
+    exact = br.compare(log_q, post).kl_posterior_q
+    n = 4000
+    rows = draw_rows(post.log_probs, n, seed=2)
+    args = (log_q[rows], post.prior_log_probs[rows], post.rewards[rows], post.beta)
+    known = forward_kl(*args, log_z=post.log_z)
+    assert abs(known.kl.value - exact) < Z * known.kl.stderr
+    est = forward_kl(*args)  # reverse-IS (harmonic mean) log Z from the same draws
+    bias = chi2(log_q, post.log_probs) / (2 * n)
+    assert abs(est.log_z.value - post.log_z) < Z * est.log_z.stderr + bias
+    assert abs(est.kl.value - exact) < Z * est.kl.stderr + bias
+
+
+def test_forward_kl_from_weighted_draws(post, log_q):
+    # importance-weighted draws of q stand in for an SMC / IS sampler's output
+    exact = br.compare(log_q, post).kl_posterior_q
+    n = 8000
+    rows = draw_rows(log_q, n, seed=3)
+    lw = post.prior_log_probs[rows] + post.rewards[rows] / post.beta - log_q[rows]
+    est = forward_kl(log_q[rows], post.prior_log_probs[rows], post.rewards[rows], post.beta,
+                     log_weights=lw, log_z=post.log_z)
+    # self-normalised IS: bias O(chi2 / n) times the spread of lw, far below the SE here
+    bias = chi2(post.log_probs, log_q) / n * float((post.log_probs - log_q).abs().max())
+    assert abs(est.kl.value - exact) < Z * est.kl.stderr + bias
+
+
+def test_infinite_kl_cases(post, log_q):
+    lq = log_q[:3].clone()
+    lq[0] = -math.inf  # q misses a posterior draw: KL(pi* || q) is infinite
+    rows = torch.arange(3)
+    est = forward_kl(lq, post.prior_log_probs[rows], post.rewards[rows], post.beta)
+    assert est.kl.value == math.inf
+    r = post.rewards[rows].clone()
+    r[1] = -math.inf  # q draws a completion pi* excludes: KL(q || pi*) is infinite
+    assert reverse_kl(log_q[rows], post.prior_log_probs[rows], r, post.beta).kl.value == math.inf
+
+
+@pytest.fixture(scope="module")
+def short_post(gpt2_lm, reward):
+    return br.exact_posterior(br.Target(gpt2_lm, reward, 0.7, 3), "w1 w2")
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return tiny_lm("gpt2", vocab_size=8, seed=3)
+
+
+def test_token_kl_chain_rule_exact(short_post, policy):
+    # E_pi*[sum_t KL_t(pi* || q)] = KL(pi* || q) and E_q[sum_t KL_t(q || pi*)] = KL(q || pi*)
+    post = short_post
+    lq = table_log_probs(policy, post)
+    c = br.compare(lq, post)
+    fwd = token_kl(policy, post, post.completion_ids, post.mask, "forward")
+    rev = token_kl(policy, post, post.completion_ids, post.mask, "reverse")
+    assert float((post.probs * fwd.sum(-1)).sum()) == pytest.approx(c.kl_posterior_q, rel=1e-9)
+    assert float((lq.exp() * rev.sum(-1)).sum()) == pytest.approx(c.kl_q_posterior, rel=1e-9)
+    assert bool((fwd[~post.mask] == 0).all()) and bool((fwd >= -1e-12).all())
+
+
+def test_token_kl_along_posterior_samples(short_post, policy):
+    post = short_post
+    exact = br.compare(table_log_probs(policy, post), post).kl_posterior_q
+    n = 300
+    s = post.sample(n, torch.Generator().manual_seed(4))
+    per_seq = token_kl(policy, post, s.ids, s.mask).sum(-1)
+    se = float(per_seq.std()) / math.sqrt(n)
+    assert abs(float(per_seq.mean()) - exact) < Z * se
+
+
+def test_bad_input(post, log_q, short_post, policy):
+    with pytest.raises(EmptySamplesError):
+        reverse_kl(torch.zeros(0), torch.zeros(0), torch.zeros(0), 1.0)
+    with pytest.raises(EmptySamplesError):
+        forward_kl([], [], [], 1.0)
+    with pytest.raises(ConfigError, match="entries"):
+        reverse_kl(torch.zeros(3), torch.zeros(2), torch.zeros(3), 1.0)
+    with pytest.raises(ConfigError, match="beta"):
+        reverse_kl(torch.zeros(3), torch.zeros(3), torch.zeros(3), 0.0)
+    other = tiny_lm("gpt2", vocab_size=10, seed=0)
+    with pytest.raises(TokenizerMismatchError):
+        token_kl(other, short_post, short_post.completion_ids[:2], short_post.mask[:2])
+    with pytest.raises(EmptySamplesError):
+        token_kl(policy, short_post, short_post.completion_ids[:0], short_post.mask[:0])
+    with pytest.raises(ConfigError, match="direction"):
+        token_kl(policy, short_post, short_post.completion_ids[:1], short_post.mask[:1], "both")
+
+
+def test_retilt_matches_a_fresh_enumeration(gpt2_lm, reward, short_post):
+    fresh = br.exact_posterior(br.Target(gpt2_lm, reward, 2.0, 3), "w1 w2")
+    re = retilt(short_post, 2.0)
+    assert re.log_z == pytest.approx(fresh.log_z, abs=1e-10)
+    assert torch.allclose(re.log_probs, fresh.log_probs, atol=1e-10)

@@ -1,0 +1,83 @@
+"""Kish ESS and PSIS k-hat: exact small cases, known tail indices, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayes_rlhf.diagnostics.weights import (MIN_PSIS_SAMPLES, EmptySamplesError, khat_label, kish_ess,
+                                            normalized_weights, psis_khat, weight_diagnostics)
+from bayes_rlhf.errors import ConfigError, NoMassError
+
+
+def test_kish_ess_exact_values():
+    assert kish_ess(torch.zeros(10)) == pytest.approx(10.0)
+    assert kish_ess(torch.tensor([0.0, -math.inf, -math.inf])) == pytest.approx(1.0)
+    # weights 1, 1, 2: (sum w)^2 / sum w^2 = 16 / 6
+    assert kish_ess(torch.log(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64))) == pytest.approx(16 / 6)
+    # invariant to a constant shift of the log-weights (no overflow at +700)
+    assert kish_ess(torch.log(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)) + 700.0) == pytest.approx(16 / 6)
+    assert float(normalized_weights(torch.tensor([0.0, math.log(3.0)])).sum()) == pytest.approx(1.0)
+
+
+def _beta_uniform_log_weights(k: float, n: int, seed: int) -> torch.Tensor:
+    """Target Beta(1 - k, 1) (density prop. to x^-k), proposal Uniform(0, 1): lw = -k log U.
+
+    The weights U^-k are exactly Pareto with shape k, so the true k-hat is k.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return -k * torch.log(torch.rand(n, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_khat_separates_good_and_poor_proposals():
+    # Known cases: k = 0.2 (good proposal) and k = 0.95 (poor: target Beta(0.05, 1) piles up
+    # near 0 where the uniform proposal rarely goes). PSIS fits the largest M = 3 sqrt(n) = 671
+    # weights; the k-hat sd is about (1 + k) / sqrt(M): 0.046 and 0.075, so the thresholds
+    # 0.5 and 0.7 are 6.5 and 3.3 sd away (and seeds 0-7 gave 0.16-0.26 and 0.86-1.04).
+    _, k_good = psis_khat(_beta_uniform_log_weights(0.2, 50_000, seed=0))
+    _, k_poor = psis_khat(_beta_uniform_log_weights(0.95, 50_000, seed=0))
+    assert k_good < 0.5 < 0.7 < k_poor
+    assert abs(k_good - 0.2) < 4 * 1.2 / math.sqrt(671)
+    assert khat_label(k_good) == "good" and khat_label(k_poor) in ("bad", "very bad")
+    d_good = weight_diagnostics(_beta_uniform_log_weights(0.2, 50_000, 1))
+    d_poor = weight_diagnostics(_beta_uniform_log_weights(0.95, 50_000, 1))
+    # exact ESS fraction (E w)^2 / E w^2 = (1 - 2k) / (1 - k)^2 = 0.9375 for k = 0.2
+    assert d_good.ess_fraction == pytest.approx(0.9375, abs=0.02)
+    assert d_poor.ess_fraction < 0.1
+
+
+def test_khat_on_lm_proposals(gpt2_post):
+    # Posterior draws weighted against the posterior itself have constant weights (k-hat well
+    # below 0.5, ESS = n); the prior as a proposal for a sharply tilted posterior (beta = 0.1)
+    # puts tiny mass where pi* lives: its weights are dominated by a few draws.
+    from bayes_rlhf.diagnostics.frontier import retilt
+
+    sharp = retilt(gpt2_post, 0.1)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.multinomial(sharp.prior_log_probs.exp(), 2000, replacement=True, generator=g)
+    lw_poor = sharp.log_probs[rows] - sharp.prior_log_probs[rows]
+    rows = torch.multinomial(sharp.probs, 2000, replacement=True, generator=g)
+    d_exact = weight_diagnostics(sharp.log_probs[rows] - sharp.log_probs[rows])
+    d_poor = weight_diagnostics(lw_poor)
+    assert d_exact.ess == pytest.approx(2000) and d_exact.khat_label != "bad"
+    assert d_poor.khat > 0.7 and d_poor.ess_fraction < 0.05
+
+
+def test_khat_nan_with_too_few_samples():
+    lw, k = psis_khat(torch.zeros(MIN_PSIS_SAMPLES - 1))
+    assert math.isnan(k) and khat_label(k) == "unknown"
+    assert float(lw.exp().sum()) == pytest.approx(1.0)
+
+
+def test_bad_input():
+    with pytest.raises(EmptySamplesError):
+        kish_ess(torch.zeros(0))
+    with pytest.raises(EmptySamplesError):
+        weight_diagnostics([])
+    with pytest.raises(ConfigError, match="NaN"):
+        kish_ess(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(NoMassError):
+        weight_diagnostics(torch.full((5,), -math.inf))
