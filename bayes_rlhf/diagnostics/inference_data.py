@@ -3,7 +3,8 @@
 Groups of the ``arviz.InferenceData`` this module builds (all optional)::
 
     posterior, sample_stats    weighted samples: reward, length, completion_ids[position]
-                               (chain=1, draw=n); log_weight, weight; attrs log_z, ess, khat
+                               (chain=1, draw=n); log_weight, weight, prompt_index (chain,
+                               draw); log_z, ess, khat per prompt (dim prompt)
     exact_<i>                  the i-th enumerated posterior table (dims completion, position):
                                completion_ids, mask, prior_log_prob, reward, log_prob;
                                attrs prompt, beta, log_z
@@ -103,7 +104,7 @@ def samples_datasets(samples):
     ``samples`` needs ``log_weights`` [n] or ``rewards`` [n]; ``ids`` and ``mask`` [n, T]
     (directly or on ``samples.completions``), ``prompt_index`` [n] and ``log_z`` (float or [P])
     are used when present. Exact draws (no ``log_weights``) get zero log-weights. Weights are
-    normalised, and ESS / k-hat computed, within each prompt (attrs are lists over prompts).
+    normalised, and ESS / k-hat computed, within each prompt (variables with dim ``prompt``).
     """
     import xarray as xr
 
@@ -128,9 +129,11 @@ def samples_datasets(samples):
             post["length"] = (("chain", "draw"), _np(mask).sum(-1).reshape(1, n))
     log_z = _float_list(getattr(samples, "log_z", None), len(groups))
     log_z = [d.log_z if math.isnan(z) else z for z, d in zip(log_z, diags)]
-    attrs = {"log_z": log_z, "ess": [d.ess for d in diags], "khat": [d.khat for d in diags], "num_samples": n}
+    attrs = {"num_samples": n, "num_prompts": len(groups)}
     stats = {"log_weight": (("chain", "draw"), _np(lw).reshape(1, n)),
-             "weight": (("chain", "draw"), _np(weight).reshape(1, n))}
+             "weight": (("chain", "draw"), _np(weight).reshape(1, n)),
+             "log_z": ("prompt", np.array(log_z)), "ess": ("prompt", np.array([d.ess for d in diags])),
+             "khat": ("prompt", np.array([d.khat for d in diags]))}
     if getattr(samples, "prompt_index", None) is not None:
         stats["prompt_index"] = (("chain", "draw"), _np(torch.as_tensor(samples.prompt_index)).reshape(1, n))
     return xr.Dataset(post, attrs=attrs), xr.Dataset(stats, attrs=attrs)

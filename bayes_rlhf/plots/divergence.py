@@ -105,7 +105,8 @@ def plot_weight_diagnostics(labels: Sequence[str], ess_fraction: Sequence[float]
     a1.bar(x, e, color=COLORS["posterior"])
     a1.set_ylim(0, 1.05)
     a1.set_ylabel("Kish ESS / n")
-    a2.bar(x, np.nan_to_num(k, nan=0.0), color=[_khat_colour(v) for v in k])
+    shown = np.where(np.isfinite(k), np.clip(k, -1.0, None), 0.0)  # k < -1 (bounded weights) drawn at -1
+    a2.bar(x, shown, color=[_khat_colour(v) for v in k])
     for t, ls in ((0.5, ":"), (0.7, "--"), (1.0, "-")):
         a2.axhline(t, color="k", ls=ls, lw=1, label=f"k = {t}")
     a2.set_ylabel("PSIS $\\hat k$")
