@@ -207,8 +207,12 @@ class CausalLM:
 
     def _prompt_batch(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids [m, P] and attention mask [m, P]."""
-        rows = [self.encode_prompt(p) for p in prompts]
+        encoded: dict[str, list[int]] = {}
+        rows = [encoded[p] if p in encoded else encoded.setdefault(p, self.encode_prompt(p)) for p in prompts]
         P = max(len(r) for r in rows)
+        if len(encoded) == 1:  # one prompt for every row: no per-row work
+            ids = torch.tensor(rows[0], dtype=torch.long).expand(len(rows), P)
+            return ids.to(self.device), torch.ones((len(rows), P), dtype=torch.long, device=self.device)
         ids = torch.full((len(rows), P), self.pad_id, dtype=torch.long)
         att = torch.zeros((len(rows), P), dtype=torch.long)
         for i, r in enumerate(rows):

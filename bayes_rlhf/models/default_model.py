@@ -3,7 +3,7 @@
 The model (``default/``) is trained by ``python -m bayes_rlhf.models.train_default`` on a
 corpus that script generates from a small grammar, so it is reproducible. Its reward is the
 sentiment of the completion: +1 per positive word, -1 per negative word, with the sign flipped
-after "not". With 21 words and ``DEFAULT_MAX_NEW_TOKENS`` = 5 the posterior of each demo
+after "not". With 21 words and ``DEFAULT_MAX_NEW_TOKENS`` = 4 the posterior of each demo
 prompt is enumerable exactly in seconds on a CPU.
 """
 
@@ -18,7 +18,7 @@ from bayes_rlhf.models.causal_lm import CausalLM
 DEFAULT_DIR = Path(__file__).parent / "default"
 DEFAULT_PROMPTS = ("the movie was", "the food is", "")
 DEFAULT_BETA = 1.0
-DEFAULT_MAX_NEW_TOKENS = 5
+DEFAULT_MAX_NEW_TOKENS = 4
 
 POSITIVE = ("great", "good", "fun", "lovely")
 NEGATIVE = ("bad", "awful", "boring", "dull")

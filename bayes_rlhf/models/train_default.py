@@ -21,7 +21,7 @@ import torch
 
 from bayes_rlhf.models.default_model import DEFAULT_DIR, NEGATIVE, POSITIVE
 
-NOUNS = {"movie": 0.3, "book": 0.4, "food": 0.7, "service": 0.6}  # P(positive adjective)
+NOUNS = {"movie": 0.2, "book": 0.35, "food": 0.8, "service": 0.65}  # P(positive adjective)
 VERBS = ("was", "is")
 ADVERBS = ("very", "really")
 WORDS = ("the", *NOUNS, *VERBS, *ADVERBS, "not", *POSITIVE, *NEGATIVE, "and", "but", ".")

@@ -1,0 +1,1 @@
+"""Subcommands of ``bayes-rlhf``: each module defines ``register(subparsers)`` setting ``func``."""

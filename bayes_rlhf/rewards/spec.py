@@ -1,0 +1,64 @@
+"""Rewards named on the command line: ``parse_reward(spec, lm)``.
+
+Specs::
+
+    sentiment            the default model's lexicon sentiment (needs its vocabulary)
+    length               number of completion tokens
+    contains:WORD        number of times WORD occurs in the completion text
+    regex:PATTERN        1.0 if PATTERN matches the completion text, else 0.0
+    classifier:PATH[:LABEL]   logit of LABEL (default 1) of a sequence classifier at PATH
+    package.module:function   any importable reward callable
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import torch
+
+from bayes_rlhf.errors import RewardError
+from bayes_rlhf.rewards.base import TokenReward
+
+SPEC_HELP = ("sentiment | length | contains:WORD | regex:PATTERN | classifier:PATH[:LABEL] | "
+             "package.module:function")
+
+
+def parse_reward(spec: str, lm):
+    """A reward object for ``spec`` (see the module docstring); RewardError for an unknown spec."""
+    kind, _, arg = spec.partition(":")
+    if spec == "sentiment":
+        from bayes_rlhf.models.default_model import POSITIVE, sentiment_reward
+
+        vocab = lm.tokenizer.get_vocab()
+        if not all(w in vocab for w in POSITIVE):
+            raise RewardError("the 'sentiment' reward needs the default model's vocabulary; use another spec")
+        return sentiment_reward(lm)
+    if spec == "length":
+        return TokenReward(lambda ids, mask: mask.sum(-1).to(torch.float64), name="length")
+    if kind == "contains" and arg:
+        return _named(lambda p, c: [float(x.count(arg)) for x in c], f"contains[{arg}]")
+    if kind == "regex" and arg:
+        try:
+            pattern = re.compile(arg)
+        except re.error as exc:
+            raise RewardError(f"bad regular expression {arg!r}: {exc}") from exc
+        return _named(lambda p, c: [1.0 if pattern.search(x) else 0.0 for x in c], f"regex[{arg}]")
+    if kind == "classifier" and arg:
+        from bayes_rlhf.rewards.classifier import ClassifierReward
+
+        path, _, label = arg.rpartition(":") if arg.count(":") else (arg, "", "1")
+        label = int(label) if label.isdigit() else label
+        return ClassifierReward(path or arg, label=label)
+    if kind and arg and "." in kind:
+        try:
+            fn = getattr(importlib.import_module(kind), arg)
+        except (ImportError, AttributeError) as exc:
+            raise RewardError(f"could not import reward {spec!r}: {exc}") from exc
+        return fn
+    raise RewardError(f"unknown reward spec {spec!r}; use one of: {SPEC_HELP}")
+
+
+def _named(fn, name: str):
+    fn.__name__ = name
+    return fn
