@@ -1,0 +1,71 @@
+"""Checks and small helpers shared by the samplers (input validation happens before any work)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from bayes_rlhf.errors import ConfigError, NoMassError, PromptError, TokenizerMismatchError
+from bayes_rlhf.models.causal_lm import CausalLM
+from bayes_rlhf.target import Target
+
+
+def check_target(target) -> None:
+    if not isinstance(target, Target):
+        raise ConfigError(f"expected a bayes_rlhf.Target, got {type(target).__name__}; build one with "
+                          "Target(prior=lm, reward=reward, beta=..., max_new_tokens=...)")
+
+
+def check_count(value, name: str) -> int:
+    """An integer >= 1 (bools refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def as_prompts(target: Target, prompt: str | Sequence[str]) -> list[str]:
+    """A non-empty list of prompts, each encodable by the prior (PromptError otherwise)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise PromptError("no prompts given; pass a prompt string or a non-empty list of prompts")
+    for p in prompts:
+        target.prior.encode_prompt(p)
+    return prompts
+
+
+def check_proposal_lm(target: Target, proposal) -> CausalLM:
+    """The proposal CausalLM (the prior when None), checked to share the prior's tokenizer."""
+    if proposal is None:
+        return target.prior
+    if not isinstance(proposal, CausalLM):
+        raise ConfigError(f"proposal must be a CausalLM (or None for the prior), got {type(proposal).__name__}")
+    if not proposal.same_tokenizer(target.prior):
+        raise TokenizerMismatchError("the proposal's tokenizer differs from the prior's (vocabulary or EOS); "
+                                     "use a proposal fine-tuned from the same base model as the prior")
+    return proposal
+
+
+def prior_log_probs(target: Target, proposal: CausalLM, prompts_per_row: list[str], ids: torch.Tensor,
+                    mask: torch.Tensor, proposal_log_probs: torch.Tensor) -> torch.Tensor:
+    """log pi0 of completions [n] (float64, CPU); reuses the proposal's when it is the prior."""
+    if proposal is target.prior:
+        return proposal_log_probs.double().cpu()
+    return target.prior.score(prompts_per_row, ids, mask).sum(-1).double().cpu()
+
+
+def log_z_per_prompt(log_weights: torch.Tensor, prompt_index: torch.Tensor, num_prompts: int,
+                     prompts: Sequence[str], what: str = "sample") -> torch.Tensor:
+    """log mean exp(log_weights) within each prompt, Tensor [P]; NoMassError if a prompt has none."""
+    out = torch.empty(num_prompts, dtype=torch.float64)
+    for p in range(num_prompts):
+        lw = log_weights[prompt_index == p]
+        lse = torch.logsumexp(lw, 0)
+        if not torch.isfinite(lse):
+            raise NoMassError(
+                f"every {what} for prompt {prompts[p]!r} has zero target mass (reward -inf or zero prior "
+                f"probability): the target has no mass where the proposal looked. Draw more samples, "
+                "use a proposal that satisfies the constraint, or relax the reward")
+        out[p] = lse - math.log(lw.numel())
+    return out

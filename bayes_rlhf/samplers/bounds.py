@@ -1,0 +1,147 @@
+"""Two-sided stochastic bounds on log Z and the KL sandwich of a proposal.
+
+With w(x) = pi0(x) exp(r / beta) / q(x), K inner samples, and posterior samples x* ~ pi*
+(from ``ExactPosterior.sample`` or ``exact_rejection_sample``)::
+
+    lower_K = E_{x_1..K ~ q}[ log (1/K) sum_k w(x_k) ]                     <= log Z   (IWAE; SMC log Z_hat too)
+    upper_K = E_{x* ~ pi*, x_2..K ~ q}[ log (1/K) (w(x*) + sum_k w(x_k)) ] >= log Z   (BDMC / EUBO)
+
+lower_1 = log Z - KL(q || pi*) (the ELBO) and upper_1 = log Z + KL(pi* || q) (the EUBO), so
+with any lower bound L and upper bound U on log Z::
+
+    KL(q || pi*) <= U - lower_1        KL(pi* || q) <= upper_1 - L
+
+which sandwiches a proposal's divergences on models far too large to enumerate.
+Every estimate comes with its Monte Carlo standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.models.causal_lm import CausalLM
+from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target, prior_log_probs
+from bayes_rlhf.samplers.importance import draw_proposals, weigh
+from bayes_rlhf.target import Target
+
+
+@dataclass(frozen=True)
+class BoundEstimate:
+    """A Monte Carlo estimate of a bound: mean of ``num`` i.i.d. terms and its standard error."""
+
+    value: float
+    stderr: float
+    num: int
+
+
+def _estimate(terms: torch.Tensor) -> BoundEstimate:
+    terms = terms.double()
+    n = terms.numel()
+    se = float(terms.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.inf
+    return BoundEstimate(float(terms.mean()), se, n)
+
+
+def log_z_lower_bound(log_z_estimates: torch.Tensor | list) -> BoundEstimate:
+    """Stochastic lower bound from R independent estimates log Z_hat (IS or SMC): E[log Z_hat] <= log Z."""
+    t = torch.as_tensor(log_z_estimates, dtype=torch.float64).reshape(-1)
+    if t.numel() < 1 or not torch.isfinite(t).all():
+        raise ConfigError("log_z_estimates must be a non-empty set of finite numbers")
+    return _estimate(t)
+
+
+def _single_prompt(target: Target, prompt: str) -> str:
+    if not isinstance(prompt, str):
+        raise ConfigError("bounds are computed for one prompt at a time; pass a str")
+    return as_prompts(target, prompt)[0]
+
+
+def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalLM | None = None,
+                num_inner: int = 1, generator: torch.Generator | None = None) -> BoundEstimate:
+    """lower_K with K = ``num_inner``, from ``num_samples`` groups of K proposals (K = 1: the ELBO)."""
+    check_target(target)
+    check_count(num_samples, "num_samples")
+    check_count(num_inner, "num_inner")
+    q = check_proposal_lm(target, proposal)
+    prompt = _single_prompt(target, prompt)
+    comps = draw_proposals(target, q, [prompt], num_samples * num_inner, generator)
+    log_w, _, _ = weigh(target, q, [prompt], comps)
+    terms = torch.logsumexp(log_w.view(num_samples, num_inner), -1) - math.log(num_inner)
+    return _estimate(terms)
+
+
+def upper_bound(target: Target, prompt: str, posterior_samples: Completions, proposal: CausalLM | None = None,
+                num_inner: int = 1, generator: torch.Generator | None = None) -> BoundEstimate:
+    """upper_K with K = ``num_inner``: one exact posterior sample and K - 1 proposals per term.
+
+    Parameters
+    ----------
+    posterior_samples : Completions
+        Exact samples of pi*(. | prompt) (``ExactPosterior.sample`` or ``exact_rejection_sample``).
+    """
+    check_target(target)
+    check_count(num_inner, "num_inner")
+    q = check_proposal_lm(target, proposal)
+    prompt = _single_prompt(target, prompt)
+    if not isinstance(posterior_samples, Completions) or len(posterior_samples) < 1:
+        raise ConfigError("posterior_samples must be a non-empty Completions of exact posterior samples")
+    if posterior_samples.ids.shape[1] != target.max_new_tokens:
+        raise ConfigError(f"posterior_samples have {posterior_samples.ids.shape[1]} columns, the target's "
+                          f"max_new_tokens is {target.max_new_tokens}")
+    ids, mask = posterior_samples.ids, posterior_samples.mask
+    m = ids.shape[0]
+    lq = q.score(prompt, ids, mask).sum(-1).double().cpu()
+    lp0 = prior_log_probs(target, q, [prompt] * m, ids, mask, lq)
+    log_w_star = lp0 + target.rewards(prompt, ids, mask) / target.beta - lq
+    if (log_w_star == -math.inf).any():
+        raise ConfigError("a posterior sample has zero target mass: it is not a sample of this target's posterior")
+    if num_inner == 1:
+        return _estimate(log_w_star)
+    comps = draw_proposals(target, q, [prompt], m * (num_inner - 1), generator)
+    log_w, _, _ = weigh(target, q, [prompt], comps)
+    all_w = torch.cat([log_w_star[:, None], log_w.view(m, num_inner - 1)], dim=1)
+    return _estimate(torch.logsumexp(all_w, -1) - math.log(num_inner))
+
+
+@dataclass(frozen=True)
+class KLSandwich:
+    """Bounds on log Z and on the proposal's KL divergences to pi* (nats).
+
+    ``log_z_lower <= log Z <= log_z_upper``; ``kl_q_posterior <= kl_q_posterior_max`` and
+    ``kl_posterior_q <= kl_posterior_q_max`` (up to Monte Carlo error: each ``*_se``).
+    """
+
+    log_z_lower: float
+    log_z_lower_se: float
+    log_z_upper: float
+    log_z_upper_se: float
+    elbo: float
+    eubo: float
+    kl_q_posterior_max: float
+    kl_q_posterior_max_se: float
+    kl_posterior_q_max: float
+    kl_posterior_q_max_se: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def kl_sandwich(elbo: BoundEstimate, eubo: BoundEstimate, log_z_lower: BoundEstimate | None = None,
+                log_z_upper: BoundEstimate | None = None) -> KLSandwich:
+    """Combine a proposal's ELBO and EUBO (K = 1) with the best bounds on log Z.
+
+    ``log_z_lower`` defaults to the ELBO, ``log_z_upper`` to the EUBO (tighter ones come from
+    SMC with many particles, or ``lower_bound``/``upper_bound`` with a larger ``num_inner``).
+    """
+    lo = log_z_lower if log_z_lower is not None else elbo
+    hi = log_z_upper if log_z_upper is not None else eubo
+    if lo.value > hi.value + 3 * math.hypot(lo.stderr, hi.stderr):
+        raise ConfigError(f"the lower bound {lo.value:.4f} exceeds the upper bound {hi.value:.4f} beyond "
+                          "Monte Carlo error: the posterior samples are not from this target's posterior")
+    return KLSandwich(lo.value, lo.stderr, hi.value, hi.stderr, elbo.value, eubo.value,
+                      hi.value - elbo.value, math.hypot(hi.stderr, elbo.stderr),
+                      eubo.value - lo.value, math.hypot(eubo.stderr, lo.stderr))

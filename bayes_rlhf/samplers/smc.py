@@ -1,0 +1,281 @@
+"""Token-level sequential Monte Carlo over the KV cache: bootstrap and twisted.
+
+N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q, twist psi
+(psi_0 = 1; a finished particle's potential is exp(r / beta); no twist: psi_t = 1 until then)::
+
+    state, logp0 = prior.start(prompts, N);  log_w = 0;  log_psi = 0;  log_Z = 0
+    for t in 0 .. T-1, for every particle still generating:
+        x_t ~ q(. | x_<t)
+        log_psi' = r(x) / beta if x ended (EOS or t = T-1) else log psi_t(x_{1:t})
+        log_w += log pi0(x_t | x_<t) - log q(x_t | x_<t) + log_psi' - log_psi
+        advance the prior (and q) by one token: state, logp0 = prior.step(state, x_t)
+        per prompt, if ESS(w) < ess_threshold * N:
+            log_Z += logsumexp(log_w) - log N;  idx = resample(log_w);  log_w = 0
+            state = state.reindex(idx)      # the KV cache rows are copied, never recomputed
+    log_Z += logsumexp(log_w) - log N       # E[exp(log_Z)] = Z
+
+The product of a particle's increments is pi0(x) exp(r / beta) / q(x), so the final weights
+are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t) every
+increment after the first is 1 and the first is Z: log_Z is exact with zero variance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from bayes_rlhf.errors import ConfigError, NoMassError, TokenizerMismatchError
+from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.models.causal_lm import CausalLM, LMState, sample_categorical
+from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target
+from bayes_rlhf.samplers.resampling import get_resampler
+from bayes_rlhf.samplers.twists import as_twist, lookup, posterior_table
+from bayes_rlhf.samplers.weighted import SMCHistory, WeightedSamples, kish_ess
+from bayes_rlhf.target import Target
+
+
+@dataclass(frozen=True)
+class SMCConfig:
+    """Settings of one SMC run.
+
+    Parameters
+    ----------
+    num_particles : int
+        N >= 1 particles per prompt.
+    ess_threshold : float
+        Resample a prompt's particles when ESS < ess_threshold * N; in (0, 1] (1: whenever the
+        weights are not all equal).
+    resampling : str or callable
+        "systematic", "stratified", "multinomial", "residual", or (generator, log_weights, n) -> idx.
+    progress : bool
+        Show a progress bar over the token steps.
+    """
+
+    num_particles: int
+    ess_threshold: float = 0.5
+    resampling: object = "systematic"
+    progress: bool = False
+
+    def __post_init__(self):
+        check_count(self.num_particles, "num_particles")
+        e = self.ess_threshold
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not (0 < e <= 1):
+            raise ConfigError(f"ess_threshold must be in (0, 1], got {e!r}; 0.5 is the usual choice")
+        get_resampler(self.resampling)
+
+
+@dataclass(frozen=True)
+class SMCState:
+    """Particles after step ``t`` (rows grouped by prompt). Steps never mutate a state."""
+
+    t: int
+    prior_state: LMState
+    prior_logp: torch.Tensor     # [n, V] next-token log-probs under the prior
+    proposal_state: LMState | None
+    proposal_logp: torch.Tensor | None
+    ids: torch.Tensor            # [n, T]
+    mask: torch.Tensor           # [n, T]
+    alive: torch.Tensor          # [n] still generating
+    log_w: torch.Tensor          # [n] float64, since the last resampling
+    log_psi: torch.Tensor        # [n] float64, current potential
+    rewards: torch.Tensor        # [n] float64, NaN until finished
+    log_z: torch.Tensor          # [P] float64, accumulated over resampling epochs
+
+
+class SMC:
+    """Token-level SMC for a target and prompts: ``init``, ``step(generator, state)``, ``run``."""
+
+    def __init__(self, target: Target, prompts: Sequence[str], config: SMCConfig, proposal=None, twist=None):
+        check_target(target)
+        self.target, self.config = target, config
+        self.prompts = as_prompts(target, prompts)
+        self.N, self.P, self.T = config.num_particles, len(self.prompts), target.max_new_tokens
+        self.row_prompts = [p for p in self.prompts for _ in range(self.N)]
+        self.group = torch.arange(self.P).repeat_interleave(self.N)
+        self.exact_proposal = None
+        if isinstance(proposal, (ExactPosterior, list, tuple, dict)):
+            self.exact_proposal = posterior_table(proposal)
+            self._check_exact_proposal()
+            self.proposal = None
+        else:
+            q = check_proposal_lm(target, proposal)
+            self.proposal = None if q is target.prior else q
+        self.twist = as_twist(twist, target, self.prompts)
+        self.resampler = get_resampler(config.resampling)
+        self._q_cache: dict = {}
+
+    def _check_exact_proposal(self) -> None:
+        for p in self.prompts:
+            post = lookup(self.exact_proposal, p, "proposal")
+            if not post.lm.same_tokenizer(self.target.prior):
+                raise TokenizerMismatchError("the proposal posterior's tokenizer differs from the prior's")
+            if post.completion_ids.shape[1] != self.T:
+                raise ConfigError(f"the proposal posterior has max_new_tokens={post.completion_ids.shape[1]}, "
+                                  f"the target {self.T}; enumerate it from the same target")
+
+    # ------------------------------------------------------------------ proposal and potentials
+    def _proposal_logp(self, state: SMCState) -> torch.Tensor:
+        if self.exact_proposal is not None:
+            out = state.prior_logp.double().cpu().clone()
+            for i in torch.nonzero(state.alive).squeeze(-1).tolist():
+                key = (self.row_prompts[i], tuple(state.ids[i, : state.t].tolist()))
+                if key not in self._q_cache:
+                    post = self.exact_proposal[key[0]]
+                    self._q_cache[key] = post.token_posterior(key[1], log=True)
+                out[i] = self._q_cache[key]
+            return out
+        return (state.proposal_logp if self.proposal is not None else state.prior_logp).double().cpu()
+
+    def _log_potentials(self, ids, mask, ended, going, t) -> tuple[torch.Tensor, torch.Tensor]:
+        n = ids.shape[0]
+        log_psi = torch.zeros(n, dtype=torch.float64)
+        rewards = torch.full((n,), math.nan, dtype=torch.float64)
+        rows = torch.nonzero(ended).squeeze(-1)
+        if rows.numel():
+            r = self.target.rewards([self.row_prompts[i] for i in rows.tolist()], ids[rows], mask[rows])
+            rewards[rows] = r
+            log_psi[rows] = r / self.target.beta
+        rows = torch.nonzero(going).squeeze(-1)
+        if rows.numel() and self.twist is not None:
+            log_psi[rows] = self.twist.log_potential([self.row_prompts[i] for i in rows.tolist()],
+                                                     ids[rows, : t + 1], self.target)
+        return log_psi, rewards
+
+    # ------------------------------------------------------------------ init / step / run
+    def init(self) -> SMCState:
+        """Run every prompt once and repeat its cache to N rows."""
+        n = self.P * self.N
+        prior_state, prior_logp = self.target.prior.start(self.prompts, self.N)
+        q_state = q_logp = None
+        if self.proposal is not None:
+            q_state, q_logp = self.proposal.start(self.prompts, self.N)
+        pad = self.target.prior.pad_id
+        return SMCState(0, prior_state, prior_logp, q_state, q_logp,
+                        torch.full((n, self.T), pad, dtype=torch.long), torch.zeros((n, self.T), dtype=torch.bool),
+                        torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.float64),
+                        torch.zeros(n, dtype=torch.float64), torch.full((n,), math.nan, dtype=torch.float64),
+                        torch.zeros(self.P, dtype=torch.float64))
+
+    def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
+        """Extend every live particle by one token, reweight, and resample where the ESS is low."""
+        t, alive = state.t, state.alive
+        logq = self._proposal_logp(state)
+        logp0 = state.prior_logp.double().cpu()
+        tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
+        tok[alive] = sample_categorical(logq[alive], generator).cpu()
+        ids, mask = state.ids.clone(), state.mask.clone()
+        ids[alive, t], mask[alive, t] = tok[alive], True
+        eos = self.target.prior.eos_token_id
+        ends_here = (tok == eos) if eos is not None else torch.zeros_like(alive)
+        ended = alive & (ends_here | (t + 1 == self.T))
+        going = alive & ~ended
+        new_psi, r_new = self._log_potentials(ids, mask, ended, going, t)
+        gather = lambda lp: lp.gather(-1, tok[:, None]).squeeze(-1)  # noqa: E731
+        inc = gather(logp0) - gather(logq) + new_psi - state.log_psi
+        inc = torch.where(torch.isnan(inc), -math.inf, inc)
+        log_w = torch.where(alive, state.log_w + inc, state.log_w)
+        log_psi = torch.where(alive, new_psi, state.log_psi)
+        rewards = torch.where(ended, r_new, state.rewards)
+        prior_state, prior_logp, q_state, q_logp = state.prior_state, state.prior_logp, state.proposal_state, state.proposal_logp
+        if going.any():
+            prior_state, prior_logp = self.target.prior.step(prior_state, tok)
+            if self.proposal is not None:
+                q_state, q_logp = self.proposal.step(q_state, tok)
+        new = SMCState(t + 1, prior_state, prior_logp, q_state, q_logp, ids, mask, going, log_w, log_psi,
+                       rewards, state.log_z)
+        return self._maybe_resample(generator, new, bool(going.any()), int(alive.sum()))
+
+    def _maybe_resample(self, generator, state: SMCState, more: bool, stepped: int) -> tuple[SMCState, dict]:
+        N = self.N
+        idx = torch.arange(self.P * N)
+        log_w, log_z = state.log_w.clone(), state.log_z.clone()
+        ess = torch.zeros(self.P, dtype=torch.float64)
+        resampled = torch.zeros(self.P, dtype=torch.bool)
+        running = torch.zeros(self.P, dtype=torch.float64)
+        for p in range(self.P):
+            g = slice(p * N, (p + 1) * N)
+            lse = torch.logsumexp(log_w[g], 0)
+            if not torch.isfinite(lse):
+                raise NoMassError(
+                    f"every particle for prompt {self.prompts[p]!r} has zero target mass after token {state.t} "
+                    "(reward -inf, potential -inf, or a token the prior cannot produce): the target has no "
+                    "mass where the proposal looked. Use more particles, a proposal or twist that respects "
+                    "the constraint, or relax the reward")
+            running[p] = log_z[p] + lse - math.log(N)
+            ess[p] = kish_ess(log_w[g])
+            if more and state.alive[g].any() and ess[p] < self.config.ess_threshold * N:
+                idx[g] = p * N + self.resampler(generator, log_w[g], N)
+                log_z[p] = running[p]
+                log_w[g] = 0.0
+                resampled[p] = True
+        info = {"ess": ess, "resampled": resampled, "log_z": running, "tokens": stepped,
+                "num_alive": torch.zeros(self.P, dtype=torch.long).index_add_(0, self.group, state.alive.long())}
+        if not resampled.any():
+            return SMCState(**{**state.__dict__, "log_w": log_w}), info
+        q_state = state.proposal_state.reindex(idx) if state.proposal_state is not None else None
+        q_logp = state.proposal_logp[idx.to(state.proposal_logp.device)] if state.proposal_logp is not None else None
+        dev = state.prior_logp.device
+        new = SMCState(state.t, state.prior_state.reindex(idx), state.prior_logp[idx.to(dev)], q_state, q_logp,
+                       state.ids[idx], state.mask[idx], state.alive[idx], log_w, state.log_psi[idx],
+                       state.rewards[idx], log_z)
+        info["num_alive"] = torch.zeros(self.P, dtype=torch.long).index_add_(0, self.group, new.alive.long())
+        return new, info
+
+    def run(self, generator: torch.Generator | None = None) -> WeightedSamples:
+        """All steps until every particle has finished; the final weighted particles."""
+        t0 = time.perf_counter()
+        state, infos, tokens = self.init(), [], 0
+        for _ in tqdm(range(self.T), desc="smc", disable=not self.config.progress):
+            state, info = self.step(generator, state)
+            infos.append(info)
+            tokens += info["tokens"]
+            if not state.alive.any():
+                break
+        N = self.N
+        final = torch.stack([torch.logsumexp(state.log_w[p * N:(p + 1) * N], 0) for p in range(self.P)])
+        log_z = state.log_z + final - math.log(N)
+        hist = SMCHistory(torch.stack([i["ess"] for i in infos]), torch.stack([i["resampled"] for i in infos]),
+                          torch.stack([i["log_z"] for i in infos]), torch.stack([i["num_alive"] for i in infos]))
+        seconds = time.perf_counter() - t0
+        info = {"num_particles": N, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+        return WeightedSamples(state.ids, state.mask, state.log_w, state.rewards, log_z, self.group.clone(),
+                               tuple(self.prompts), self.target.prior, hist, info)
+
+
+def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposal=None, twist=None,
+        ess_threshold: float = 0.5, resampling="systematic", generator: torch.Generator | None = None,
+        progress: bool = False) -> WeightedSamples:
+    """Token-level SMC for the posterior of ``target`` (see the module docstring).
+
+    Parameters
+    ----------
+    target : Target
+    prompt : str or sequence of str
+        P prompts, each with its own N particles, all in one batch.
+    num_particles : int
+        N >= 1 per prompt.
+    proposal : None, CausalLM or ExactPosterior(s)
+        None: the prior (bootstrap). A CausalLM sharing the prior's tokenizer, or exact
+        posteriors (one per prompt) whose token posterior pi*(x_t | x_<t) proposes.
+    twist : None, ExactPosterior(s), a prefix reward, or an object with ``log_potential``
+        None: bootstrap with the terminal reward. ExactPosterior: optimal soft-value twist.
+        A reward (text or TokenReward) on prefixes: ``PrefixPotential``. ``LearnedTwist``.
+    ess_threshold : float in (0, 1]
+    resampling : str or callable
+    generator : torch.Generator, optional
+    progress : bool
+
+    Returns
+    -------
+    WeightedSamples
+        N * P finished particles with their final weights, ``log_z`` [P] (unbiased in
+        exp), ``history`` (per-step ESS, resampling, running log Z) and ``info``
+        (tokens, seconds, tokens_per_second).
+    """
+    config = SMCConfig(num_particles, ess_threshold, resampling, progress)
+    return SMC(target, prompt, config, proposal=proposal, twist=twist).run(generator)

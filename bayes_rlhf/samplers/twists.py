@@ -1,0 +1,235 @@
+"""Twists for SMC: log potentials log psi_t(x_{1:t}) on unfinished prefixes.
+
+The twisted target at step t is pi0(x_{1:t}) psi_t(x_{1:t}); at the end psi = exp(r / beta).
+The optimal twist is psi_t = exp(V_t / beta) with the soft value
+V_t(x_{1:t}) = beta log E_pi0[exp(r / beta) | x_{1:t}]. Protocol (any object with)::
+
+    log_potential(prompts: list[str] (one per row), ids: LongTensor [n, t], target) -> Tensor [n]
+
+Implementations: ``ExactTwist`` (soft values from ExactPosterior tables), ``PrefixPotential``
+(a reward the user evaluates on prefixes, divided by beta), ``LearnedTwist`` (a small GRU
+head over token ids, fitted to exact soft values by ``fit_twist``; runs on any device).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.rewards.base import evaluate_reward
+
+
+class Twist(Protocol):
+    def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
+        """log psi_t of n unfinished prefixes ids [n, t] (float64 [n], CPU)."""
+
+
+def posterior_table(posteriors: ExactPosterior | Sequence[ExactPosterior] | dict) -> dict[str, ExactPosterior]:
+    """{prompt: ExactPosterior} from one posterior, a sequence or a dict."""
+    if isinstance(posteriors, ExactPosterior):
+        return {posteriors.prompt: posteriors}
+    if isinstance(posteriors, dict):
+        items = list(posteriors.values())
+    else:
+        items = list(posteriors)
+    if not items or not all(isinstance(p, ExactPosterior) for p in items):
+        raise ConfigError("expected ExactPosterior objects (one per prompt)")
+    return {p.prompt: p for p in items}
+
+
+def lookup(table: dict[str, ExactPosterior], prompt: str, what: str) -> ExactPosterior:
+    if prompt not in table:
+        raise ConfigError(f"the {what} has no ExactPosterior for prompt {prompt!r}; "
+                          f"it has {sorted(table)}. Pass one exact_posterior per prompt")
+    return table[prompt]
+
+
+class ExactTwist:
+    """The optimal twist psi_t = exp(V_t / beta) from exact posteriors (one per prompt)."""
+
+    def __init__(self, posteriors: ExactPosterior | Sequence[ExactPosterior] | dict):
+        self.table = posterior_table(posteriors)
+        self._cache: dict = {}
+
+    def check(self, target, prompts: Sequence[str]) -> None:
+        for p in prompts:
+            post = lookup(self.table, p, "twist")
+            if abs(post.beta - target.beta) > 1e-12 * max(1.0, target.beta):
+                raise ConfigError(f"the twist's posterior has beta={post.beta}, the target beta={target.beta}; "
+                                  "build the twist from exact_posterior(target, prompt)")
+            if post.completion_ids.shape[1] != target.max_new_tokens:
+                raise ConfigError("the twist's posterior was enumerated with another max_new_tokens "
+                                  f"({post.completion_ids.shape[1]} vs {target.max_new_tokens})")
+
+    def log_value(self, prompt: str, prefix: tuple) -> float:
+        key = (prompt, prefix)
+        if key not in self._cache:
+            post = self.table[prompt]
+            lo, hi = post.prefix_range(prefix)
+            if lo == hi:
+                self._cache[key] = -math.inf
+            else:
+                self._cache[key] = post.soft_value(prefix) / post.beta
+        return self._cache[key]
+
+    def log_potential(self, prompts: list[str], ids: torch.Tensor, target=None) -> torch.Tensor:
+        rows = ids.tolist()
+        return torch.tensor([self.log_value(p, tuple(r)) for p, r in zip(prompts, rows)], dtype=torch.float64)
+
+
+class PrefixPotential:
+    """A user-given reward on prefixes as a twist: log psi_t = r_prefix(c, x_{1:t}) / beta.
+
+    ``reward`` follows the reward protocol (a text reward or a ``TokenReward``); it is called on
+    unfinished prefixes. ``scale`` multiplies it (e.g. to temper a heuristic).
+    """
+
+    def __init__(self, reward, scale: float = 1.0):
+        if not callable(reward) and not hasattr(reward, "score_batch"):
+            raise ConfigError("PrefixPotential needs a reward f(prompts, completions) or a TokenReward")
+        if not math.isfinite(scale):
+            raise ConfigError(f"scale must be finite, got {scale}")
+        self.reward, self.scale = reward, float(scale)
+
+    def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
+        mask = torch.ones(ids.shape, dtype=torch.bool)
+        return self.scale * evaluate_reward(self.reward, target.prior, prompts, ids, mask) / target.beta
+
+
+class LearnedTwist(nn.Module):
+    """A GRU over (prompt + prefix) token ids predicting V_t / beta; a learned twist.
+
+    Parameters
+    ----------
+    vocab_size : int
+    hidden : int
+        Embedding and GRU width.
+    """
+
+    def __init__(self, vocab_size: int, hidden: int = 64):
+        super().__init__()
+        if vocab_size < 2 or hidden < 1:
+            raise ConfigError(f"LearnedTwist needs vocab_size >= 2 and hidden >= 1, got {vocab_size}, {hidden}")
+        self.embed = nn.Embedding(vocab_size, hidden)
+        self.rnn = nn.GRU(hidden, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs LongTensor [n, L] (prompt + prefix, left-aligned, all real) -> Tensor [n]."""
+        out, _ = self.rnn(self.embed(seqs))
+        return self.head(out[:, -1]).squeeze(-1)
+
+    def _sequences(self, prompt_ids: list[list[int]], ids: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.tensor(p + r, dtype=torch.long) for p, r in zip(prompt_ids, ids.tolist())]
+
+    def predict(self, prompt_ids: list[list[int]], ids: torch.Tensor) -> torch.Tensor:
+        """Predicted V_t / beta [n] for prompts (as ids) and prefixes ids [n, t] (differentiable)."""
+        seqs = self._sequences(prompt_ids, ids)
+        lengths = torch.tensor([len(s) for s in seqs])
+        out = torch.empty(len(seqs), device=self.device, dtype=self.head.weight.dtype)
+        for L in lengths.unique().tolist():  # equal lengths batch together: no padding needed
+            rows = torch.nonzero(lengths == L).squeeze(-1)
+            out = out.index_put((rows.to(self.device),), self(torch.stack([seqs[i] for i in rows]).to(self.device)))
+        return out
+
+    def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
+        with torch.no_grad():
+            return self.predict([target.prior.encode_prompt(p) for p in prompts], ids).double().cpu()
+
+
+def exact_prefix_values(posterior: ExactPosterior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every unfinished prefix of the table with V / beta and its prior and posterior mass.
+
+    Returns (ids LongTensor [M, T] padded with -1, lengths [M], log_values [M], weights [M]);
+    weights = (prior mass + posterior mass) / 2 of reaching the prefix. Uses the sorted table:
+    the completions extending a prefix form one contiguous block.
+    """
+    ids, mask = posterior.completion_ids, posterior.mask
+    lp0, lpost = posterior.prior_log_probs, posterior.log_probs
+    lw = lp0 + posterior.rewards / posterior.beta
+    out_ids, out_len, out_v, out_w = [], [], [], []
+    T = ids.shape[1]
+    for t in range(T):
+        rows = torch.nonzero(mask[:, t]).squeeze(-1)  # completions longer than t: prefix of length t unfinished
+        keys = ids[rows, :t] if t else torch.zeros((rows.numel(), 1), dtype=torch.long)
+        _, inv = torch.unique_consecutive(keys, dim=0, return_inverse=True)
+        M = int(inv.max()) + 1
+
+        def seg_lse(x):
+            m = torch.full((M,), -math.inf, dtype=torch.float64).scatter_reduce(0, inv, x, "amax")
+            ms = torch.where(torch.isfinite(m), m, 0.0)
+            return torch.log(torch.zeros(M, dtype=torch.float64).index_add_(0, inv, torch.exp(x - ms[inv]))) + ms
+
+        first = torch.zeros(M, dtype=torch.long).scatter_reduce(0, inv, torch.arange(rows.numel()), "amin",
+                                                                  include_self=False)
+        pref = torch.full((M, T), -1, dtype=torch.long)
+        pref[:, :t] = ids[rows[first], :t]
+        out_ids.append(pref)
+        out_len.append(torch.full((M,), t, dtype=torch.long))
+        out_v.append(seg_lse(lw[rows]) - seg_lse(lp0[rows]))
+        out_w.append(0.5 * (seg_lse(lp0[rows]).exp() + seg_lse(lpost[rows]).exp()))
+    return torch.cat(out_ids), torch.cat(out_len), torch.cat(out_v), torch.cat(out_w)
+
+
+def fit_twist(twist: LearnedTwist, posteriors, steps: int = 300, lr: float = 1e-2, batch_size: int = 256,
+              generator: torch.Generator | None = None, progress: bool = False) -> list[float]:
+    """Fit ``twist`` to exact soft values V_t / beta by weighted least squares.
+
+    Prefixes come from every table (``exact_prefix_values``), sampled by prior+posterior mass;
+    prefixes whose soft value is -inf are left out. Returns the loss per step.
+    """
+    table = posterior_table(posteriors)
+    if not isinstance(steps, int) or steps < 1 or not lr > 0 or batch_size < 1:
+        raise ConfigError(f"fit_twist needs steps >= 1, lr > 0, batch_size >= 1; got {steps}, {lr}, {batch_size}")
+    data = []
+    for post in table.values():
+        pids, plen, v, w = exact_prefix_values(post)
+        keep = torch.isfinite(v)
+        data.append((post.lm.encode_prompt(post.prompt), pids[keep], plen[keep], v[keep], w[keep]))
+    weights = torch.cat([d[4] for d in data])
+    owner = torch.cat([torch.full((d[1].shape[0],), i) for i, d in enumerate(data)])
+    local = torch.cat([torch.arange(d[1].shape[0]) for d in data])
+    opt = torch.optim.Adam(twist.parameters(), lr=lr)
+    losses = []
+    for _ in tqdm(range(steps), desc="fitting twist", disable=not progress):
+        pick = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        prompt_ids, prefixes, targets = [], [], []
+        for j in pick.tolist():
+            d = data[owner[j]]
+            k = local[j]
+            prompt_ids.append(d[0] + d[1][k, : d[2][k]].tolist())
+            targets.append(d[3][k])
+        pred = twist.predict(prompt_ids, torch.zeros((len(pick), 0), dtype=torch.long))
+        loss = ((pred.double().cpu() - torch.stack(targets)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+def as_twist(twist, target, prompts: Sequence[str]):
+    """None, a twist object, ExactPosterior(s) (-> ExactTwist) or a prefix reward (-> PrefixPotential)."""
+    if twist is None:
+        return None
+    if isinstance(twist, (ExactPosterior, list, tuple, dict)):
+        twist = ExactTwist(twist)
+    elif not hasattr(twist, "log_potential"):
+        if callable(twist) or hasattr(twist, "score_batch"):
+            twist = PrefixPotential(twist)
+        else:
+            raise ConfigError(f"twist must be None, an ExactPosterior, a prefix reward or an object with "
+                              f"log_potential(prompts, ids, target); got {type(twist).__name__}")
+    if hasattr(twist, "check"):
+        twist.check(target, prompts)
+    return twist

@@ -1,0 +1,191 @@
+"""WeightedSamples: the output of every sampler.
+
+A weighted particle approximation of pi*(x | c) for one or more prompts::
+
+    pi*(x | c_p) ~= sum_{i : prompt(i) = p} w_i delta_{x_i}(x),   w_i = exp(lw_i) / sum_j exp(lw_j)
+
+together with ``log_z[p]``, an estimate of log Z(c_p) whose exponential is unbiased for Z
+where the algorithm allows it, and the Kish effective sample size per prompt,
+``ess = 1 / sum_i w_i^2``. Log-weights are unnormalised and float64; normalisation happens
+per prompt at the point of use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.models.completions import Completions
+
+
+def normalized_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
+    """log w_i - logsumexp(log w) of a 1-D Tensor [n] (all -inf stays all -inf)."""
+    lse = torch.logsumexp(log_weights, 0)
+    if not torch.isfinite(lse):
+        return torch.full_like(log_weights, -math.inf)
+    return log_weights - lse
+
+
+def kish_ess(log_weights: torch.Tensor) -> float:
+    """Kish effective sample size 1 / sum w_i^2 of unnormalised log-weights [n] (0 if no mass)."""
+    lw = normalized_log_weights(log_weights.double())
+    if not torch.isfinite(lw).any():
+        return 0.0
+    return float(torch.exp(-torch.logsumexp(2 * lw, 0)))
+
+
+@dataclass(frozen=True)
+class SMCHistory:
+    """Per-step record of an SMC run (S steps, P prompts).
+
+    Attributes
+    ----------
+    ess : Tensor [S, P]
+        Kish ESS of the weights after reweighting at each step (before any resampling).
+    resampled : BoolTensor [S, P]
+        Whether the particles of each prompt were resampled after the step.
+    log_z : Tensor [S, P]
+        Running estimate of log Z after each step.
+    num_alive : LongTensor [S, P]
+        Particles still generating after each step.
+    """
+
+    ess: torch.Tensor
+    resampled: torch.Tensor
+    log_z: torch.Tensor
+    num_alive: torch.Tensor
+
+    @property
+    def num_resampling_steps(self) -> torch.Tensor:
+        """LongTensor [P]: how many times each prompt's particles were resampled."""
+        return self.resampled.sum(0)
+
+
+@dataclass(frozen=True)
+class WeightedSamples:
+    """Weighted completions of one or more prompts (the output of every sampler).
+
+    Attributes
+    ----------
+    ids : LongTensor [n, T]
+        Completion tokens, padded with the model's pad id after the end.
+    mask : BoolTensor [n, T]
+        True at real tokens (a completion ends at its first EOS, kept, or at T).
+    log_weights : Tensor [n]
+        Unnormalised float64 log-weights; normalise within each prompt.
+    rewards : Tensor [n]
+        r(c, x) of each completion (float64).
+    log_z : Tensor [P]
+        Estimate of log Z(c_p) per prompt (natural log, float64).
+    prompt_index : LongTensor [n]
+        Which prompt in ``prompts`` each row continues.
+    prompts : tuple of str
+        The P prompts.
+    lm : CausalLM
+        The model whose tokenizer decodes ``ids`` (used by ``texts``).
+    history : SMCHistory, optional
+        Per-step record (SMC only).
+    info : dict
+        Sampler-specific scalars (acceptance rate, proposals drawn, time, ...).
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    log_weights: torch.Tensor
+    rewards: torch.Tensor
+    log_z: torch.Tensor
+    prompt_index: torch.Tensor
+    prompts: tuple
+    lm: object = field(repr=False, compare=False)
+    history: SMCHistory | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = self.ids.shape[0]
+        for name in ("mask", "log_weights", "rewards", "prompt_index"):
+            if getattr(self, name).shape[0] != n:
+                raise ConfigError(f"WeightedSamples.{name} has {getattr(self, name).shape[0]} rows, ids has {n}")
+        if self.log_z.shape != (len(self.prompts),):
+            raise ConfigError(f"WeightedSamples.log_z must have shape ({len(self.prompts)},), "
+                              f"got {tuple(self.log_z.shape)}")
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def texts(self) -> list[str]:
+        """Decoded completion texts [n] (EOS and padding removed)."""
+        return self.lm.decode(self.ids, self.mask)
+
+    def rows(self, p: int = 0) -> torch.Tensor:
+        """LongTensor [n_p]: row indices of prompt ``p``."""
+        return torch.nonzero(self.prompt_index == p).squeeze(-1)
+
+    def normalized_weights(self) -> torch.Tensor:
+        """Tensor [n]: self-normalised weights, summing to 1 within each prompt."""
+        out = torch.zeros_like(self.log_weights)
+        for p in range(self.num_prompts):
+            r = self.rows(p)
+            out[r] = normalized_log_weights(self.log_weights[r]).exp()
+        return out
+
+    @property
+    def ess(self) -> torch.Tensor:
+        """Tensor [P]: Kish effective sample size 1 / sum w^2 per prompt."""
+        return torch.tensor([kish_ess(self.log_weights[self.rows(p)]) for p in range(self.num_prompts)],
+                            dtype=torch.float64)
+
+    def expectation(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor [P]: self-normalised estimate of E_pi*[f] per prompt; f = reward by default.
+
+        ``values`` is Tensor [n], f evaluated on each row. Rows with zero weight are ignored
+        (so a reward of -inf there does not poison the sum).
+        """
+        values = self.rewards if values is None else values.double().cpu()
+        w = self.normalized_weights()
+        pos = w > 0
+        contrib = torch.where(pos, w * torch.where(pos, values, 0.0), 0.0)
+        return torch.zeros(self.num_prompts, dtype=torch.float64).index_add_(0, self.prompt_index, contrib)
+
+    @property
+    def mean_reward(self) -> torch.Tensor:
+        """Tensor [P]: self-normalised E_pi*[r] per prompt."""
+        return self.expectation()
+
+    def completions(self) -> Completions:
+        """The rows as ``Completions`` (log_probs hold the normalised log-weights)."""
+        lw = torch.log(self.normalized_weights())
+        return Completions(self.ids, self.mask, lw, self.prompt_index)
+
+    def resample(self, num_samples: int, generator: torch.Generator | None = None,
+                 scheme: str = "multinomial") -> Completions:
+        """Sampling-importance-resampling: ``num_samples`` equally weighted draws per prompt.
+
+        Returns ``Completions`` grouped by prompt (log_probs are zeros: the draws are unweighted).
+        """
+        from bayes_rlhf.samplers.resampling import get_resampler
+
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        resampler = get_resampler(scheme)
+        picked = []
+        for p in range(self.num_prompts):
+            r = self.rows(p)
+            picked.append(r[resampler(generator, self.log_weights[r], num_samples)])
+        idx = torch.cat(picked)
+        return Completions(self.ids[idx], self.mask[idx], torch.zeros(idx.numel(), dtype=torch.float64),
+                           self.prompt_index[idx])
+
+    def summary(self) -> list[dict]:
+        """Plain floats per prompt: log Z estimate, ESS, self-normalised E[r], sample count."""
+        ess, er = self.ess, self.mean_reward
+        return [{"prompt": self.prompts[p], "log_z": float(self.log_z[p]), "ess": float(ess[p]),
+                 "mean_reward": float(er[p]), "num_samples": int(self.rows(p).numel()), **self.info}
+                for p in range(self.num_prompts)]
