@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import bayes_rlhf as br  # noqa: E402
 from bayes_rlhf.models.toy import tiny_lm  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("BAYES_RLHF_TEST_THREADS", "1")))  # tiny models: 1 thread is fastest
 
 
 @pytest.fixture(scope="session")
