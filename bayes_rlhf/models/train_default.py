@@ -8,7 +8,8 @@ Corpus: short reviews from a small grammar, sampled with a fixed seed::
 Each noun has its own leaning (the movie and the book lean negative, the food and the service
 positive) so that the posterior under the sentiment reward visibly moves away from the prior.
 The model is a 2-layer word-level GPT-2 (about 0.1 M parameters), trained with AdamW on CPU in
-about a minute, and saved as safetensors with its tokenizer.
+a few minutes, and saved as safetensors with its tokenizer. The shipped weights were made with
+``OMP_NUM_THREADS=1 python -m bayes_rlhf.models.train_default`` (4000 steps, seed 0).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def review(rng: random.Random) -> str:
     return " ".join(words + ["."])
 
 
-def train(out: Path, steps: int = 1500, batch: int = 64, seed: int = 0) -> Path:
+def train(out: Path, steps: int = 4000, batch: int = 64, seed: int = 0) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from bayes_rlhf.models.causal_lm import CausalLM
@@ -92,7 +93,7 @@ def train(out: Path, steps: int = 1500, batch: int = 64, seed: int = 0) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print("saved to", train(args.out, steps=args.steps, seed=args.seed))
