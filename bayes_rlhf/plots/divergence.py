@@ -74,22 +74,24 @@ def plot_log_z(num_particles: Sequence[int], estimates: Mapping[str, Sequence[fl
     if not estimates:
         raise ConfigError("no log Z estimates to plot")
     fig, (ax,) = new_figure()
+    m = len(estimates)
     for i, (label, vals) in enumerate(estimates.items()):
         v = _arr(vals, label)
         c = CYCLE[i % len(CYCLE)]
+        x = n * 1.06 ** (i - (m - 1) / 2)  # series side by side on the log axis
         if v.ndim == 2:
             for j in range(v.shape[1]):
-                ax.plot(n, v[:, j], "o", color=c, alpha=0.35, ms=3, label=label if j == 0 else None)
+                ax.plot(x, v[:, j], "o", color=c, alpha=0.5, ms=3, label=label if j == 0 else None)
             continue
         err = None if not stderrs or label not in stderrs else _arr(stderrs[label], label)
-        ax.errorbar(n, v, yerr=err, fmt="o-", color=c, capsize=3, label=label)
+        ax.errorbar(x, v, yerr=err, fmt="o-", color=c, capsize=3, label=label)
     if exact_log_z is not None:
         ax.axhline(exact_log_z, color="k", ls="--", lw=1.2, label="exact log Z")
     ax.set_xscale("log")
     ax.set_xlabel("number of particles")
     ax.set_ylabel("log Z [nats]")
     ax.set_title(title or "log Z estimates and bounds")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
 
 
