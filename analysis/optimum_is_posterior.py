@@ -36,7 +36,7 @@ def ascend(post, steps: int, lr: float = 0.1):
         objective = (q * post.rewards).sum() - post.beta * (q * (lq - post.prior_log_probs)).sum()
         if step % 10 == 0:
             c = br.compare(lq.detach(), post)
-            rows.append({"step": step, "objective": float(objective), "kl_q_posterior": c.kl_q_posterior})
+            rows.append({"step": step, "objective": float(objective.detach()), "kl_q_posterior": c.kl_q_posterior})
         opt.zero_grad()
         (-objective).backward()
         opt.step()

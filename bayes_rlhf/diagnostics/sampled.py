@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, _as_log_weights
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
@@ -206,7 +207,7 @@ def _policy_next_token_log_probs(policy, prompt: str, ids: torch.Tensor, mask: t
 
 
 def token_kl(policy, posterior: ExactPosterior, ids: torch.Tensor, mask: torch.Tensor,
-             direction: str = "forward") -> torch.Tensor:
+             direction: str = "forward", progress: bool = False) -> torch.Tensor:
     """Exact per-token KL between pi* and a policy along completions, Tensor [n, T] (nats).
 
     Entry (i, t) is ``KL(pi*(. | x_i,<t) || q(. | x_i,<t))`` for ``direction="forward"``, or
@@ -219,6 +220,9 @@ def token_kl(policy, posterior: ExactPosterior, ids: torch.Tensor, mask: torch.T
         Shares the posterior's tokenizer.
     ids, mask : LongTensor [n, T], BoolTensor [n, T]
         Completions in the posterior's support (T equal to the posterior's max_new_tokens).
+    direction : {"forward", "reverse"}
+    progress : bool
+        Show a progress bar over the rows.
     """
     if direction not in ("forward", "reverse"):
         raise ConfigError(f"direction must be 'forward' or 'reverse', got {direction!r}")
@@ -235,7 +239,7 @@ def token_kl(policy, posterior: ExactPosterior, ids: torch.Tensor, mask: torch.T
     out = torch.zeros(ids.shape, dtype=torch.float64)
     cache: dict[tuple[int, ...], torch.Tensor] = {}
     rows = ids.tolist()
-    for i in range(ids.shape[0]):
+    for i in tqdm(range(ids.shape[0]), desc="token KL", disable=not progress):
         for t in range(int(mask[i].sum())):
             prefix = tuple(rows[i][:t])
             if prefix not in cache:
