@@ -17,6 +17,8 @@ N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q,
 The product of a particle's increments is pi0(x) exp(r / beta) / q(x), so the final weights
 are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t) every
 increment after the first is 1 and the first is Z: log_Z is exact with zero variance.
+The same holds with the "twisted" proposal q ∝ pi0 psi_t (the incremental weight is then
+sum_v pi0(v | x_<t) psi_t(x_<t, v) / psi_{t-1}(x_<t), whatever token is drawn).
 """
 
 from __future__ import annotations
@@ -98,7 +100,13 @@ class SMC:
         self.row_prompts = [p for p in self.prompts for _ in range(self.N)]
         self.group = torch.arange(self.P).repeat_interleave(self.N)
         self.exact_proposal = None
-        if isinstance(proposal, (ExactPosterior, list, tuple, dict)):
+        self.twisted_proposal = isinstance(proposal, str)
+        if self.twisted_proposal:
+            if proposal != "twisted":
+                raise ConfigError(f"proposal {proposal!r} is not known; give None, 'twisted', a CausalLM or "
+                                  "ExactPosterior(s)")
+            self.proposal = None
+        elif isinstance(proposal, (ExactPosterior, list, tuple, dict)):
             self.exact_proposal = posterior_table(proposal)
             self._check_exact_proposal()
             self.proposal = None
@@ -131,20 +139,42 @@ class SMC:
             return out
         return (state.proposal_logp if self.proposal is not None else state.prior_logp).double().cpu()
 
-    def _log_potentials(self, ids, mask, ended, going, t) -> tuple[torch.Tensor, torch.Tensor]:
+    def _log_potentials(self, prompts, ids, mask, ended, going, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """log psi [n] (r / beta where ``ended``, the twist where ``going``) and rewards [n] (NaN if going)."""
         n = ids.shape[0]
         log_psi = torch.zeros(n, dtype=torch.float64)
         rewards = torch.full((n,), math.nan, dtype=torch.float64)
         rows = torch.nonzero(ended).squeeze(-1)
         if rows.numel():
-            r = self.target.rewards([self.row_prompts[i] for i in rows.tolist()], ids[rows], mask[rows])
+            r = self.target.rewards([prompts[i] for i in rows.tolist()], ids[rows], mask[rows])
             rewards[rows] = r
             log_psi[rows] = r / self.target.beta
         rows = torch.nonzero(going).squeeze(-1)
         if rows.numel() and self.twist is not None:
-            log_psi[rows] = self.twist.log_potential([self.row_prompts[i] for i in rows.tolist()],
+            log_psi[rows] = self.twist.log_potential([prompts[i] for i in rows.tolist()],
                                                      ids[rows, : t + 1], self.target)
         return log_psi, rewards
+
+    def _twisted_logq(self, state: SMCState, logp0: torch.Tensor):
+        """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v) over the prior's support: [n, V] each.
+
+        Returns log q, the candidates' log potentials and their rewards (NaN unless ending).
+        """
+        t, n, V = state.t, logp0.shape[0], logp0.shape[1]
+        rows, toks = torch.nonzero(state.alive[:, None] & torch.isfinite(logp0), as_tuple=True)
+        ids = torch.cat([state.ids[rows, :t], toks[:, None]], 1)
+        mask = torch.ones(ids.shape, dtype=torch.bool)
+        eos = self.target.prior.eos_token_id
+        ended = (toks == eos) if eos is not None else torch.zeros_like(toks, dtype=torch.bool)
+        ended = ended | (t + 1 == self.T)
+        psi, r = self._log_potentials([self.row_prompts[i] for i in rows.tolist()], ids, mask, ended, ~ended, t)
+        cand_psi = torch.full((n, V), -math.inf, dtype=torch.float64)
+        cand_r = torch.full((n, V), math.nan, dtype=torch.float64)
+        cand_psi[rows, toks], cand_r[rows, toks] = psi, r
+        joint = logp0 + cand_psi
+        norm = torch.logsumexp(joint, -1, keepdim=True)
+        logq = torch.where(torch.isfinite(norm), joint - norm, logp0)  # no mass: weight -inf anyway
+        return logq, cand_psi, cand_r
 
     # ------------------------------------------------------------------ init / step / run
     def init(self) -> SMCState:
@@ -164,8 +194,11 @@ class SMC:
     def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
         """Extend every live particle by one token, reweight, and resample where the ESS is low."""
         t, alive = state.t, state.alive
-        logq = self._proposal_logp(state)
         logp0 = state.prior_logp.double().cpu()
+        if self.twisted_proposal:
+            logq, cand_psi, cand_r = self._twisted_logq(state, logp0)
+        else:
+            logq = self._proposal_logp(state)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
         tok[alive] = sample_categorical(logq[alive], generator).cpu()
         ids, mask = state.ids.clone(), state.mask.clone()
@@ -174,7 +207,11 @@ class SMC:
         ends_here = (tok == eos) if eos is not None else torch.zeros_like(alive)
         ended = alive & (ends_here | (t + 1 == self.T))
         going = alive & ~ended
-        new_psi, r_new = self._log_potentials(ids, mask, ended, going, t)
+        if self.twisted_proposal:
+            new_psi = cand_psi.gather(-1, tok[:, None]).squeeze(-1)
+            r_new = torch.where(ended, cand_r.gather(-1, tok[:, None]).squeeze(-1), math.nan)
+        else:
+            new_psi, r_new = self._log_potentials(self.row_prompts, ids, mask, ended, going, t)
         gather = lambda lp: lp.gather(-1, tok[:, None]).squeeze(-1)  # noqa: E731
         inc = gather(logp0) - gather(logq) + new_psi - state.log_psi
         inc = torch.where(torch.isnan(inc), -math.inf, inc)
@@ -259,9 +296,12 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposa
         P prompts, each with its own N particles, all in one batch.
     num_particles : int
         N >= 1 per prompt.
-    proposal : None, CausalLM or ExactPosterior(s)
-        None: the prior (bootstrap). A CausalLM sharing the prior's tokenizer, or exact
-        posteriors (one per prompt) whose token posterior pi*(x_t | x_<t) proposes.
+    proposal : None, "twisted", CausalLM or ExactPosterior(s)
+        None: the prior (bootstrap). "twisted": q(x_t | x_<t) ∝ pi0(x_t | x_<t) psi_t(x_{1:t}),
+        the locally optimal proposal for the twist (evaluates the twist, or the reward for
+        tokens that end, on every token in the prior's support: use a top_k prior on large
+        vocabularies). A CausalLM sharing the prior's tokenizer, or exact posteriors (one per
+        prompt) whose token posterior pi*(x_t | x_<t) proposes.
     twist : None, ExactPosterior(s), a prefix reward, or an object with ``log_potential``
         None: bootstrap with the terminal reward. ExactPosterior: optimal soft-value twist.
         A reward (text or TokenReward) on prefixes: ``PrefixPotential``. ``LearnedTwist``.

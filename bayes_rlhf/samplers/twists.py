@@ -214,7 +214,7 @@ def fit_twist(twist: LearnedTwist, posteriors, steps: int = 300, lr: float = 1e-
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

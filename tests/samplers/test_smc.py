@@ -32,6 +32,15 @@ def test_exact_twist_and_proposal_give_exact_log_z(gpt2_target, gpt2_post, schem
         assert not bool(ws.history.resampled.any())
 
 
+@pytest.mark.parametrize("beta", [0.7, 1.5])
+def test_exact_twist_with_twisted_prior_proposal_is_exact(gpt2_lm, reward, beta):
+    # q(v | x_<t) ∝ pi0(v | x_<t) exp(V_t / beta) is pi*(v | x_<t): zero variance from the prior.
+    target = br.Target(prior=gpt2_lm, reward=reward, beta=beta, max_new_tokens=4)
+    post = br.exact_posterior(target, PROMPT)
+    ws = smc(target, [PROMPT] * 5, 8, proposal="twisted", twist=post, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ws.log_z, torch.full((5,), post.log_z, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
 def test_exact_twist_zero_variance_on_llama(llama_lm, reward):
     target = br.Target(prior=llama_lm, reward=reward, beta=0.5, max_new_tokens=3)
     post = br.exact_posterior(target, "w0")
@@ -54,13 +63,16 @@ def test_z_unbiased_every_scheme(mild_target, mild_post, scheme):
     assert abs(float(z.mean()) - 1.0) < 3 * se
 
 
-@pytest.mark.parametrize("kind", ["bootstrap", "prefix_potential", "policy_proposal"])
+@pytest.mark.parametrize("kind", ["bootstrap", "prefix_potential", "policy_proposal", "twisted_prefix_potential",
+                                  "twisted_no_twist"])
 def test_z_unbiased_other_settings(mild_target, mild_post, other_policy, kind):
     # Same 3-SE criterion with R = 200 runs of N = 8: bootstrap (terminal reward only), a prefix
     # potential (the reward evaluated on prefixes) and a CausalLM proposal with the exact twist
     # (so the proposal's KV cache is reindexed too).
     R, N = 200, 8
     kw = {"bootstrap": {}, "prefix_potential": {"twist": PrefixPotential(first_word_reward())},
+          "twisted_prefix_potential": {"twist": PrefixPotential(first_word_reward()), "proposal": "twisted"},
+          "twisted_no_twist": {"proposal": "twisted"},
           "policy_proposal": {"proposal": other_policy, "twist": mild_post}}[kind]
     ws = smc(mild_target, [PROMPT] * R, N, ess_threshold=1.0, generator=torch.Generator().manual_seed(8), **kw)
     z = torch.exp(ws.log_z - mild_post.log_z)
@@ -128,6 +140,8 @@ def test_bad_input(mild_target, mild_post, gpt2_post):
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="ess_threshold"):
             smc(mild_target, PROMPT, 4, ess_threshold=bad, generator=g)
+    with pytest.raises(ConfigError, match="not known"):
+        smc(mild_target, PROMPT, 4, proposal="fancy", generator=g)
     with pytest.raises(ConfigError, match="unknown resampling"):
         smc(mild_target, PROMPT, 4, resampling="fancy", generator=g)
     with pytest.raises(TokenizerMismatchError):
