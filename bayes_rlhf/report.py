@@ -8,7 +8,9 @@ each prompt draws and tabulates::
     frontier     exact E[r] vs KL(. || pi0) over a beta grid (one enumeration, re-tilted),
                  the run's pi*, every policy, best-of-N when available
     rewards      reward histograms under prior, posterior and each policy
-    tokens       first-token distributions: prior, posterior, policies
+    tokens       next-token distributions after the empty prefix and after the posterior's
+                 most probable first token: prior, posterior, policies
+    positions    exact expected per-token KL (both ways) at each position, per policy
     comparisons  exact KL both ways, TV and objective of each policy
 and, once per run, training curves and importance-weight diagnostics. Figures are written
 to RUN_DIR/figures/ as PDF and PNG; the HTML embeds the PNGs (or links them with
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 from bayes_rlhf.diagnostics.exact import compare
 from bayes_rlhf.diagnostics.frontier import FrontierPoint, best_of_n_points, policy_point, posterior_frontier
 from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, TableLM, load_run, save_run
+from bayes_rlhf.diagnostics.sampled import position_kl
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.plots import (plot_frontier, plot_reward_histograms, plot_token_distributions, plot_training,
                               plot_weight_diagnostics, save_figure)
@@ -77,10 +80,24 @@ class _Figures:
                 f'(<a href="figures/{pdf.name}">PDF</a>)</figcaption></figure>')
 
 
-def _first_token_marginal(log_q: torch.Tensor, post) -> torch.Tensor:
-    """q(first token) [V] from log q over the table."""
-    tok = post.completion_ids[:, 0]
-    return torch.zeros(post.lm.vocab_size, dtype=torch.float64).index_add_(0, tok, log_q.double().exp())
+def _table_next_token(log_q: torch.Tensor, post, prefix: list[int]) -> torch.Tensor:
+    """q(next token | prefix) [V] from log q over the table (rows extending the prefix)."""
+    lo, hi = post.prefix_range(prefix)
+    rows = torch.arange(lo, hi)
+    rows = rows[post.mask[rows, len(prefix)]]
+    mass = torch.zeros(post.lm.vocab_size, dtype=torch.float64).index_add_(
+        0, post.completion_ids[rows, len(prefix)], log_q[rows].double().exp())
+    return mass / mass.sum() if float(mass.sum()) > 0 else mass
+
+
+def _position_rows(run: Run, post, i: int) -> list[dict]:
+    rows = []
+    for label, lq in run.policies.items():
+        fwd, rev = position_kl(lq[i], post), position_kl(lq[i], post, "reverse")
+        for t in range(fwd.numel()):
+            rows.append({"policy": label, "position": t, "KL(pi* || q) at t": float(fwd[t]),
+                         "KL(q || pi*) at t": float(rev[t])})
+    return rows
 
 
 def _frontier_points(post, policies: dict, i: int, betas, best_of_n) -> list[FrontierPoint]:
@@ -112,11 +129,21 @@ def _prompt_section(run: Run, i: int, figs: _Figures, betas, best_of_n) -> str:
     hist = {"prior": (post.rewards, post.prior_log_probs.exp()), "posterior": (post.rewards, post.probs)}
     hist.update({label: (post.rewards, lq[i].exp()) for label, lq in run.policies.items()})
     parts.append(figs.add(plot_reward_histograms(hist), f"rewards_{i}", "Reward distributions"))
+    if run.policies:
+        parts += ["<h3>Expected per-token KL by position (exact; sums to the totals above)</h3>",
+                  _table(_position_rows(run, post, i))]
     tokens = [str(t) for t in post.lm.tokenizer.convert_ids_to_tokens(list(range(post.lm.vocab_size)))]
-    dists = {"posterior": post.token_posterior([]), "prior": post.token_prior([])}
-    dists.update({label: _first_token_marginal(lq[i], post) for label, lq in run.policies.items()})
-    parts.append(figs.add(plot_token_distributions(tokens, dists), f"tokens_{i}",
-                          "First token: exact posterior, prior and policies"))
+    first = post.token_posterior([])
+    prefixes = [[]]
+    top = int(first.argmax())
+    if post.completion_ids.shape[1] > 1 and top != post.lm.eos_token_id:
+        prefixes.append([top])
+    for j, prefix in enumerate(prefixes):
+        dists = {"posterior": post.token_posterior(prefix), "prior": post.token_prior(prefix)}
+        dists.update({label: _table_next_token(lq[i], post, prefix) for label, lq in run.policies.items()})
+        shown = post.lm.decode(torch.tensor([prefix]), torch.ones(1, len(prefix), dtype=torch.bool))[0]
+        parts.append(figs.add(plot_token_distributions(tokens, dists, prefix=shown), f"tokens_{i}_{j}",
+                              f"Next token after {shown!r}: exact posterior, prior and policies"))
     return "\n".join(parts)
 
 

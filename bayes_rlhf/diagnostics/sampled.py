@@ -255,3 +255,42 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor, direction: str) -> float:
     if bool((b[pos] == -math.inf).any()):
         return math.inf
     return float((pa[pos] * (a[pos] - b[pos])).sum())
+
+
+def position_kl(log_q: torch.Tensor, posterior: ExactPosterior, direction: str = "forward") -> torch.Tensor:
+    """Exact expected per-token KL at each position, from log q over the table, Tensor [T] (nats).
+
+    ``out[t] = E_{x_<t ~ p}[KL(p(. | x_<t) || r(. | x_<t))]`` with (p, r) = (pi*, q) for
+    ``"forward"`` and (q, pi*) for ``"reverse"``; ``out.sum()`` is KL(pi* || q) or KL(q || pi*)
+    (the chain rule). Conditionals come from the tables, so no model call is needed.
+    """
+    if direction not in ("forward", "reverse"):
+        raise ConfigError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    lq = torch.as_tensor(log_q).double().reshape(-1)
+    if lq.numel() != posterior.num_completions:
+        raise ConfigError(f"log_q has {lq.numel()} entries for a table of {posterior.num_completions}")
+    lp = posterior.log_probs
+    if direction == "reverse":
+        lp, lq = lq, lp
+    ids = torch.where(posterior.mask, posterior.completion_ids, -1)
+    out = torch.zeros(ids.shape[1], dtype=torch.float64)
+    for t in range(ids.shape[1]):
+        alive = posterior.mask[:, t]
+        if not bool(alive.any()):
+            break
+        _, child = torch.unique(ids[alive, : t + 1], dim=0, return_inverse=True)
+        _, parent = torch.unique(ids[alive, :t], dim=0, return_inverse=True) if t else \
+            (None, torch.zeros(int(alive.sum()), dtype=torch.long))
+        p_child = torch.zeros(int(child.max()) + 1, dtype=torch.float64).index_add_(0, child, lp[alive].exp())
+        q_child = torch.zeros_like(p_child).index_add_(0, child, lq[alive].exp())
+        par_of_child = torch.zeros(p_child.numel(), dtype=torch.long).index_copy_(0, child, parent)
+        p_par = torch.zeros(int(parent.max()) + 1, dtype=torch.float64).index_add_(0, par_of_child, p_child)
+        q_par = torch.zeros_like(p_par).index_add_(0, par_of_child, q_child)
+        pos = p_child > 0
+        if bool((q_child[pos] == 0).any()):
+            out[t] = math.inf
+            continue
+        cond_p = p_child[pos] / p_par[par_of_child[pos]]
+        cond_q = q_child[pos] / q_par[par_of_child[pos]]
+        out[t] = float((p_child[pos] * (cond_p.log() - cond_q.log())).sum())
+    return out

@@ -10,7 +10,7 @@ import torch
 import bayes_rlhf as br
 from bayes_rlhf.diagnostics.frontier import retilt
 from bayes_rlhf.diagnostics.run_dir import table_log_probs
-from bayes_rlhf.diagnostics.sampled import forward_kl, importance_log_z, reverse_kl, token_kl
+from bayes_rlhf.diagnostics.sampled import forward_kl, importance_log_z, position_kl, reverse_kl, token_kl
 from bayes_rlhf.diagnostics.weights import EmptySamplesError
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.models.toy import tiny_lm
@@ -133,6 +133,22 @@ def test_token_kl_chain_rule_exact(short_post, policy):
     assert float((post.probs * fwd.sum(-1)).sum()) == pytest.approx(c.kl_posterior_q, rel=1e-9)
     assert float((lq.exp() * rev.sum(-1)).sum()) == pytest.approx(c.kl_q_posterior, rel=1e-9)
     assert bool((fwd[~post.mask] == 0).all()) and bool((fwd >= -1e-12).all())
+
+
+def test_position_kl_from_tables(short_post, policy):
+    post = short_post
+    lq = table_log_probs(policy, post)
+    c = br.compare(lq, post)
+    fwd = token_kl(policy, post, post.completion_ids, post.mask, "forward")
+    by_pos = position_kl(lq, post)
+    assert torch.allclose(by_pos, (post.probs[:, None] * fwd).sum(0), rtol=1e-9, atol=1e-12)
+    assert float(position_kl(lq, post, "reverse").sum()) == pytest.approx(c.kl_q_posterior, rel=1e-9)
+    assert float(position_kl(post.log_probs, post).sum()) == pytest.approx(0.0, abs=1e-12)
+    point_mass = torch.full_like(lq, -math.inf)
+    point_mass[0] = 0.0  # q misses everything pi* puts elsewhere
+    assert math.isinf(float(position_kl(point_mass, post).sum()))
+    with pytest.raises(ConfigError, match="entries"):
+        position_kl(lq[:5], post)
 
 
 def test_token_kl_along_posterior_samples(short_post, policy):
