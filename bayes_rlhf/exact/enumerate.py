@@ -153,12 +153,14 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
 
 def lexicographic_order(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Permutation sorting completions by token ids, position 0 first; padding sorts first."""
-    key_ids = torch.where(mask, ids + 1, torch.zeros_like(ids))
     T = ids.shape[1]
     base = vocab_size + 1
-    if T * (base.bit_length()) < 63:
-        weights = torch.tensor([base ** (T - 1 - i) for i in range(T)], dtype=torch.long)
-        return torch.argsort((key_ids * weights).sum(-1))
+    if T * (base.bit_length()) < 63:  # one integer key per row (Horner), one sort
+        key = torch.zeros(ids.shape[0], dtype=torch.long)
+        for col in range(T):
+            key = key * base + torch.where(mask[:, col], ids[:, col] + 1, 0)
+        return torch.argsort(key)
+    key_ids = torch.where(mask, ids + 1, torch.zeros_like(ids))
     order = torch.arange(ids.shape[0])
     for col in range(T - 1, -1, -1):  # least significant column first, stable sorts
         order = order[torch.sort(key_ids[order, col], stable=True).indices]
