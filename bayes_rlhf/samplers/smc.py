@@ -136,8 +136,8 @@ class SMC:
                     post = self.exact_proposal[key[0]]
                     self._q_cache[key] = post.token_posterior(key[1], log=True)
                 out[i] = self._q_cache[key]
-            return out
-        return (state.proposal_logp if self.proposal is not None else state.prior_logp).double().cpu()
+            return out.to(state.prior_logp.device)
+        return (state.proposal_logp if self.proposal is not None else state.prior_logp).double()
 
     def _log_potentials(self, prompts, ids, mask, ended, going, t) -> tuple[torch.Tensor, torch.Tensor]:
         """log psi [n] (r / beta where ``ended``, the twist where ``going``) and rewards [n] (NaN if going)."""
@@ -194,13 +194,15 @@ class SMC:
     def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
         """Extend every live particle by one token, reweight, and resample where the ESS is low."""
         t, alive = state.t, state.alive
-        logp0 = state.prior_logp.double().cpu()
+        dev = state.prior_logp.device  # next-token log-probs stay on the model's device
+        logp0 = state.prior_logp.double()
         if self.twisted_proposal:
-            logq, cand_psi, cand_r = self._twisted_logq(state, logp0)
+            logq, cand_psi, cand_r = self._twisted_logq(state, logp0.cpu())
+            logq = logq.to(dev)
         else:
             logq = self._proposal_logp(state)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
-        tok[alive] = sample_categorical(logq[alive], generator).cpu()
+        tok[alive] = sample_categorical(logq[alive.to(dev)], generator).cpu()
         ids, mask = state.ids.clone(), state.mask.clone()
         ids[alive, t], mask[alive, t] = tok[alive], True
         eos = self.target.prior.eos_token_id
@@ -212,7 +214,7 @@ class SMC:
             r_new = torch.where(ended, cand_r.gather(-1, tok[:, None]).squeeze(-1), math.nan)
         else:
             new_psi, r_new = self._log_potentials(self.row_prompts, ids, mask, ended, going, t)
-        gather = lambda lp: lp.gather(-1, tok[:, None]).squeeze(-1)  # noqa: E731
+        gather = lambda lp: lp.gather(-1, tok[:, None].to(dev)).squeeze(-1).cpu()  # noqa: E731
         inc = gather(logp0) - gather(logq) + new_psi - state.log_psi
         inc = torch.where(torch.isnan(inc), -math.inf, inc)
         log_w = torch.where(alive, state.log_w + inc, state.log_w)
