@@ -40,7 +40,7 @@ from bayes_rlhf.plots import (plot_frontier, plot_reward_histograms, plot_token_
 
 __all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run", "TableLM"]
 
-DEFAULT_BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_BEST_OF_N = (1, 4, 16, 64)
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}

@@ -81,11 +81,17 @@ def posterior_frontier(posterior: ExactPosterior, betas: Sequence[float] | None 
     betas = beta_grid() if betas is None else list(betas)
     if not betas:
         raise ConfigError("betas is empty: give at least one beta")
+    if any(not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0) for b in betas):
+        raise ConfigError(f"every beta must be a finite number > 0, got {list(betas)}")
+    finite = torch.isfinite(posterior.rewards)
+    l0, r = posterior.prior_log_probs[finite], posterior.rewards[finite]  # r = -inf has no mass
     points = []
     for b in sorted(betas):
-        p = retilt(posterior, b)
-        points.append(FrontierPoint(f"pi* (beta={b:.3g})", "posterior", p.kl_to_prior, p.mean_reward,
-                                    beta=float(b), entropy=p.entropy))
+        lw = l0 + r / b
+        lp = lw - torch.logsumexp(lw, 0)
+        p = lp.exp()
+        mean_r, kl, ent = float(p @ r), float(p @ (lp - l0)), float(-(p @ lp))
+        points.append(FrontierPoint(f"pi* (beta={b:.3g})", "posterior", kl, mean_r, beta=float(b), entropy=ent))
     return points
 
 

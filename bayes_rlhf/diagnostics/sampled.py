@@ -278,13 +278,12 @@ def position_kl(log_q: torch.Tensor, posterior: ExactPosterior, direction: str =
         alive = posterior.mask[:, t]
         if not bool(alive.any()):
             break
-        _, child = torch.unique(ids[alive, : t + 1], dim=0, return_inverse=True)
-        _, parent = torch.unique(ids[alive, :t], dim=0, return_inverse=True) if t else \
-            (None, torch.zeros(int(alive.sum()), dtype=torch.long))
-        p_child = torch.zeros(int(child.max()) + 1, dtype=torch.float64).index_add_(0, child, lp[alive].exp())
+        # the table is sorted, so rows sharing a prefix are contiguous: group ids by run starts
+        child, parent = _runs(ids[alive, : t + 1]), _runs(ids[alive, :t])
+        p_child = torch.zeros(int(child[-1]) + 1, dtype=torch.float64).index_add_(0, child, lp[alive].exp())
         q_child = torch.zeros_like(p_child).index_add_(0, child, lq[alive].exp())
         par_of_child = torch.zeros(p_child.numel(), dtype=torch.long).index_copy_(0, child, parent)
-        p_par = torch.zeros(int(parent.max()) + 1, dtype=torch.float64).index_add_(0, par_of_child, p_child)
+        p_par = torch.zeros(int(parent[-1]) + 1, dtype=torch.float64).index_add_(0, par_of_child, p_child)
         q_par = torch.zeros_like(p_par).index_add_(0, par_of_child, q_child)
         pos = p_child > 0
         if bool((q_child[pos] == 0).any()):
@@ -294,3 +293,12 @@ def position_kl(log_q: torch.Tensor, posterior: ExactPosterior, direction: str =
         cond_q = q_child[pos] / q_par[par_of_child[pos]]
         out[t] = float((p_child[pos] * (cond_p.log() - cond_q.log())).sum())
     return out
+
+
+def _runs(rows: torch.Tensor) -> torch.Tensor:
+    """Group index [m] of each row of a sorted [m, c] tensor: consecutive equal rows share one."""
+    if rows.shape[1] == 0:
+        return torch.zeros(rows.shape[0], dtype=torch.long)
+    starts = torch.ones(rows.shape[0], dtype=torch.long)
+    starts[1:] = (rows[1:] != rows[:-1]).any(1).long()
+    return starts.cumsum(0) - 1

@@ -20,7 +20,7 @@ PAPER_RC = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 9,
     "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.8, "lines.markersize": 6,
-    "savefig.bbox": "tight", "savefig.dpi": 200, "pdf.fonttype": 42, "ps.fonttype": 42,
+    "savefig.bbox": "tight", "savefig.dpi": 150, "pdf.fonttype": 42, "ps.fonttype": 42,
 }
 
 #: Colours by role, used consistently across figures.
