@@ -1,0 +1,105 @@
+"""Training checkpoints: safetensors files plus a JSON manifest, written atomically.
+
+Layout of ``<checkpoint_dir>/last/``::
+
+    model.safetensors       policy weights, value head ("value_head.*"), learned log Z ("log_z")
+    optimizer.safetensors   every tensor of the optimiser state ("state.<param>.<name>")
+    rng.safetensors         the run's torch.Generator state
+    meta.json               step, config fingerprint and dict, optimiser param groups, history rows
+
+A checkpoint is written to a temporary directory beside ``last/`` and swapped in with renames,
+so a run killed while writing leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bayes_rlhf.errors import ConfigError
+
+NAME = "last"
+
+
+def _plain(tensors: dict) -> dict:
+    """Contiguous CPU copies (safetensors refuses shared storage such as tied embeddings)."""
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    for pid, st in state_dict["state"].items():
+        for name, v in st.items():
+            key = f"state.{pid}.{name}"
+            if isinstance(v, torch.Tensor):
+                tensors[key] = v
+            else:
+                scalars[key] = v
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(directory, *, model_tensors: dict, optimizer, generator: torch.Generator,
+                    step: int, fingerprint: str, config: dict, history_rows: list[dict]) -> Path:
+    """Write the checkpoint of ``step`` to ``directory/last`` atomically; return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=directory))
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(_plain(model_tensors), str(tmp / "model.safetensors"))
+    save_file(_plain(opt_tensors), str(tmp / "optimizer.safetensors"))
+    save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
+    meta = {"step": step, "fingerprint": fingerprint, "config": config, "optimizer": opt_meta,
+            "history": history_rows}
+    with open(tmp / "meta.json", "w") as fh:
+        json.dump(meta, fh, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    final = directory / NAME
+    if final.exists():
+        old = directory / f".{NAME}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def has_checkpoint(directory) -> bool:
+    return directory is not None and (Path(directory) / NAME / "meta.json").exists()
+
+
+def load_checkpoint(directory, fingerprint: str, config: dict) -> dict:
+    """Read ``directory/last``; a checkpoint of another config is a ConfigError naming the fields.
+
+    Returns a dict with step, model (tensors), optimizer (state dict), rng (ByteTensor), history.
+    """
+    path = Path(directory) / NAME
+    with open(path / "meta.json") as fh:
+        meta = json.load(fh)
+    if meta["fingerprint"] != fingerprint:
+        old = meta.get("config", {})
+        diff = sorted(k for k in set(old) | set(config)
+                      if json.dumps(old.get(k), default=str) != json.dumps(config.get(k), default=str))
+        raise ConfigError(f"checkpoint_dir {str(directory)!r} holds a run of a different configuration "
+                          f"(differing: {diff or 'the target, prompts or model'}); use a new checkpoint_dir, "
+                          "or set resume = false to start over there")
+    opt = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+    return {"step": int(meta["step"]), "model": load_file(str(path / "model.safetensors")), "optimizer": opt,
+            "rng": load_file(str(path / "rng.safetensors"))["state"], "history": meta["history"]}

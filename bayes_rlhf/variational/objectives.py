@@ -1,0 +1,217 @@
+"""Losses that fit a policy q to pi* = pi0 exp(r / beta) / Z, as pure functions over a batch.
+
+Every objective has the signature ``loss_fn(batch: PolicyBatch, config) -> ObjectiveOutput`` and is
+measured in nats (rewards enter as r / beta), so its gradient estimates the gradient of a
+divergence to pi*, whatever the reward's scale. With f(x) = log q(x) - log pi0(x) - r(x) / beta
+= log q(x) - log pi*(x) - log Z::
+
+    rloo     reverse KL:  R_i = -f_i (k1 in reward);  A_i = R_i - mean_{j != i, same prompt} R_j
+             loss = -mean_i A_i log q(x_i)                      grad -> grad KL(q || pi*)
+             ("k3_loss": R_i = r_i / beta and loss += mean k3(q, pi0): GRPO style, biased)
+    ppo      per-token rewards -(log q_old - log pi0)_t, + r / beta at the last token; GAE(1, lambda)
+             advantages from a value head; loss = -mean min(rho A, clip(rho) A) + c_v (V - G)^2 / 2
+    dpg      forward KL:  w_i ∝ pi0(x_i) e^{r_i / beta} / s(x_i), self-normalised per prompt, with
+             s = q_old (policy samples) or pi0 (prior samples);  loss = -sum_i w_i log q(x_i) / P
+    distill  forward KL from samples of pi* (exact, rejection, SMC): loss = -sum_i w_i log q(x_i) / P
+    vargrad  trajectory balance:  loss = mean_i (f_i + log Z_theta)^2 / 2 with a learned log Z per
+             prompt (on policy samples its gradient in theta is grad KL(q || pi*)); or VarGrad:
+             the per-prompt variance of f (log Z = batch mean)
+
+P is the number of prompts in the batch. ``OBJECTIVES`` maps config names to functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class PolicyBatch:
+    """One step's samples and everything the losses need (n rows, T tokens; float64 unless noted).
+
+    Attributes
+    ----------
+    logq : Tensor [n, T]
+        Per-token log-probs under the current policy, differentiable (0 at padding).
+    old_logq : Tensor [n, T]
+        The same under the policy that sampled the batch (detached).
+    prior_logp : Tensor [n, T]
+        Per-token log-probs under pi0.
+    mask : BoolTensor [n, T]
+    rewards : Tensor [n]
+    group : LongTensor [n]
+        Prompt of each row, numbered 0..P-1 within the batch.
+    beta : float
+    proposal_log_probs : Tensor [n], optional
+        log s(x) of the distribution the rows were drawn from (DPG).
+    log_weights : Tensor [n], optional
+        Given log-weights of the rows (distillation from weighted samples); None = uniform.
+    values, old_values : Tensor [n, T], optional
+        Value-head predictions V(s_t) before each token (differentiable / detached), PPO.
+    log_z : Tensor [n], optional
+        The learned log Z of each row's prompt (differentiable), trajectory balance.
+    """
+
+    logq: torch.Tensor
+    old_logq: torch.Tensor
+    prior_logp: torch.Tensor
+    mask: torch.Tensor
+    rewards: torch.Tensor
+    group: torch.Tensor
+    beta: float
+    proposal_log_probs: torch.Tensor | None = None
+    log_weights: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    log_z: torch.Tensor | None = None
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group.max()) + 1
+
+
+@dataclass
+class ObjectiveOutput:
+    """A scalar loss to minimise and plain-float statistics for the history."""
+
+    loss: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+def _group_sum(x: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    return torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, x)
+
+
+def leave_one_out_advantages(returns: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """A_i = R_i - mean of the other returns of the same prompt. returns [n] -> [n]."""
+    g = int(group.max()) + 1
+    count = _group_sum(torch.ones_like(returns), group, g)
+    if bool((count < 2).any()):
+        raise ValueError("leave-one-out baselines need at least two samples per prompt")
+    total = _group_sum(returns, group, g)
+    return returns - (total[group] - returns) / (count[group] - 1)
+
+
+def group_softmax(log_w: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Self-normalised weights within each prompt: exp(log_w) / sum over the prompt. [n] -> [n]."""
+    g = int(group.max()) + 1
+    m = torch.full((g,), -torch.inf, dtype=log_w.dtype, device=log_w.device)
+    m = m.scatter_reduce(0, group, log_w, reduce="amax")
+    w = torch.exp(log_w - m[group])
+    return w / _group_sum(w, group, g)[group]
+
+
+def k3_kl(logq: torch.Tensor, prior_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence k3 estimate of KL(q || pi0): sum_t (e^d - d - 1), d = log pi0 - log q. [n]."""
+    d = (prior_logp - logq).masked_fill(~mask, 0.0)
+    return (torch.exp(d) - d - 1).sum(-1)
+
+
+def _seq(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(-1)
+
+
+def rloo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
+    """REINFORCE with a leave-one-out baseline: reverse KL(q || pi*), i.e. KL-regularised RL."""
+    lq = _seq(batch.logq)
+    log_ratio = _seq(batch.old_logq) - _seq(batch.prior_logp)
+    k3 = getattr(config, "kl_estimator", "k1_reward") == "k3_loss"
+    ret = batch.rewards / batch.beta - (0.0 if k3 else log_ratio)
+    adv = leave_one_out_advantages(ret, batch.group)
+    loss = -(adv.detach() * lq).mean()
+    stats = {"advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0}
+    if k3:  # biased: the k3 term's sample gradient is not that of KL(q || pi0)
+        kl = k3_kl(batch.logq, batch.prior_logp, batch.mask).mean()
+        loss = loss + kl
+        stats["k3_kl"] = float(kl)
+    return ObjectiveOutput(loss, stats)
+
+
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """GAE advantages with gamma = 1 over [n, T]; the value after the last token is 0."""
+    n, T = token_rewards.shape
+    m = mask.to(values.dtype)
+    adv = torch.zeros_like(token_rewards)
+    running = torch.zeros(n, dtype=values.dtype, device=values.device)
+    for t in range(T - 1, -1, -1):
+        next_v = values[:, t + 1] * m[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = token_rewards[:, t] + next_v - values[:, t]
+        running = (delta + lam * running * (m[:, t + 1] if t + 1 < T else 0.0)) * m[:, t]
+        adv[:, t] = running
+    return adv
+
+
+def ppo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
+    """PPO: clipped importance ratio, GAE advantages from a value head, KL to pi0 in the reward."""
+    if batch.values is None or batch.old_values is None:
+        raise ValueError("ppo_loss needs values and old_values (a value head)")
+    mask = batch.mask
+    m = mask.to(batch.logq.dtype)
+    k3 = getattr(config, "kl_estimator", "k1_reward") == "k3_loss"
+    tok_r = torch.zeros_like(batch.old_logq) if k3 else -(batch.old_logq - batch.prior_logp) * m
+    last = (mask.sum(-1) - 1).clamp(min=0)
+    tok_r = tok_r.clone()
+    tok_r[torch.arange(mask.shape[0]), last] += batch.rewards / batch.beta
+    old_v = batch.old_values.detach() * m
+    adv = gae(tok_r, old_v, mask, config.gae_lambda)
+    returns = adv + old_v
+    if config.whiten_advantages:
+        sel = adv[mask]
+        adv = (adv - sel.mean()) / (sel.std() + 1e-8) * m
+    ratio = torch.exp((batch.logq - batch.old_logq).masked_fill(~mask, 0.0))
+    clipped = ratio.clamp(1 - config.ppo_clip, 1 + config.ppo_clip)
+    pg = -(torch.minimum(ratio * adv, clipped * adv) * m).sum(-1).mean()
+    vloss = 0.5 * (((batch.values - returns) ** 2) * m).sum(-1).mean()
+    loss = pg + config.value_coef * vloss
+    stats = {"value_loss": float(vloss), "clip_fraction": float(((ratio - clipped).abs() > 0)[mask].double().mean())}
+    if k3:
+        kl = k3_kl(batch.logq, batch.prior_logp, mask).mean()
+        loss = loss + kl
+        stats["k3_kl"] = float(kl)
+    return ObjectiveOutput(loss, stats)
+
+
+def _weighted_nll(batch: PolicyBatch, log_w: torch.Tensor) -> ObjectiveOutput:
+    w = group_softmax(log_w.detach(), batch.group)
+    loss = -(w * _seq(batch.logq)).sum() / batch.num_groups
+    ess = 1.0 / _group_sum(w ** 2, batch.group, batch.num_groups)
+    return ObjectiveOutput(loss, {"ess": float(ess.mean())})
+
+
+def dpg_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
+    """Distributional policy gradient: forward KL(pi* || q) with self-normalised importance weights."""
+    if batch.proposal_log_probs is None:
+        raise ValueError("dpg_loss needs proposal_log_probs (log s(x) of the sampling distribution)")
+    log_target = _seq(batch.prior_logp) + batch.rewards / batch.beta
+    return _weighted_nll(batch, log_target - batch.proposal_log_probs)
+
+
+def distill_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
+    """Forward KL(pi* || q) from (weighted) samples of pi*: weighted maximum likelihood."""
+    log_w = batch.log_weights if batch.log_weights is not None else torch.zeros_like(batch.rewards)
+    return _weighted_nll(batch, log_w)
+
+
+def vargrad_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
+    """Trajectory balance with a learned log Z per prompt, or VarGrad (log Z = batch mean)."""
+    f = _seq(batch.logq) - _seq(batch.prior_logp) - batch.rewards / batch.beta
+    if getattr(config, "log_z", "learned") == "learned":
+        if batch.log_z is None:
+            raise ValueError("vargrad_loss with log_z='learned' needs batch.log_z")
+        loss = 0.5 * ((f + batch.log_z) ** 2).mean()
+        return ObjectiveOutput(loss, {"log_z": float(batch.log_z.detach().mean())})
+    g = batch.num_groups
+    count = _group_sum(torch.ones_like(f), batch.group, g)
+    mean = _group_sum(f, batch.group, g) / count
+    # sum_i (f_i - mean)^2 / (2 (k - 1)) per prompt: its gradient is the leave-one-out REINFORCE one
+    var = _group_sum((f - mean[batch.group]) ** 2, batch.group, g) / (2 * (count - 1))
+    return ObjectiveOutput(var.sum() / g, {"log_z": float(-mean.detach().mean())})
+
+
+OBJECTIVES = {"rloo": rloo_loss, "ppo": ppo_loss, "dpg": dpg_loss, "distill": distill_loss,
+              "vargrad": vargrad_loss}
+
+__all__ = ["PolicyBatch", "ObjectiveOutput", "OBJECTIVES", "rloo_loss", "ppo_loss", "dpg_loss",
+           "distill_loss", "vargrad_loss", "leave_one_out_advantages", "group_softmax", "gae", "k3_kl"]

@@ -1,0 +1,40 @@
+"""Tiny enumerable targets for the variational tests (vocab 6: pad, BOS, EOS and 3 words; T = 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bayes_rlhf as br
+from bayes_rlhf.models.toy import tiny_lm
+from bayes_rlhf.variational import TrainerConfig
+
+
+def word_reward(word_id: int = 3, weight: float = 1.5) -> br.TokenReward:
+    """weight * (occurrences of ``word_id``) - 0.3 * length."""
+
+    def fn(ids, mask):
+        return weight * ((ids == word_id) & mask).sum(-1).double() - 0.3 * mask.sum(-1).double()
+
+    return br.TokenReward(fn, name="word_count")
+
+
+@pytest.fixture(scope="session")
+def small_target():
+    lm = tiny_lm("gpt2", vocab_size=6, seed=3, hidden=16)
+    return br.Target(prior=lm, reward=word_reward(), beta=0.5, max_new_tokens=3)
+
+
+@pytest.fixture(scope="session")
+def small_posts(small_target):
+    return {p: br.exact_posterior(small_target, p) for p in ("w0", "w1 w2")}
+
+
+@pytest.fixture
+def fast_config():
+    """A config for short runs: small batches, no progress bar."""
+    def make(**kw):
+        base = dict(steps=10, samples_per_prompt=8, lr=3e-3, progress=False, eval_every=1000)
+        base.update(kw)
+        return TrainerConfig(**base)
+    return make
