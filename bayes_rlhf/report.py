@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bayes_rlhf.diagnostics.exact import compare
-from bayes_rlhf.diagnostics.frontier import FrontierPoint, best_of_n_points, policy_point, posterior_frontier
+from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, policy_point, posterior_frontier,
+                                             sampler_point)
 from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, TableLM, load_run, save_run
 from bayes_rlhf.diagnostics.sampled import position_kl
 from bayes_rlhf.errors import ConfigError
@@ -100,6 +101,24 @@ def _position_rows(run: Run, post, i: int) -> list[dict]:
     return rows
 
 
+def _sampler_points(run: Run, post, i: int) -> list[FrontierPoint]:
+    """Frontier points of saved samples of prompt i whose draws lie in the table (others skipped)."""
+    pts = []
+    for label, s in run.samples.items():
+        if "ids" not in s or s["ids"].shape[1] != post.completion_ids.shape[1]:
+            continue
+        rows = torch.arange(s["ids"].shape[0]) if "prompt_index" not in s else \
+            torch.nonzero(s["prompt_index"] == i).squeeze(-1)
+        if rows.numel() == 0:
+            continue
+        try:
+            pts.append(sampler_point(post, s["ids"][rows], s["mask"][rows], label=f"{label} (empirical)",
+                                     log_weights=s["log_weights"][rows] if "log_weights" in s else None))
+        except ConfigError:
+            continue  # draws of another prompt or outside the truncated table
+    return pts
+
+
 def _frontier_points(post, policies: dict, i: int, betas, best_of_n) -> list[FrontierPoint]:
     grid = sorted(set(betas if betas is not None else
                       torch.logspace(-1.3, 1.3, 25, dtype=torch.float64).tolist()) | {float(post.beta)})
@@ -124,7 +143,8 @@ def _prompt_section(run: Run, i: int, figs: _Figures, betas, best_of_n) -> str:
     comps = [{"policy": label, **compare(lq[i], post).as_dict()} for label, lq in run.policies.items()]
     if comps:
         parts += ["<h3>Policies against the exact posterior (nats)</h3>", _table(comps)]
-    parts.append(figs.add(plot_frontier(_frontier_points(post, run.policies, i, betas, best_of_n)),
+    points = _frontier_points(post, run.policies, i, betas, best_of_n) + _sampler_points(run, post, i)
+    parts.append(figs.add(plot_frontier(points),
                           f"frontier_{i}", "Reward-KL frontier (KL in nats)"))
     hist = {"prior": (post.rewards, post.prior_log_probs.exp()), "posterior": (post.rewards, post.probs)}
     hist.update({label: (post.rewards, lq[i].exp()) for label, lq in run.policies.items()})

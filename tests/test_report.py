@@ -56,6 +56,12 @@ def test_save_and_load_round_trip(run_dir, gpt2_post):
     assert run.summary["extra"] == {"seed": 0}
     assert set(run.summary["files"]) >= {"posterior_0.safetensors", "inference_data.nc", "history_train.json"}
     assert run.inference_data_path.is_file()
+    # the saved importance draws become a point of the report's frontier (self-normalised E[r])
+    from bayes_rlhf.report import _sampler_points
+
+    (pt,) = _sampler_points(run, post, 0)
+    s = _samples(gpt2_post)
+    assert pt.reward == pytest.approx(float((torch.softmax(s.log_weights, 0) * s.rewards).sum()), rel=1e-9)
 
 
 def _copy(src, dst):
