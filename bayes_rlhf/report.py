@@ -174,7 +174,7 @@ def _run_sections(run: Run, figs: _Figures) -> str:
         kl_cols = sorted({k for r in rows for k, v in r.items() if "kl" in k.lower() and isinstance(v, (int, float))})
         if not kl_cols:
             continue
-        series = {k: [float(r.get(k, math.nan)) for r in rows] for k in kl_cols}
+        series = {k: [math.nan if r.get(k) is None else float(r[k]) for r in rows] for k in kl_cols}
         parts.append(figs.add(plot_training(steps, series, ylabel="KL [nats]"), f"training_{_safe(label)}",
                               f"Training run {label}: KL columns over steps"))
     rows = [{"sampler": label, "prompt": i, **d} for label, info in run.summary["samples"].items()

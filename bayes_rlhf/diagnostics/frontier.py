@@ -151,12 +151,10 @@ def best_of_n_points(posterior: ExactPosterior, ns: Sequence[int],
     return points
 
 
-def empirical_log_probs(posterior: ExactPosterior, ids: torch.Tensor, mask: torch.Tensor,
-                        log_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """log of the (weighted) empirical distribution of draws on the posterior's table, [K].
+def table_rows(posterior: ExactPosterior, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row of the posterior's table of each draw, LongTensor [n]; ``ConfigError`` if one is not in it.
 
-    Draws outside the table raise ``ConfigError``. Plug-in KLs of this distribution are biased
-    upwards by about (support size - 1) / (2 n): use many draws.
+    With it any sampler's draws get exact log pi0, r and log pi* (``posterior.prior_log_probs[rows]``).
     """
     if ids.numel() == 0:
         raise EmptySamplesError("no draws given: pass at least one completion")
@@ -164,17 +162,27 @@ def empirical_log_probs(posterior: ExactPosterior, ids: torch.Tensor, mask: torc
     if ids.shape[1] != T or mask.shape != ids.shape:
         raise ConfigError(f"ids and mask must be [n, {T}] (the posterior's max_new_tokens)")
     table = torch.where(posterior.mask, posterior.completion_ids, -1)
-    rows = torch.where(mask.bool(), ids.long(), -1)
+    rows = torch.where(mask.bool().cpu(), ids.long().cpu(), -1)
     uniq, inverse = torch.unique(torch.cat([table, rows]), dim=0, return_inverse=True)
     if uniq.shape[0] != table.shape[0]:
         raise ConfigError("some draws are not completions in the posterior's table (another prompt, "
                           "max_new_tokens or tokenizer?)")
     row_of_key = torch.empty(uniq.shape[0], dtype=torch.long)
     row_of_key[inverse[: table.shape[0]]] = torch.arange(table.shape[0])
-    idx = row_of_key[inverse[table.shape[0]:]]
+    return row_of_key[inverse[table.shape[0]:]]
+
+
+def empirical_log_probs(posterior: ExactPosterior, ids: torch.Tensor, mask: torch.Tensor,
+                        log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """log of the (weighted) empirical distribution of draws on the posterior's table, [K].
+
+    Draws outside the table raise ``ConfigError``. Plug-in KLs of this distribution are biased
+    upwards by about (support size - 1) / (2 n): use many draws.
+    """
+    idx = table_rows(posterior, ids, mask)
     w = torch.ones(idx.numel(), dtype=torch.float64) if log_weights is None else \
         torch.softmax(torch.as_tensor(log_weights).double().reshape(-1), 0)
-    mass = torch.zeros(table.shape[0], dtype=torch.float64).index_add_(0, idx, w)
+    mass = torch.zeros(posterior.num_completions, dtype=torch.float64).index_add_(0, idx, w)
     return (mass / mass.sum()).log()
 
 

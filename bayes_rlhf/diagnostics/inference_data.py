@@ -151,6 +151,11 @@ def _history_rows(history) -> list[Mapping]:
     return rows
 
 
+def _num(v) -> float:
+    """A float, NaN for a missing (None) entry."""
+    return math.nan if v is None else float(v)
+
+
 def history_dataset(history):
     """A training history (rows of dicts) as a dataset with dim ``step``; numeric columns only."""
     import xarray as xr
@@ -162,7 +167,7 @@ def history_dataset(history):
     for r in rows:
         keys += [k for k, v in r.items() if k not in keys and isinstance(v, (int, float, np.number, torch.Tensor))
                  and not isinstance(v, bool)]
-    cols = {k: ("step", np.array([float(r.get(k, math.nan)) for r in rows])) for k in keys}
+    cols = {k: ("step", np.array([_num(r.get(k)) for r in rows])) for k in keys}
     return xr.Dataset(cols)
 
 
