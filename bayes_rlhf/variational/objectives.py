@@ -125,7 +125,7 @@ def rloo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
     if k3:  # biased: the k3 term's sample gradient is not that of KL(q || pi0)
         kl = k3_kl(batch.logq, batch.prior_logp, batch.mask).mean()
         loss = loss + kl
-        stats["k3_kl"] = float(kl)
+        stats["k3_kl"] = float(kl.detach())
     return ObjectiveOutput(loss, stats)
 
 
@@ -165,11 +165,11 @@ def ppo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
     pg = -(torch.minimum(ratio * adv, clipped * adv) * m).sum(-1).mean()
     vloss = 0.5 * (((batch.values - returns) ** 2) * m).sum(-1).mean()
     loss = pg + config.value_coef * vloss
-    stats = {"value_loss": float(vloss), "clip_fraction": float(((ratio - clipped).abs() > 0)[mask].double().mean())}
+    stats = {"value_loss": float(vloss.detach()), "clip_fraction": float(((ratio - clipped).abs() > 0)[mask].double().mean())}
     if k3:
         kl = k3_kl(batch.logq, batch.prior_logp, mask).mean()
         loss = loss + kl
-        stats["k3_kl"] = float(kl)
+        stats["k3_kl"] = float(kl.detach())
     return ObjectiveOutput(loss, stats)
 
 
