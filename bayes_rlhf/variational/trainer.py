@@ -160,13 +160,13 @@ def _check_finite(step: int, loss: torch.Tensor, data: dict, logq: torch.Tensor)
         return
     bad_r = int((~torch.isfinite(data["rewards"])).sum())
     if bad_r:
-        cause = (f"the loss is {float(loss)} because {bad_r} sampled completions have reward -inf (a hard "
+        cause = (f"the loss is {float(loss.detach())} because {bad_r} sampled completions have reward -inf (a hard "
                  "constraint); use objective='dpg' or 'distill', or give the constraint a finite penalty")
     elif not bool(torch.isfinite(logq).all()):
-        cause = (f"the loss is {float(loss)} because the policy's log-probs are not finite (its weights "
+        cause = (f"the loss is {float(loss.detach())} because the policy's log-probs are not finite (its weights "
                  "overflowed); lower lr or set max_grad_norm")
     else:
-        cause = f"the loss is {float(loss)} (it overflowed); lower lr or set max_grad_norm"
+        cause = f"the loss is {float(loss.detach())} (it overflowed); lower lr or set max_grad_norm"
     raise TrainingDivergedError(step, cause)
 
 

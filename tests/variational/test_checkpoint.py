@@ -1,0 +1,83 @@
+"""Checkpoints: resume after a kill reproduces the uninterrupted run; other configs are refused;
+a NaN loss stops with the step and cause and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bayes_rlhf as br
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.variational import TrainingDivergedError, train_policy
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing in the trainer catches it."""
+
+
+def _kill_at(step):
+    def cb(s, row):
+        if s == step:
+            raise Killed
+    return cb
+
+
+def _params(policy):
+    return [p.detach().clone() for p in policy.model.parameters()]
+
+
+@pytest.mark.parametrize("objective", ["rloo", "ppo", "vargrad"])
+def test_resume_after_kill_reproduces_uninterrupted_run(small_target, fast_config, tmp_path, objective):
+    kw = dict(steps=7, objective=objective, checkpoint_every=3)
+    full, h_full = train_policy(small_target, ["w0", "w1"], fast_config(**kw, checkpoint_dir=str(tmp_path / "a")))
+    cfg = fast_config(**kw, checkpoint_dir=str(tmp_path / "b"))
+    with pytest.raises(Killed):
+        train_policy(small_target, ["w0", "w1"], cfg, callback=_kill_at(5))
+    meta = json.loads((tmp_path / "b" / "last" / "meta.json").read_text())
+    assert meta["step"] == 3  # steps 4 and 5 were lost with the kill
+    resumed, h_res = train_policy(small_target, ["w0", "w1"], cfg)
+    assert all(torch.equal(a, b) for a, b in zip(_params(full), _params(resumed)))
+    assert h_res.column("loss") == h_full.column("loss")
+    assert h_res.column("step") == list(range(1, 8))
+
+
+def test_resume_with_other_config_is_an_error(small_target, fast_config, tmp_path):
+    train_policy(small_target, "w0", fast_config(steps=2, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="lr"):
+        train_policy(small_target, "w0", fast_config(steps=4, lr=1e-2, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="prompts"):
+        train_policy(small_target, "w1", fast_config(steps=4, checkpoint_dir=str(tmp_path)))
+    # more steps with the same config continue the run
+    _, hist = train_policy(small_target, "w0", fast_config(steps=4, checkpoint_dir=str(tmp_path)))
+    assert hist.column("step") == [1, 2, 3, 4]
+
+
+def test_checkpoint_is_written_atomically(small_target, fast_config, tmp_path):
+    train_policy(small_target, "w0", fast_config(steps=4, checkpoint_every=1, checkpoint_dir=str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no temporary or old copies left
+    names = sorted(p.name for p in (tmp_path / "last").iterdir())
+    assert names == ["meta.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors"]
+
+
+def test_nan_loss_stops_with_step_and_cause_and_keeps_last_good_checkpoint(small_target, fast_config, tmp_path):
+    calls = {"n": 0}
+
+    def fn(ids, mask):  # fine for 4 steps, then a hard constraint that rejects the first sample
+        calls["n"] += 1
+        r = ((ids == 3) & mask).sum(-1).double()
+        if calls["n"] > 4:
+            r[0] = -torch.inf
+        return r
+
+    target = br.Target(small_target.prior, br.TokenReward(fn), 0.5, 3)
+    cfg = fast_config(steps=10, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+    with pytest.raises(TrainingDivergedError, match="step 5.*-inf") as info:
+        train_policy(target, "w0", cfg)
+    assert info.value.step == 5 and "hard constraint" in info.value.cause
+    meta = json.loads((tmp_path / "last" / "meta.json").read_text())
+    assert meta["step"] == 4
+    from safetensors.torch import load_file
+    weights = load_file(str(tmp_path / "last" / "model.safetensors"))
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
