@@ -3,21 +3,38 @@
     J(q) = E_q[r] - beta KL(q || pi0) = beta (log Z - KL(q || pi*)),  pi* = pi0 exp(r / beta) / Z
 """
 
-from bayes_rlhf.diagnostics import Comparison, compare
+from bayes_rlhf import plots
+from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, FrontierPoint, WeightDiagnostics,
+                                    compare, forward_kl, importance_log_z, load_inference_data, policy_point,
+                                    position_kl, posterior_frontier, psis_khat, reverse_kl, save_inference_data,
+                                    to_inference_data, token_kl, weight_diagnostics)
 from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMassError, PromptError,
                                RewardError, SpaceTooLargeError, TokenizerMismatchError)
 from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, exact_rejection_sample
 from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, default_model, load_model
+from bayes_rlhf.report import RunDirError, load_run, save_run, write_report
 from bayes_rlhf.rewards import ClassifierReward, Constraint, TokenReward, WeightedSum, evaluate_reward
+from bayes_rlhf.samplers import (WeightedSamples, best_of_n, importance_sample, kl_sandwich, lower_bound,
+                                 quasi_rejection_sample, smc, upper_bound)
 from bayes_rlhf.target import Target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # models, rewards, target
     "CausalLM", "LMState", "Completions", "load_model", "default_model", "DEFAULT_PROMPTS",
-    "TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "evaluate_reward",
-    "Target", "ExactPosterior", "exact_posterior", "exact_rejection_sample", "RejectionResult",
-    "Comparison", "compare",
+    "TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "evaluate_reward", "Target",
+    # exact
+    "ExactPosterior", "exact_posterior", "exact_rejection_sample", "RejectionResult",
+    # samplers
+    "WeightedSamples", "importance_sample", "best_of_n", "quasi_rejection_sample", "smc",
+    "lower_bound", "upper_bound", "kl_sandwich",
+    # diagnostics and reports
+    "Comparison", "compare", "reverse_kl", "forward_kl", "importance_log_z", "token_kl", "position_kl",
+    "Estimate", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "FrontierPoint",
+    "posterior_frontier", "policy_point", "to_inference_data", "save_inference_data",
+    "load_inference_data", "save_run", "load_run", "write_report", "RunDirError", "plots",
+    # errors
     "BayesRLHFError", "ConfigError", "ModelLoadError", "PromptError", "RewardError",
-    "SpaceTooLargeError", "TokenizerMismatchError", "NoMassError",
+    "SpaceTooLargeError", "TokenizerMismatchError", "NoMassError", "EmptySamplesError",
 ]

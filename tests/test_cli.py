@@ -16,10 +16,17 @@ def test_demo_writes_summary(tmp_path, capsys):
     assert "log Z" in text and "the movie was" in text
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["posteriors"]) == 3
-    for s in summary["posteriors"]:
+    for p in summary["posteriors"]:
+        s = p["summary"]
         assert s["posterior_mean_reward"] > s["prior_mean_reward"] and s["kl_posterior_prior"] > 0
     assert (out / "top_completions.csv").read_text().startswith("prompt,ranked_by")
-    assert not list(tmp_path.glob(".demo*"))  # no temporary left behind
+    # the report, its figures and the InferenceData file
+    html = (out / "report.html").read_text()
+    assert "<html" in html.lower() and list((out / "figures").glob("*.pdf"))
+    import arviz as az
+
+    assert az.from_netcdf(out / "inference_data.nc").groups()
+    assert not list(tmp_path.glob(".demo*")) and not list(out.glob(".run.*"))  # no temporaries
 
 
 def test_exact_command(tmp_path, capsys):

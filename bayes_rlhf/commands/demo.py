@@ -22,10 +22,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import time
+    from pathlib import Path
 
     from bayes_rlhf.commands._common import format_posterior, write_top_completions
     from bayes_rlhf.exact.solve import exact_posterior
-    from bayes_rlhf.io import atomic_dir, write_json
+    from bayes_rlhf.report import save_run, write_report
     from bayes_rlhf.models.default_model import (DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS,
                                                  default_model)
     from bayes_rlhf.target import Target
@@ -42,9 +43,10 @@ def run(args) -> int:
         print(format_posterior(post))
         print(f"  (enumerated in {time.perf_counter() - t0:.2f} s)\n")
         posteriors.append(post)
-    with atomic_dir(args.out) as tmp:
-        write_json(tmp / "summary.json", {"model": "default", "reward": "sentiment",
-                                          "posteriors": [p.summary() for p in posteriors]})
-        write_top_completions(tmp / "top_completions.csv", posteriors)
-    print(f"wrote {args.out}/")
+    t0 = time.perf_counter()
+    save_run(args.out, posteriors, extra={"model": "default", "reward": "sentiment"})
+    write_top_completions(Path(args.out) / "top_completions.csv", posteriors)
+    report = write_report(args.out)
+    print(f"wrote {args.out}/: summary.json, posterior tables, inference_data.nc (ArviZ), figures/, "
+          f"{Path(report).name} ({time.perf_counter() - t0:.1f} s)")
     return 0

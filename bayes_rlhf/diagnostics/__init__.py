@@ -1,5 +1,26 @@
-"""Diagnostics: how far a policy or sampler is from the target posterior."""
+"""Diagnostics: how far a policy or sampler is from the target posterior.
 
-from bayes_rlhf.diagnostics.exact import Comparison, compare
+Exact divergences on enumerable models (``compare``, ``position_kl``, ``token_kl``), sampled
+estimates with standard errors on large ones (``reverse_kl``, ``forward_kl``,
+``importance_log_z``), importance-weight diagnostics (Kish ESS, PSIS k-hat), the reward-KL
+frontier, and conversion to ArviZ ``InferenceData``.
+"""
 
-__all__ = ["Comparison", "compare"]
+from bayes_rlhf.diagnostics.exact import Comparison, compare, policy_log_probs
+from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, beta_grid, policy_point,
+                                             posterior_frontier, retilt, sampler_point, table_rows)
+from bayes_rlhf.diagnostics.inference_data import load_inference_data, save_inference_data, to_inference_data
+from bayes_rlhf.diagnostics.sampled import (Estimate, ForwardKL, ReverseKL, forward_kl, importance_log_z,
+                                            position_kl, reverse_kl, token_kl)
+from bayes_rlhf.diagnostics.weights import (EmptySamplesError, WeightDiagnostics, kish_ess, psis_khat,
+                                            weight_diagnostics)
+
+__all__ = [
+    "Comparison", "compare", "policy_log_probs",
+    "FrontierPoint", "posterior_frontier", "policy_point", "best_of_n_points", "sampler_point", "retilt",
+    "beta_grid", "table_rows",
+    "to_inference_data", "save_inference_data", "load_inference_data",
+    "Estimate", "ReverseKL", "ForwardKL", "reverse_kl", "forward_kl", "importance_log_z", "token_kl",
+    "position_kl",
+    "EmptySamplesError", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "kish_ess",
+]
