@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from bayes_rlhf.errors import ConfigError, NoMassError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.models.causal_lm import CausalLM, LMState, sample_categorical
+from bayes_rlhf.models.causal_lm import LMState, sample_categorical
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target
 from bayes_rlhf.samplers.resampling import get_resampler
 from bayes_rlhf.samplers.twists import as_twist, lookup, posterior_table
@@ -220,7 +220,8 @@ class SMC:
         log_w = torch.where(alive, state.log_w + inc, state.log_w)
         log_psi = torch.where(alive, new_psi, state.log_psi)
         rewards = torch.where(ended, r_new, state.rewards)
-        prior_state, prior_logp, q_state, q_logp = state.prior_state, state.prior_logp, state.proposal_state, state.proposal_logp
+        prior_state, prior_logp = state.prior_state, state.prior_logp
+        q_state, q_logp = state.proposal_state, state.proposal_logp
         if going.any():
             prior_state, prior_logp = self.target.prior.step(prior_state, tok)
             if self.proposal is not None:

@@ -203,7 +203,7 @@ def fit_twist(twist: LearnedTwist, posteriors, steps: int = 300, lr: float = 1e-
     losses = []
     for _ in tqdm(range(steps), desc="fitting twist", disable=not progress):
         pick = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        prompt_ids, prefixes, targets = [], [], []
+        prompt_ids, targets = [], []
         for j in pick.tolist():
             d = data[owner[j]]
             k = local[j]

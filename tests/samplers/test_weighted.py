@@ -46,7 +46,9 @@ def test_resample_draws_only_positive_weight_rows_per_prompt(gpt2_lm):
 def test_shape_validation(gpt2_lm):
     with pytest.raises(ConfigError, match="rows"):
         WeightedSamples(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool),
-                        torch.zeros(3), torch.zeros(2), torch.zeros(1), torch.zeros(2, dtype=torch.long), ("a",), gpt2_lm)
+                        torch.zeros(3), torch.zeros(2), torch.zeros(1), torch.zeros(2, dtype=torch.long), ("a",),
+                        gpt2_lm)
     with pytest.raises(ConfigError, match="log_z"):
         WeightedSamples(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool),
-                        torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long), ("a",), gpt2_lm)
+                        torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long), ("a",),
+                        gpt2_lm)
