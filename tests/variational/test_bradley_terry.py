@@ -34,6 +34,16 @@ def trained():
     return lm, reward, losses
 
 
+@pytest.fixture(scope="module")
+def untrained():
+    """A Bradley-Terry reward with a random head: any reward obeys the closed form."""
+    lm = tiny_lm("gpt2", vocab_size=7, seed=4, hidden=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return lm, BradleyTerryReward(lm.model, lm.tokenizer), None
+
+
+@pytest.mark.slow
 def test_fit_learns_held_out_preferences(trained):
     lm, reward, losses = trained
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]  # from log 2 ~ 0.69 at the start
@@ -42,8 +52,8 @@ def test_fit_learns_held_out_preferences(trained):
     assert reward.accuracy(held_out) > 0.9
 
 
-def test_reward_is_usable_as_target_reward_and_reloads(trained, tmp_path):
-    lm, reward, _ = trained
+def test_reward_is_usable_as_target_reward_and_reloads(untrained, tmp_path):
+    lm, reward, _ = untrained
     target = br.Target(prior=lm, reward=reward, beta=0.5, max_new_tokens=2)
     ids = torch.tensor([[3, 3], [5, 2]])
     mask = torch.ones_like(ids, dtype=torch.bool)
@@ -53,9 +63,10 @@ def test_reward_is_usable_as_target_reward_and_reloads(trained, tmp_path):
     assert torch.allclose(again(["w1", "w1"], lm.decode(ids, mask)), r, atol=1e-12)
 
 
-def test_dpo_closed_form_on_enumerable_model(trained):
+@pytest.mark.parametrize("which", ["untrained", pytest.param("trained", marks=pytest.mark.slow)])
+def test_dpo_closed_form_on_enumerable_model(request, which):
     """beta log pi*/pi0 = r - beta log Z for every completion, with pi* built token by token."""
-    lm, reward, _ = trained
+    lm, reward, _ = request.getfixturevalue(which)
     beta = 0.5
     post = br.exact_posterior(br.Target(prior=lm, reward=reward, beta=beta, max_new_tokens=3), "w1")
     for k in range(post.num_completions):
