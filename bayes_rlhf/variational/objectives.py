@@ -165,7 +165,8 @@ def ppo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
     pg = -(torch.minimum(ratio * adv, clipped * adv) * m).sum(-1).mean()
     vloss = 0.5 * (((batch.values - returns) ** 2) * m).sum(-1).mean()
     loss = pg + config.value_coef * vloss
-    stats = {"value_loss": float(vloss.detach()), "clip_fraction": float(((ratio - clipped).abs() > 0)[mask].double().mean())}
+    clip_fraction = float(((ratio - clipped).abs() > 0)[mask].double().mean())
+    stats = {"value_loss": float(vloss.detach()), "clip_fraction": clip_fraction}
     if k3:
         kl = k3_kl(batch.logq, batch.prior_logp, mask).mean()
         loss = loss + kl

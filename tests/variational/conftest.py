@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import bayes_rlhf as br
 from bayes_rlhf.models.toy import tiny_lm

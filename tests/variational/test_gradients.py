@@ -19,7 +19,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import bayes_rlhf as br
 from bayes_rlhf.models.toy import tiny_lm
 from bayes_rlhf.variational import TrainerConfig
 from bayes_rlhf.variational.objectives import PolicyBatch, rloo_loss, vargrad_loss

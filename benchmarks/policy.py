@@ -1,0 +1,158 @@
+"""This toolkit's RLOO and PPO against TRL's RLOOTrainer, measured by the exact KL(q || pi*).
+
+Same prior (the embedded default model), reward (lexicon sentiment), beta, horizon and prompt
+for all three; each run is evaluated every ``--eval-every`` steps against the enumerated
+posterior (292k completions at T = 4). Wall time excludes the evaluations. Reported, in one run:
+
+    time to KL(q || pi*) <= 0.05 nats, and the KL at equal numbers of reward evaluations.
+
+TRL runs in its own environment, never a dependency of bayes_rlhf::
+
+    python -m venv --system-site-packages /tmp/trl-venv
+    /tmp/trl-venv/bin/pip install trl==1.16.0 -c constraints.txt   # torch==2.13.0 pinned
+    /tmp/trl-venv/bin/python benchmarks/policy.py --steps 300 --out benchmarks/results/policy.json
+
+Without trl installed the TRL column is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bayes_rlhf as br  # noqa: E402
+from bayes_rlhf.variational import TrainerConfig, train_policy  # noqa: E402
+from bayes_rlhf.variational.rollout import evaluate  # noqa: E402
+
+PROMPT, BETA, T = "the movie was", 1.0, 4
+
+
+def run_ours(target, post, objective, steps, eval_every, samples, lr):
+    cfg = TrainerConfig(steps=steps, objective=objective, samples_per_prompt=samples, lr=lr,
+                        eval_every=eval_every, progress=False, seed=0)
+    _, hist = train_policy(target, PROMPT, cfg, evaluator=post)
+    return [{"step": r["step"], "time": r["time"], "reward_evals": r["reward_evals"], "kl": r["kl_q_posterior"],
+             "kl_pq": r["kl_posterior_q"]} for r in hist.evaluated()]
+
+
+def run_trl(lm, reward, post, steps, eval_every, samples, lr):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    def sentiment(prompts, completions, **kwargs):
+        ids, mask = lm.encode_completions(completions, T)
+        return reward.fn(ids, mask).tolist()
+
+    curve, clock = [], {"eval": 0.0, "start": None}
+
+    class ExactKL(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock["start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step % eval_every and state.global_step != steps:
+                return
+            t0 = time.perf_counter()
+            was_training = model.training
+            policy = br.CausalLM(model, lm.tokenizer, device="cpu")
+            res = evaluate(policy, {PROMPT: post})
+            model.train(was_training)
+            wall = t0 - clock["start"] - clock["eval"]
+            curve.append({"step": state.global_step, "time": wall, "reward_evals": state.global_step * samples,
+                          "kl": res["kl_q_posterior"], "kl_pq": res["kl_posterior_q"]})
+            clock["eval"] += time.perf_counter() - t0
+
+    import copy
+    model = copy.deepcopy(lm.model)
+    args = RLOOConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=samples,
+                      num_generations=samples, max_completion_length=T, learning_rate=lr, beta=BETA,
+                      max_steps=steps, lr_scheduler_type="constant", warmup_steps=0, logging_steps=10 ** 9,
+                      report_to="none", save_strategy="no", use_cpu=True, seed=0, bf16=False, fp16=False,
+                      max_grad_norm=1.0, temperature=1.0, top_k=0, top_p=1.0, disable_dropout=True)
+    data = Dataset.from_dict({"prompt": [PROMPT] * (steps * samples)})
+    trainer = RLOOTrainer(model=model, reward_funcs=sentiment, args=args, train_dataset=data,
+                          processing_class=lm.tokenizer, callbacks=[ExactKL()])
+    trainer.train()
+    return curve
+
+
+def first_time_below(curve, level=0.05):
+    for row in curve:
+        if row["kl"] <= level:
+            return row["time"], row["reward_evals"]
+    return math.inf, math.inf
+
+
+def kl_at(curve, evals):
+    """The KL of the last evaluation at or before ``evals`` reward evaluations."""
+    rows = [r for r in curve if r["reward_evals"] <= evals]
+    return rows[-1]["kl"] if rows else math.nan
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=32, help="completions per step (RLOO group size)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--methods", default="rloo,ppo,trl")
+    ap.add_argument("--out", default=None, help="write the curves and the summary as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    lm, reward = br.default_model(device="cpu")
+    target = br.Target(prior=lm, reward=reward, beta=BETA, max_new_tokens=T)
+    post = br.exact_posterior(target, PROMPT)
+    print(f"prior KL(pi0 || pi*) = {evaluate(lm, {PROMPT: post})['kl_q_posterior']:.4f} nats over {post.num_completions:,} "
+          f"completions; beta log Z = {post.optimal_objective:.4f}")
+    curves = {}
+    for method in args.methods.split(","):
+        if method == "trl":
+            try:
+                import trl  # noqa: F401
+            except ImportError:
+                print("trl is not installed here: skipping TRL (see the module docstring)")
+                continue
+            curves["trl_rloo"] = run_trl(lm, reward, post, args.steps, args.eval_every, args.samples, args.lr)
+        else:
+            curves[f"ours_{method}"] = run_ours(target, post, method, args.steps, args.eval_every, args.samples,
+                                                args.lr)
+        c = curves[list(curves)[-1]]
+        print(f"{list(curves)[-1]:10s} final KL {c[-1]['kl']:.4f} after {c[-1]['time']:.1f} s")
+    evals = sorted({r["reward_evals"] for c in curves.values() for r in c})
+    checkpoints = [e for e in evals if e in (evals[len(evals) // 4], evals[len(evals) // 2], evals[-1])]
+    summary = {}
+    print(f"\n{'method':10s} {'time to KL<=0.05':>18s} {'evals to KL<=0.05':>18s} "
+          + " ".join(f"{'KL@' + str(e):>10s}" for e in checkpoints))
+    for name, c in curves.items():
+        t, e = first_time_below(c)
+        summary[name] = {"time_to_005": t, "evals_to_005": e, "kl_at": {str(x): kl_at(c, x) for x in checkpoints},
+                         "final_kl": c[-1]["kl"], "total_time": c[-1]["time"]}
+        print(f"{name:10s} {t:17.1f}s {e:18} " + " ".join(f"{kl_at(c, x):10.4f}" for x in checkpoints))
+    if "trl_rloo" in summary and "ours_rloo" in summary:
+        ours, theirs = summary["ours_rloo"]["time_to_005"], summary["trl_rloo"]["time_to_005"]
+        if math.isfinite(ours) and math.isfinite(theirs):
+            ratio = ours / theirs
+            print(f"\nours RLOO / TRL RLOO wall time to KL <= 0.05: {ratio:.3f}")
+            summary["time_ratio_rloo_vs_trl"] = ratio
+        else:
+            print("\nnot both runs reached KL <= 0.05: compare the KL columns instead")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"args": vars(args), "curves": curves, "summary": summary}, indent=1,
+                                             default=str))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
