@@ -120,8 +120,10 @@ def run_llamppl(model_dir, N, T, bad_set, seed):
             if token.token_id == eos or self.n >= T:
                 self.finish()
 
+    seeds = iter(range(seed, seed + 1000))
+
     def once():
-        np.random.seed(seed)
+        np.random.seed(next(seeds))  # llamppl draws from numpy's global generator
         lm.clear_cache()
         t0 = time.perf_counter()
         particles = asyncio.run(smc_standard(Lipogram(), N, 0.5, resampling_method="multinomial"))
@@ -133,6 +135,7 @@ def run_llamppl(model_dir, N, T, bad_set, seed):
 
 
 def run_genlm(model_dir, N, T, seed):
+    import numpy as np
     from genlm.control import PromptedLLM, direct_token_sampler
     from genlm.control.potential import Potential
 
@@ -150,8 +153,11 @@ def run_genlm(model_dir, N, T, seed):
     critic = NoLetterE(llm.vocab)
     sampler = direct_token_sampler(llm)
 
+    seeds = iter(range(seed, seed + 1000))
+
     def once():
-        torch.manual_seed(seed)
+        torch.manual_seed(next(seeds))  # genlm-control draws from torch's and numpy's global generators
+        np.random.seed(next(seeds))
         t0 = time.perf_counter()
         seqs = asyncio.run(sampler.smc(n_particles=N, ess_threshold=0.5, max_tokens=T, critic=critic))
         dt = time.perf_counter() - t0
