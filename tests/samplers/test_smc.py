@@ -48,19 +48,31 @@ def test_exact_twist_zero_variance_on_llama(llama_lm, reward):
     assert abs(float(ws.log_z) - post.log_z) < 1e-9
 
 
+def _z_ratio_runs(target, post, resampling, R=200, N=8, seed=21):
+    # A prefix potential that is not the exact twist: then which particles survive resampling
+    # matters for the estimate (with the exact twist every prefix has the same expected
+    # increment, so even a biased resampler would stay unbiased). ess_threshold=1 resamples
+    # whenever the weights differ. R runs of N particles are batched as R copies of the prompt.
+    ws = smc(target, [PROMPT] * R, N, twist=PrefixPotential(first_word_reward(), scale=0.7), ess_threshold=1.0,
+             resampling=resampling, generator=torch.Generator().manual_seed(seed))
+    assert int(ws.history.num_resampling_steps.sum()) > R  # resampling did happen
+    z = torch.exp(ws.log_z - post.log_z)
+    return float(z.mean()), float(z.std() / math.sqrt(R))
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_z_unbiased_every_scheme(mild_target, mild_post, scheme):
-    # Exact twist with the prior as proposal: the incremental weights vary at every token and
-    # ess_threshold=1 resamples whenever they do. R = 200 independent runs of N = 8 particles
-    # (batched as 200 prompts); the mean of exp(log_z - log Z) is 1 within 3 SE of the runs.
-    R, N = 200, 8
-    ws = smc(mild_target, [PROMPT] * R, N, twist=mild_post, ess_threshold=1.0, resampling=scheme,
-             generator=torch.Generator().manual_seed(21))
-    assert int(ws.history.num_resampling_steps.sum()) > R  # resampling did happen
-    z = torch.exp(ws.log_z - mild_post.log_z)
-    se = float(z.std() / math.sqrt(R))
+    # The mean of exp(log_z - log Z) over 200 runs is 1 within 3 standard errors of the runs.
+    mean, se = _z_ratio_runs(mild_target, mild_post, scheme)
     assert se < 0.05
-    assert abs(float(z.mean()) - 1.0) < 3 * se
+    assert abs(mean - 1.0) < 3 * se
+
+
+def test_unbiasedness_check_detects_a_biased_resampler(mild_target, mild_post):
+    # The same check rejects a resampler that always keeps the heaviest particle.
+    greedy = lambda g, lw, n: torch.full((n,), int(lw.argmax()))  # noqa: E731
+    mean, se = _z_ratio_runs(mild_target, mild_post, greedy)
+    assert abs(mean - 1.0) > 3 * se
 
 
 @pytest.mark.parametrize("kind", ["bootstrap", "prefix_potential", "policy_proposal", "twisted_prefix_potential",
