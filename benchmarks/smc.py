@@ -32,6 +32,7 @@ import asyncio
 import importlib.util
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -185,6 +186,7 @@ def main(argv=None):
     ap.add_argument("--reference-runs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up when redirected to a file
     torch.set_num_threads(args.threads)
     model_dir = prepare_smollm2(args.model_dir)
     lm = br.load_model(model_dir, device="cpu")
