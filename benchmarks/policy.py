@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--samples", type=int, default=32, help="completions per step (RLOO group size)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="learning rate of every run (default: TrainerConfig's per-objective default, 1e-3 for TRL)")
     ap.add_argument("--methods", default="rloo,ppo,trl")
     ap.add_argument("--out", default=None, help="write the curves and the summary as JSON here")
     args = ap.parse_args(argv)
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
             except ImportError:
                 print("trl is not installed here: skipping TRL (see the module docstring)")
                 continue
-            curves["trl_rloo"] = run_trl(lm, reward, post, args.steps, args.eval_every, args.samples, args.lr)
+            curves["trl_rloo"] = run_trl(lm, reward, post, args.steps, args.eval_every, args.samples,
+                                          args.lr or 1e-3)
         else:
             curves[f"ours_{method}"] = run_ours(target, post, method, args.steps, args.eval_every, args.samples,
                                                 args.lr)

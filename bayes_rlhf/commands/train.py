@@ -31,8 +31,19 @@ from pathlib import Path
 
 from bayes_rlhf.errors import ConfigError
 
-EPILOG = """example:
-  bayes-rlhf train --config examples/train_default.toml --out runs/rloo
+EPILOG = """example run.toml (any TrainerConfig field goes in [trainer]):
+  [target]
+  model = "default"
+  reward = "sentiment"
+  beta = 1.0
+  max_new_tokens = 4
+  prompts = ["the movie was"]
+  [trainer]
+  steps = 300
+  [evaluate]
+  exact = true
+
+  bayes-rlhf train --config run.toml --out runs/rloo
   (run it again after an interruption: it resumes from runs/rloo/checkpoints)
 """
 

@@ -35,8 +35,9 @@ class TrainerConfig:
         Completions drawn per prompt and step (>= 2: RLOO's leave-one-out baseline needs two).
     prompts_per_step : int or None
         Prompts per step, drawn without replacement each step; None uses every prompt.
-    lr : float
-        Adam learning rate of the policy (and of the value head).
+    lr : float or None
+        Adam learning rate of the policy. None picks the tested default: 3e-4 for PPO (which
+        takes ``ppo_epochs`` steps per batch from a noisier value baseline), 1e-3 otherwise.
     adam_betas : tuple of float
     weight_decay : float
     max_grad_norm : float or None
@@ -89,7 +90,7 @@ class TrainerConfig:
     objective: str = "rloo"
     samples_per_prompt: int = 32
     prompts_per_step: int | None = None
-    lr: float = 1e-3
+    lr: float | None = None
     adam_betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
@@ -125,6 +126,8 @@ class TrainerConfig:
         _int(self, "samples_per_prompt", 2)
         if self.prompts_per_step is not None:
             _int(self, "prompts_per_step", 1)
+        if self.lr is None:
+            self.lr = 3e-4 if self.objective == "ppo" else 1e-3
         _pos(self, "lr")
         if len(self.adam_betas) != 2 or not all(_is_num(b) and 0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"TrainerConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
