@@ -40,7 +40,7 @@ def run_ours(target, post, objective, steps, eval_every, samples, lr):
     cfg = TrainerConfig(steps=steps, objective=objective, samples_per_prompt=samples, lr=lr,
                         eval_every=eval_every, progress=False, seed=0)
     _, hist = train_policy(target, PROMPT, cfg, evaluator=post)
-    return [{"step": r["step"], "time": r["time"], "reward_evals": r["reward_evals"], "kl": r["kl_q_posterior"],
+    return [{"step": r["step"], "time": r["time"], "cpu_time": r["cpu_time"], "reward_evals": r["reward_evals"], "kl": r["kl_q_posterior"],
              "kl_pq": r["kl_posterior_q"]} for r in hist.evaluated()]
 
 
@@ -53,24 +53,26 @@ def run_trl(lm, reward, post, steps, eval_every, samples, lr):
         ids, mask = lm.encode_completions(completions, T)
         return reward.fn(ids, mask).tolist()
 
-    curve, clock = [], {"eval": 0.0, "start": None}
+    curve, clock = [], {"eval": 0.0, "start": None, "eval_cpu": 0.0, "cpu_start": None}
 
     class ExactKL(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            clock["start"] = time.perf_counter()
+            clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step % eval_every and state.global_step != steps:
                 return
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             was_training = model.training
             policy = br.CausalLM(model, lm.tokenizer, device="cpu")
             res = evaluate(policy, {PROMPT: post})
             model.train(was_training)
             wall = t0 - clock["start"] - clock["eval"]
-            curve.append({"step": state.global_step, "time": wall, "reward_evals": state.global_step * samples,
+            cpu = c0 - clock["cpu_start"] - clock["eval_cpu"]
+            curve.append({"step": state.global_step, "time": wall, "cpu_time": cpu, "reward_evals": state.global_step * samples,
                           "kl": res["kl_q_posterior"], "kl_pq": res["kl_posterior_q"]})
             clock["eval"] += time.perf_counter() - t0
+            clock["eval_cpu"] += time.process_time() - c0
 
     import copy
     model = copy.deepcopy(lm.model)
@@ -87,10 +89,11 @@ def run_trl(lm, reward, post, steps, eval_every, samples, lr):
 
 
 def first_time_below(curve, level=0.05):
+    """(wall time, CPU time, reward evaluations) of the first evaluation with KL <= level."""
     for row in curve:
         if row["kl"] <= level:
-            return row["time"], row["reward_evals"]
-    return math.inf, math.inf
+            return row["time"], row["cpu_time"], row["reward_evals"]
+    return math.inf, math.inf, math.inf
 
 
 def kl_at(curve, evals):
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         if method == "trl":
             try:
-                import trl  # noqa: F401
+                import trl  # noqa: F401  (only to check it is installed)
             except ImportError:
                 print("trl is not installed here: skipping TRL (see the module docstring)")
                 continue
@@ -129,23 +132,25 @@ def main(argv=None) -> int:
             curves[f"ours_{method}"] = run_ours(target, post, method, args.steps, args.eval_every, args.samples,
                                                 args.lr)
         c = curves[list(curves)[-1]]
-        print(f"{list(curves)[-1]:10s} final KL {c[-1]['kl']:.4f} after {c[-1]['time']:.1f} s")
+        print(f"{list(curves)[-1]:10s} final KL {c[-1]['kl']:.4f} after {c[-1]['time']:.1f} s wall, "
+              f"{c[-1]['cpu_time']:.1f} s CPU")
     evals = sorted({r["reward_evals"] for c in curves.values() for r in c})
     checkpoints = [e for e in evals if e in (evals[len(evals) // 4], evals[len(evals) // 2], evals[-1])]
     summary = {}
-    print(f"\n{'method':10s} {'time to KL<=0.05':>18s} {'evals to KL<=0.05':>18s} "
+    print(f"\n{'method':10s} {'wall to KL<=0.05':>17s} {'cpu to KL<=0.05':>16s} {'evals to KL<=0.05':>18s} "
           + " ".join(f"{'KL@' + str(e):>10s}" for e in checkpoints))
     for name, c in curves.items():
-        t, e = first_time_below(c)
-        summary[name] = {"time_to_005": t, "evals_to_005": e, "kl_at": {str(x): kl_at(c, x) for x in checkpoints},
+        t, cpu, e = first_time_below(c)
+        summary[name] = {"time_to_005": t, "cpu_to_005": cpu, "evals_to_005": e, "total_cpu": c[-1]["cpu_time"], "kl_at": {str(x): kl_at(c, x) for x in checkpoints},
                          "final_kl": c[-1]["kl"], "total_time": c[-1]["time"]}
-        print(f"{name:10s} {t:17.1f}s {e:18} " + " ".join(f"{kl_at(c, x):10.4f}" for x in checkpoints))
+        print(f"{name:10s} {t:16.2f}s {cpu:15.2f}s {e:18} " + " ".join(f"{kl_at(c, x):10.4f}" for x in checkpoints))
     if "trl_rloo" in summary and "ours_rloo" in summary:
         ours, theirs = summary["ours_rloo"]["time_to_005"], summary["trl_rloo"]["time_to_005"]
         if math.isfinite(ours) and math.isfinite(theirs):
             ratio = ours / theirs
-            print(f"\nours RLOO / TRL RLOO wall time to KL <= 0.05: {ratio:.3f}")
-            summary["time_ratio_rloo_vs_trl"] = ratio
+            cpu_ratio = summary["ours_rloo"]["cpu_to_005"] / summary["trl_rloo"]["cpu_to_005"]
+            print(f"\nours RLOO / TRL RLOO time to KL <= 0.05: wall {ratio:.3f}, CPU {cpu_ratio:.3f}")
+            summary["time_ratio_rloo_vs_trl"], summary["cpu_ratio_rloo_vs_trl"] = ratio, cpu_ratio
         else:
             print("\nnot both runs reached KL <= 0.05: compare the KL columns instead")
     if args.out:

@@ -11,7 +11,8 @@ Columns (natural-log units; rewards in the reward's own units)::
     grad_norm       global gradient norm before clipping
     tokens_per_s    generated tokens per second of wall time in the step
     reward_evals    cumulative number of reward evaluations
-    time            cumulative wall time (s)
+    time            cumulative wall time of the steps (s; evaluations excluded)
+    cpu_time        cumulative CPU time of this process in the steps (s; steadier on a shared machine)
     kl_q_posterior, kl_posterior_q
                     exact KL(q || pi*) and KL(pi* || q), averaged over prompts, at evaluated steps
                     (None elsewhere, and when no evaluator is attached)
@@ -26,7 +27,7 @@ import math
 from pathlib import Path
 
 COLUMNS = ("step", "objective", "mean_reward", "kl_prior", "entropy", "loss", "grad_norm", "tokens_per_s",
-           "reward_evals", "time", "kl_q_posterior", "kl_posterior_q", "log_z")
+           "reward_evals", "time", "cpu_time", "kl_q_posterior", "kl_posterior_q", "log_z")
 
 
 class TrainingHistory:

@@ -222,13 +222,14 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
                               tensorboard_dir=config.tensorboard_dir)
     loss_fn = OBJECTIVES[config.objective]
     elapsed = rows[-1]["time"] if rows else 0.0
+    cpu = (rows[-1].get("cpu_time") or 0.0) if rows else 0.0
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train[{config.objective}]",
                disable=not config.progress)
     try:
         for step in bar:
             row = _one_step(run, step + 1, loss_fn, draw)
-            elapsed += row["time"]
-            row["time"] = elapsed
+            elapsed, cpu = elapsed + row["time"], cpu + row["cpu_time"]
+            row["time"], row["cpu_time"] = elapsed, cpu
             if posteriors and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
                 row.update(rollout.evaluate(run.policy, posteriors))
             history.append(row)
@@ -246,7 +247,7 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
 
 
 def _one_step(run: _Run, step: int, loss_fn, draw) -> dict:
-    cfg, t0 = run.config, time.perf_counter()
+    cfg, t0, c0 = run.config, time.perf_counter(), time.process_time()
     idx = run.step_prompts()
     data = run.collect(idx, draw)
     data["step_prompts"] = idx
@@ -283,7 +284,8 @@ def _one_step(run: _Run, step: int, loss_fn, draw) -> dict:
     row = {"step": step, "objective": float(r.mean()) - run.target.beta * kl0, "mean_reward": float(r.mean()),
            "kl_prior": kl0, "entropy": float(-lq.mean()), "loss": stats.pop("loss"),
            "grad_norm": stats.pop("grad_norm"), "tokens_per_s": tokens / dt if dt > 0 else None,
-           "reward_evals": run.reward_evals, "time": dt, "kl_q_posterior": None, "kl_posterior_q": None,
+           "reward_evals": run.reward_evals, "time": dt, "cpu_time": time.process_time() - c0,
+           "kl_q_posterior": None, "kl_posterior_q": None,
            "log_z": float(run.log_z.detach().mean()) if cfg.objective == "vargrad" else None}
     row.update(stats)
     return row
