@@ -127,3 +127,11 @@ def test_lora_policy_trains_and_merges(small_target, small_posts, fast_config, t
     policy.save_pretrained(tmp_path / "lora")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "lora", dtype=torch.float64)
     assert not any("lora" in k for k in reloaded.state_dict())
+
+
+def test_prompts_per_step_and_evaluator_true(small_target, fast_config):
+    _, hist = train_policy(small_target, ["w0", "w1 w2"], fast_config(steps=4, prompts_per_step=1, eval_every=2),
+                           evaluator=True)
+    assert hist.last["reward_evals"] == 4 * 8  # one prompt of two per step
+    assert [r["step"] for r in hist.evaluated()] == [2, 4]
+    assert all(r["kl_q_posterior"] > 0 and r["kl_posterior_q"] > 0 for r in hist.evaluated())
