@@ -3,7 +3,7 @@
     J(q) = E_q[r] - beta KL(q || pi0) = beta (log Z - KL(q || pi*)),  pi* = pi0 exp(r / beta) / Z
 """
 
-from bayes_rlhf import plots
+from bayes_rlhf import plots, ppl
 from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, FrontierPoint, WeightDiagnostics,
                                     compare, forward_kl, importance_log_z, load_inference_data, policy_point,
                                     position_kl, posterior_frontier, psis_khat, reverse_kl, save_inference_data,
@@ -14,8 +14,11 @@ from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, e
 from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, default_model, load_model
 from bayes_rlhf.report import RunDirError, load_run, save_run, write_report
 from bayes_rlhf.rewards import ClassifierReward, Constraint, TokenReward, WeightedSum, evaluate_reward
-from bayes_rlhf.samplers import (WeightedSamples, best_of_n, importance_sample, kl_sandwich, lower_bound,
-                                 quasi_rejection_sample, smc, upper_bound)
+from bayes_rlhf.samplers import (ExactTwist, LearnedTwist, PrefixPotential, SMCConfig, WeightedSamples,
+                                 best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs, fit_twist,
+                                 get_resampler, importance_sample, kl_sandwich, log_z_lower_bound, lower_bound,
+                                 multinomial, quasi_rejection_log_probs, quasi_rejection_sample, residual,
+                                 sampling_importance_resampling, smc, stratified, systematic, upper_bound)
 from bayes_rlhf.target import Target
 
 __version__ = "0.1.0"
@@ -27,8 +30,11 @@ __all__ = [
     # exact
     "ExactPosterior", "exact_posterior", "exact_rejection_sample", "RejectionResult",
     # samplers
-    "WeightedSamples", "importance_sample", "best_of_n", "quasi_rejection_sample", "smc",
-    "lower_bound", "upper_bound", "kl_sandwich",
+    "WeightedSamples", "importance_sample", "sampling_importance_resampling", "best_of_n",
+    "best_of_n_log_probs", "best_of_n_kl", "best_of_n_kl_bound", "quasi_rejection_sample",
+    "quasi_rejection_log_probs", "smc", "SMCConfig", "ExactTwist", "PrefixPotential", "LearnedTwist",
+    "fit_twist", "multinomial", "stratified", "systematic", "residual", "get_resampler",
+    "lower_bound", "upper_bound", "kl_sandwich", "log_z_lower_bound", "ppl",
     # diagnostics and reports
     "Comparison", "compare", "reverse_kl", "forward_kl", "importance_log_z", "token_kl", "position_kl",
     "Estimate", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "FrontierPoint",

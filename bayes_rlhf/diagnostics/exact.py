@@ -47,19 +47,31 @@ def policy_log_probs(policy: CausalLM, posterior: ExactPosterior, batch_size: in
                         batch_size=batch_size).sum(-1).double().cpu()
 
 
+def _mass_outside(q: torch.Tensor, posterior: ExactPosterior, dtype: torch.dtype) -> float:
+    """q's mass outside the table: 0 when the table is the whole space (untruncated prior);
+    otherwise 1 - sum q, counted only above the rounding error of q's precision."""
+    top_k = getattr(posterior.lm, "top_k", None)
+    if top_k is None or top_k >= posterior.lm.vocab_size:
+        return 0.0
+    outside = 1.0 - float(q.sum())
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-4
+    return outside if outside > tolerance else 0.0
+
+
 def compare(policy: CausalLM | torch.Tensor, posterior: ExactPosterior, batch_size: int = 1024) -> Comparison:
     """Exact KL both ways, TV and the RL objective of ``policy`` against ``posterior``.
 
     ``policy`` is a ``CausalLM`` sharing the prior's tokenizer, or log q over the table [K].
     """
     lq = policy if isinstance(policy, torch.Tensor) else policy_log_probs(policy, posterior, batch_size)
+    dtype = lq.dtype if isinstance(policy, torch.Tensor) else policy.dtype
     lq = lq.double()
     q = lq.exp()
-    q_outside = max(0.0, 1.0 - float(q.sum()))
+    q_outside = _mass_outside(q, posterior, dtype)
     lp, p = posterior.log_probs, posterior.probs
     pos = q > 0
     kl_qp = float((q[pos] * (lq[pos] - lp[pos])).sum())
-    if q_outside > 1e-9:
+    if q_outside > 0:
         kl_qp = math.inf
     kl_pq = float((p * (lp - lq)).sum()) if bool((lq[p > 0] > -math.inf).all()) else math.inf
     tv = 0.5 * (float((q - p).abs().sum()) + q_outside)
@@ -67,5 +79,5 @@ def compare(policy: CausalLM | torch.Tensor, posterior: ExactPosterior, batch_si
     finite_r = torch.isfinite(r)
     mean_r = float((q[finite_r] * r[finite_r]).sum()) if not bool((pos & ~finite_r).any()) else -math.inf
     kl_q0 = float((q[pos] * (lq[pos] - posterior.prior_log_probs[pos])).sum())
-    objective = mean_r - posterior.beta * kl_q0 if q_outside <= 1e-9 else -math.inf
+    objective = mean_r - posterior.beta * kl_q0 if q_outside == 0 else -math.inf
     return Comparison(kl_qp, kl_pq, tv, objective, posterior.optimal_objective, mean_r, kl_q0, q_outside)

@@ -59,8 +59,9 @@ def kish_ess(log_weights) -> float:
     log_weights : Tensor or array [n]
         Unnormalised log-weights; -inf entries count as zero weight.
     """
-    w = normalized_weights(log_weights)
-    return float(1.0 / (w * w).sum())
+    from bayes_rlhf.samplers.weighted import kish_ess as _kish_ess
+
+    return _kish_ess(_as_log_weights(log_weights))
 
 
 def psis_khat(log_weights) -> tuple[torch.Tensor, float]:

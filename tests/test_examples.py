@@ -1,0 +1,41 @@
+"""Every example runs on the default model and says what it promises."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exact_posterior_example(capsys):
+    post = load("exact_posterior").main([])
+    assert post.mean_reward > post.prior_mean_reward
+    assert "log Z" in capsys.readouterr().out
+
+
+def test_smc_example():
+    runs, post = load("smc_sampling").main(["--particles", "64"])
+    twisted = runs["SMC, exact twist + proposal"]
+    assert math.isclose(float(twisted.log_z[0]), post.log_z, abs_tol=1e-9)  # zero variance
+
+
+@pytest.mark.slow
+def test_train_example(tmp_path):
+    before, after, history = load("train_and_compare").main(["--steps", "40", "--out", str(tmp_path / "q")])
+    assert after.kl_q_posterior < before.kl_q_posterior and len(history) == 40
+    assert (tmp_path / "q" / "model.safetensors").exists()
+
+
+def test_evaluate_example(tmp_path):
+    c = load("evaluate_checkpoint").main(["--out", str(tmp_path / "run")])
+    assert math.isfinite(c.kl_q_posterior) and c.kl_q_posterior > 0
+    assert (tmp_path / "run" / "report.html").exists()
