@@ -73,7 +73,8 @@ def run_trl(lm, reward, post, steps, eval_every, samples, lr):
                 model.train(was_training)
             wall = t0 - clock["start"] - clock["eval"]
             cpu = c0 - clock["cpu_start"] - clock["eval_cpu"]
-            curve.append({"step": state.global_step, "time": wall, "cpu_time": cpu, "reward_evals": state.global_step * samples,
+            curve.append({"step": state.global_step, "time": wall, "cpu_time": cpu,
+                          "reward_evals": state.global_step * samples,
                           "kl": res["kl_q_posterior"], "kl_pq": res["kl_posterior_q"]})
             clock["eval"] += time.perf_counter() - t0
             clock["eval_cpu"] += time.process_time() - c0
@@ -159,7 +160,8 @@ def main(argv=None) -> int:
           + " ".join(f"{'KL@' + str(e):>10s}" for e in checkpoints))
     for name, c in curves.items():
         t, cpu, e = first_time_below(c)
-        summary[name] = {"time_to_005": t, "cpu_to_005": cpu, "evals_to_005": e, "total_cpu": c[-1]["cpu_time"], "kl_at": {str(x): kl_at(c, x) for x in checkpoints},
+        summary[name] = {"time_to_005": t, "cpu_to_005": cpu, "evals_to_005": e, "total_cpu": c[-1]["cpu_time"],
+                         "kl_at": {str(x): kl_at(c, x) for x in checkpoints},
                          "final_kl": c[-1]["kl"], "total_time": c[-1]["time"]}
         print(f"{name:10s} {t:16.2f}s {cpu:15.2f}s {e:18} " + " ".join(f"{kl_at(c, x):10.4f}" for x in checkpoints))
     if "trl_rloo" in summary and "ours_rloo" in summary:

@@ -72,7 +72,8 @@ def test_dpo_closed_form_on_enumerable_model(request, which):
     for k in range(post.num_completions):
         toks = post.completion_ids[k, post.mask[k]].tolist()
         log_pi_star = sum(float(post.token_posterior(toks[:t], log=True)[toks[t]]) for t in range(len(toks)))
-        implied = float(dpo_implied_reward(torch.tensor(log_pi_star, dtype=torch.float64), post.prior_log_probs[k], beta))
+        log_pi_star = torch.tensor(log_pi_star, dtype=torch.float64)
+        implied = float(dpo_implied_reward(log_pi_star, post.prior_log_probs[k], beta))
         assert implied == pytest.approx(float(post.rewards[k]) - beta * post.log_z, abs=1e-9)
     # so the DPO loss of pi* on preference pairs is the Bradley-Terry loss of r (log Z cancels)
     idx = torch.randperm(post.num_completions, generator=torch.Generator().manual_seed(0))[:40]
