@@ -17,6 +17,8 @@ Columns (natural-log units; rewards in the reward's own units)::
                     exact KL(q || pi*) and KL(pi* || q), averaged over prompts, at evaluated steps
                     (None elsewhere, and when no evaluator is attached)
     log_z           the learned log Z (trajectory balance), averaged over prompts
+    elbo, eubo, kl_sandwich, kl_q_posterior_est, kl_posterior_q_est
+                    sampled estimates at evaluated steps with a SandwichEvaluator (large models)
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from bayes_rlhf.variational import rollout
 from bayes_rlhf.variational.config import TrainerConfig
 from bayes_rlhf.variational.history import TrainingHistory
 from bayes_rlhf.variational.objectives import OBJECTIVES, PolicyBatch
+from bayes_rlhf.variational.sandwich import SandwichEvaluator
 
 
 class TrainingDivergedError(BayesRLHFError):
@@ -182,9 +183,10 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
         The prompts the policy is amortised over (each step uses all, or ``prompts_per_step``).
     config : TrainerConfig, optional
         Defaults to ``TrainerConfig()``.
-    evaluator : None, True, ExactPosterior, list or dict of them
+    evaluator : None, True, ExactPosterior, list or dict of them, or SandwichEvaluator
         Exact posteriors of (some of) the prompts; their KL(q || pi*) and KL(pi* || q) are logged
-        every ``eval_every`` steps. True enumerates every prompt's posterior first.
+        every ``eval_every`` steps. True enumerates every prompt's posterior first. For models
+        too large to enumerate, a ``SandwichEvaluator`` logs the ELBO, EUBO and sampled KLs.
     sampler : callable, optional
         ``sampler(prompt, n, generator) -> Completions`` or ``(Completions, log_weights [n])``:
         samples of pi* for ``objective="distill"``, ``distill_source="given"``.
@@ -206,7 +208,12 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     if config.prompts_per_step is not None and config.prompts_per_step > len(prompts):
         raise ConfigError(f"TrainerConfig.prompts_per_step={config.prompts_per_step} is more than the "
                           f"{len(prompts)} prompts; lower it or set it to None")
-    posteriors = rollout.as_posteriors(evaluator, target, prompts)
+    sandwich = evaluator if isinstance(evaluator, SandwichEvaluator) else None
+    if sandwich is not None:
+        unknown = sorted(set(sandwich.posterior_samples) - set(prompts))
+        if unknown:
+            raise ConfigError(f"the evaluator has posterior samples for {unknown}, which are not training prompts")
+    posteriors = rollout.as_posteriors(None if sandwich else evaluator, target, prompts)
     draw = rollout.posterior_sampler(target, config, posteriors, sampler) if config.objective == "distill" else None
     extra = _target_fingerprint(target, prompts)
     fingerprint, fp_dict = config.fingerprint(extra), config.fingerprint_dict(extra)
@@ -230,8 +237,9 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
             row = _one_step(run, step + 1, loss_fn, draw)
             elapsed, cpu = elapsed + row["time"], cpu + row["cpu_time"]
             row["time"], row["cpu_time"] = elapsed, cpu
-            if posteriors and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-                row.update(rollout.evaluate(run.policy, posteriors))
+            if (posteriors or sandwich) and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+                row.update(rollout.evaluate(run.policy, posteriors) if posteriors
+                           else sandwich.evaluate(run.policy, target))
             history.append(row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("objective", "kl_q_posterior") if row.get(k) is not None})
             if callback is not None:
