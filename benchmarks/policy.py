@@ -12,7 +12,8 @@ TRL runs in its own environment, never a dependency of bayes_rlhf::
     /tmp/trl-venv/bin/pip install trl==1.16.0 -c constraints.txt   # torch==2.13.0 pinned
     /tmp/trl-venv/bin/python benchmarks/policy.py --steps 300 --out benchmarks/results/policy.json
 
-Without trl installed the TRL column is skipped.
+Without trl installed the TRL column is skipped. ``--smollm2 DIR`` instead measures completion
+tokens per second of both RLOO trainers on SmolLM2-135M (no exact KL there).
 """
 
 from __future__ import annotations
@@ -93,6 +94,56 @@ def run_trl(lm, reward, post, steps, eval_every, samples, lr):
     return curve
 
 
+def smollm2_throughput(model_dir, steps, samples, T, lr=1e-5):
+    """Completion tokens per second of our RLOO and TRL's RLOOTrainer on a real 135M model (no
+    exact KL: the space is too large). Reward: minus the number of letters e in the completion."""
+    lm = br.load_model(model_dir, device="cpu", dtype=torch.float32)
+
+    def no_e(prompts, completions, **kwargs):
+        return [-float(c.lower().count("e")) for c in completions]
+
+    target = br.Target(prior=lm, reward=no_e, beta=0.1, max_new_tokens=T)
+    prompt = "My favourite animal is"
+    cfg = TrainerConfig(steps=steps, samples_per_prompt=samples, lr=lr, progress=False, seed=0)
+    _, hist = train_policy(target, prompt, cfg)
+    times = [0.0] + [r["time"] for r in hist.rows]
+    tokens = sum(r["tokens_per_s"] * (t1 - t0) for r, t0, t1 in zip(hist.rows, times, times[1:]))
+    out = {"ours_rloo": {"tokens": tokens, "time": times[-1], "tokens_per_s": tokens / times[-1]}}
+    if importlib.util.find_spec("trl") is None:
+        return out
+    import copy
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    count, clock = {"tokens": 0}, {}
+
+    def counted(prompts, completions, completion_ids=None, **kwargs):
+        count["tokens"] += sum(len(c) for c in completion_ids)
+        return no_e(prompts, completions)
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock["start"] = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            clock["end"] = time.perf_counter()
+
+    args = RLOOConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=samples,
+                      num_generations=samples, max_completion_length=T, learning_rate=lr, beta=0.1,
+                      max_steps=steps, lr_scheduler_type="constant", logging_steps=10 ** 9, report_to="none",
+                      save_strategy="no", use_cpu=True, seed=0, max_grad_norm=1.0, top_k=0, top_p=1.0,
+                      disable_dropout=True)
+    trainer = RLOOTrainer(model=copy.deepcopy(lm.model), reward_funcs=counted, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": [prompt] * (steps * samples)}),
+                          processing_class=lm.tokenizer, callbacks=[Clock()])
+    trainer.train()
+    wall = clock["end"] - clock["start"]
+    out["trl_rloo"] = {"tokens": count["tokens"], "time": wall, "tokens_per_s": count["tokens"] / wall}
+    return out
+
+
 def first_time_below(curve, level=0.05):
     """(wall time, CPU time, reward evaluations) of the first evaluation with KL <= level."""
     for row in curve:
@@ -118,8 +169,21 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-repeats", type=int, default=2,
                     help="unevaluated reruns of each method; times are the fastest rerun's (KL is deterministic)")
     ap.add_argument("--out", default=None, help="write the curves and the summary as JSON here")
+    ap.add_argument("--smollm2", default=None, metavar="DIR",
+                    help="instead: tokens/s of both RLOO trainers on SmolLM2-135M from this transformers directory "
+                         "(see benchmarks/smc.py: prepare_smollm2)")
+    ap.add_argument("--throughput-steps", type=int, default=5)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if args.smollm2:
+        res = smollm2_throughput(args.smollm2, args.throughput_steps, 8, 16)
+        for name, r in res.items():
+            print(f"{name:10s} {r['tokens']:.0f} completion tokens in {r['time']:.1f} s: "
+                  f"{r['tokens_per_s']:.1f} tokens/s")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"args": vars(args), "throughput": res}, indent=1))
+        return 0
     lm, reward = br.default_model(device="cpu")
     target = br.Target(prior=lm, reward=reward, beta=BETA, max_new_tokens=T)
     post = br.exact_posterior(target, PROMPT)
