@@ -66,38 +66,87 @@ class _Node:
     prefix: torch.Tensor    # [n, depth] prefix ids of the node's rows
     prefix_lp: torch.Tensor  # [n] float64 log-prob of each prefix
     logp: torch.Tensor      # [n, V] float64 next-token log-probs of each row
+    key: torch.Tensor | None  # [n] int64 lexicographic key of each prefix (None: too long for int64)
     offset: int = 0
 
 
 @dataclass
 class Leaves:
-    """Accumulated leaves: ids [K, T] (padded), mask [K, T], log-probs [K] (float64)."""
+    """Leaves accumulated chunk by chunk, assembled once, in lexicographic order, by ``tensors``.
+
+    Each leaf carries an integer key (its tokens + 1 as digits in base V + 1, padded with zeros
+    on the right) when T digits fit in int64, so ordering them is one argsort of K integers.
+    """
 
     T: int
     pad_id: int
-    ids: list = field(default_factory=list)
-    mask: list = field(default_factory=list)
-    log_probs: list = field(default_factory=list)
+    base: int
+    chunks: list = field(default_factory=list)  # (prefix [m, d-1], tokens [m], log-probs [m], keys [m])
 
-    def add(self, prefix: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor) -> None:
-        m, d = prefix.shape[0], prefix.shape[1] + 1
-        ids = torch.full((m, self.T), self.pad_id, dtype=torch.long)
-        ids[:, : d - 1] = prefix
-        ids[:, d - 1] = tokens
-        mask = torch.zeros((m, self.T), dtype=torch.bool)
-        mask[:, :d] = True
-        self.ids.append(ids)
-        self.mask.append(mask)
-        self.log_probs.append(lp)
+    @property
+    def keyed(self) -> bool:
+        return self.T * self.base.bit_length() < 63
+
+    def add(self, prefix: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor, key: torch.Tensor | None) -> None:
+        if key is not None:
+            key = (key * self.base + tokens + 1) * self.base ** (self.T - prefix.shape[1] - 1)
+        self.chunks.append((prefix, tokens, lp, key))
 
     def tensors(self):
-        if not self.ids:
+        """ids [K, T] (a transposed view of a contiguous [T, K] table), mask [K, T], log-probs [K]."""
+        if not self.chunks:
             raise SpaceTooLargeError("the prior gives no completion positive probability")
-        return torch.cat(self.ids), torch.cat(self.mask), torch.cat(self.log_probs)
+        lengths = torch.cat([torch.full((t.shape[0],), p.shape[1] + 1, dtype=torch.long)
+                             for p, t, _, _ in self.chunks])
+        lp = torch.cat([c[2] for c in self.chunks])
+        K = lp.shape[0]
+        order = _sort_keys(torch.cat([c[3] for c in self.chunks]), lengths == self.T) if self.keyed \
+            else torch.arange(K)
+        pos = torch.empty(K, dtype=torch.long)
+        pos[order] = torch.arange(K)
+        cols = torch.empty((self.T, K), dtype=torch.long)
+        offset = 0
+        for prefix, tokens, _, _ in self.chunks:  # write each leaf straight to its sorted place
+            where = pos[offset: offset + tokens.shape[0]]
+            d = prefix.shape[1]
+            if d:
+                cols[:d, where] = prefix.t()
+            cols[d, where] = tokens
+            if d + 1 < self.T:
+                cols[d + 1:, where] = self.pad_id
+            offset += tokens.shape[0]
+        ids, lengths, lp = cols.t(), lengths[order], lp[order]
+        mask = torch.arange(self.T)[None, :] < lengths[:, None]
+        if not self.keyed:
+            order = lexicographic_order(ids, mask, self.base - 1)
+            ids, mask, lp = ids[order], mask[order], lp[order]
+        return ids, mask, lp
+
+
+def _sort_keys(keys: torch.Tensor, full_length: torch.Tensor) -> torch.Tensor:
+    """argsort of leaf keys [K], exploiting the walk's order.
+
+    The depth-first walk emits full-length leaves already in lexicographic order; only the leaves
+    ended by EOS (emitted when their parent is expanded) are out of place. Sort those alone and
+    merge them in; fall back to a full sort if the full-length run is not sorted.
+    """
+    main = torch.nonzero(full_length).squeeze(-1)
+    early = torch.nonzero(~full_length).squeeze(-1)
+    main_keys = keys[main]
+    if main_keys.numel() > 1 and not bool((main_keys[1:] >= main_keys[:-1]).all()):
+        return torch.argsort(keys)
+    early_sorted = early[torch.argsort(keys[early])]
+    early_pos = torch.searchsorted(main_keys, keys[early_sorted]) + torch.arange(early.numel())
+    is_early = torch.zeros(keys.numel(), dtype=torch.bool)
+    is_early[early_pos] = True
+    order = torch.empty_like(keys)
+    order[early_pos] = early_sorted
+    order[~is_early] = main
+    return order
 
 
 def _expand(lm: CausalLM, depth: int, T: int, state: LMState, logp: torch.Tensor, prefix: torch.Tensor,
-            prefix_lp: torch.Tensor, leaves: Leaves) -> _Node | None:
+            prefix_lp: torch.Tensor, key: torch.Tensor | None, leaves: Leaves) -> _Node | None:
     """Emit the ending children of a node as leaves; return the node if some children continue."""
     logp = logp.double().cpu()
     finite = torch.isfinite(logp)
@@ -109,11 +158,11 @@ def _expand(lm: CausalLM, depth: int, T: int, state: LMState, logp: torch.Tensor
     child_lp = prefix_lp[:, None] + logp
     rows, toks = torch.nonzero(finite & ends, as_tuple=True)
     if rows.numel():
-        leaves.add(prefix[rows], toks, child_lp[rows, toks])
+        leaves.add(prefix[rows], toks, child_lp[rows, toks], None if key is None else key[rows])
     rows, toks = torch.nonzero(finite & ~ends, as_tuple=True)
     if rows.numel() == 0:
         return None
-    return _Node(depth, state, rows, toks, prefix, prefix_lp, logp)
+    return _Node(depth, state, rows, toks, prefix, prefix_lp, logp, key)
 
 
 def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2048,
@@ -124,10 +173,11 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
     (a completion that ended comes before its extensions), log-probs in float64 on CPU.
     """
     _, internal = check_space(lm, T, max_completions)
-    leaves = Leaves(T, lm.pad_id)
+    leaves = Leaves(T, lm.pad_id, lm.vocab_size + 1)
     state, logp = lm.start(prompt)
+    root_key = torch.zeros(1, dtype=torch.long) if leaves.keyed else None
     root = _expand(lm, 0, T, state, logp, torch.zeros((1, 0), dtype=torch.long),
-                   torch.zeros(1, dtype=torch.float64), leaves)
+                   torch.zeros(1, dtype=torch.float64), root_key, leaves)
     stack = [root] if root is not None else []
     bar = tqdm(total=internal, desc="enumerating prefixes", unit="prefix", disable=not progress)
     while stack:
@@ -141,14 +191,13 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
         child_state, child_logp = lm.step(node.state.reindex(rows), toks)
         prefix = torch.cat([node.prefix[rows], toks[:, None]], dim=1)
         prefix_lp = node.prefix_lp[rows] + node.logp[rows, toks]
-        child = _expand(lm, node.depth + 1, T, child_state, child_logp, prefix, prefix_lp, leaves)
+        key = None if node.key is None else node.key[rows] * leaves.base + toks + 1
+        child = _expand(lm, node.depth + 1, T, child_state, child_logp, prefix, prefix_lp, key, leaves)
         bar.update(rows.numel())
         if child is not None:
             stack.append(child)
     bar.close()
-    ids, mask, lp = leaves.tensors()
-    order = lexicographic_order(ids, mask, lm.vocab_size)
-    return ids[order], mask[order], lp[order]
+    return leaves.tensors()
 
 
 def lexicographic_order(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:

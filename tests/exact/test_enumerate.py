@@ -81,3 +81,14 @@ def test_count_completions_formula():
     assert count_completions(2, 2, has_eos=True)[0] == 1 + 1 + 1  # E, aE, aa
     assert count_completions(3, 2, has_eos=False) == (9, 4)
     assert math.isclose(count_completions(8, 3, True)[0], 1 + 7 + 49 + 343)
+
+
+def test_unkeyed_assembly_matches_keyed(gpt2_lm, monkeypatch):
+    """Long completions fall back to a column-wise sort; both paths give the same table."""
+    from bayes_rlhf.exact import enumerate as enum
+
+    keyed = enumerate_completions(gpt2_lm, "w1", 3)
+    monkeypatch.setattr(enum.Leaves, "keyed", property(lambda self: False))
+    unkeyed = enumerate_completions(gpt2_lm, "w1", 3)
+    for a, b in zip(keyed, unkeyed):
+        assert torch.equal(a, b)
