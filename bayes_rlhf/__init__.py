@@ -13,13 +13,17 @@ from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMa
 from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, exact_rejection_sample
 from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, default_model, load_model
 from bayes_rlhf.report import RunDirError, load_run, save_run, write_report
-from bayes_rlhf.rewards import ClassifierReward, Constraint, TokenReward, WeightedSum, evaluate_reward
+from bayes_rlhf.rewards import (BradleyTerryConfig, BradleyTerryReward, ClassifierReward, Constraint, TokenReward,
+                                WeightedSum, evaluate_reward)
+from bayes_rlhf.rewards.bradley_terry import dpo_loss
 from bayes_rlhf.samplers import (ExactTwist, LearnedTwist, PrefixPotential, SMCConfig, WeightedSamples,
                                  best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs, fit_twist,
                                  get_resampler, importance_sample, kl_sandwich, log_z_lower_bound, lower_bound,
                                  multinomial, quasi_rejection_log_probs, quasi_rejection_sample, residual,
                                  sampling_importance_resampling, smc, stratified, systematic, upper_bound)
 from bayes_rlhf.target import Target
+from bayes_rlhf.variational import (SandwichEvaluator, TrainerConfig, TrainingDivergedError, TrainingHistory,
+                                    objectives, train_policy)
 
 __version__ = "0.1.0"
 
@@ -27,6 +31,7 @@ __all__ = [
     # models, rewards, target
     "CausalLM", "LMState", "Completions", "load_model", "default_model", "DEFAULT_PROMPTS",
     "TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "evaluate_reward", "Target",
+    "BradleyTerryReward", "BradleyTerryConfig", "dpo_loss",
     # exact
     "ExactPosterior", "exact_posterior", "exact_rejection_sample", "RejectionResult",
     # samplers
@@ -35,6 +40,9 @@ __all__ = [
     "quasi_rejection_log_probs", "smc", "SMCConfig", "ExactTwist", "PrefixPotential", "LearnedTwist",
     "fit_twist", "multinomial", "stratified", "systematic", "residual", "get_resampler",
     "lower_bound", "upper_bound", "kl_sandwich", "log_z_lower_bound", "ppl",
+    # variational policy
+    "train_policy", "TrainerConfig", "TrainingHistory", "TrainingDivergedError", "SandwichEvaluator",
+    "objectives",
     # diagnostics and reports
     "Comparison", "compare", "reverse_kl", "forward_kl", "importance_log_z", "token_kl", "position_kl",
     "Estimate", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "FrontierPoint",

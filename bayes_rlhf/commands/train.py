@@ -88,10 +88,6 @@ def load_config(source) -> dict:
 
 
 def _reward(spec: str, lm):
-    if spec.startswith("bradley_terry:"):
-        from bayes_rlhf.rewards.bradley_terry import BradleyTerryReward
-
-        return BradleyTerryReward.load(spec.partition(":")[2], device=lm.device)
     from bayes_rlhf.rewards.spec import parse_reward
 
     return parse_reward(spec, lm)

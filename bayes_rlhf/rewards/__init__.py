@@ -7,7 +7,9 @@ sequence of floats`` (TRL's convention), or an object with
 """
 
 from bayes_rlhf.rewards.base import TokenReward, evaluate_reward, reward_name
+from bayes_rlhf.rewards.bradley_terry import BradleyTerryConfig, BradleyTerryReward
 from bayes_rlhf.rewards.classifier import ClassifierReward
 from bayes_rlhf.rewards.combinators import Constraint, WeightedSum
 
-__all__ = ["TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "evaluate_reward", "reward_name"]
+__all__ = ["TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "BradleyTerryReward",
+           "BradleyTerryConfig", "evaluate_reward", "reward_name"]

@@ -7,6 +7,7 @@ Specs::
     contains:WORD        number of times WORD occurs in the completion text
     regex:PATTERN        1.0 if PATTERN matches the completion text, else 0.0
     classifier:PATH[:LABEL]   logit of LABEL (default 1) of a sequence classifier at PATH
+    bradley_terry:DIR    a Bradley-Terry reward model written by ``BradleyTerryReward.save``
     package.module:function   any importable reward callable
 """
 
@@ -21,7 +22,7 @@ from bayes_rlhf.errors import RewardError
 from bayes_rlhf.rewards.base import TokenReward
 
 SPEC_HELP = ("sentiment | length | contains:WORD | regex:PATTERN | classifier:PATH[:LABEL] | "
-             "package.module:function")
+             "bradley_terry:DIR | package.module:function")
 
 
 def parse_reward(spec: str, lm):
@@ -50,6 +51,10 @@ def parse_reward(spec: str, lm):
         path, _, label = arg.rpartition(":") if arg.count(":") else (arg, "", "1")
         label = int(label) if label.isdigit() else label
         return ClassifierReward(path or arg, label=label)
+    if kind == "bradley_terry" and arg:
+        from bayes_rlhf.rewards.bradley_terry import BradleyTerryReward
+
+        return BradleyTerryReward.load(arg, device=lm.device)
     if kind and arg and "." in kind:
         try:
             fn = getattr(importlib.import_module(kind), arg)
