@@ -18,7 +18,7 @@ OBJECTIVE_NAMES = ("rloo", "ppo", "dpg", "distill", "vargrad")
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
-                                "log_jsonl", "log_csv", "tensorboard_dir", "resume"})
+                                "log_jsonl", "log_csv", "tensorboard_dir", "resume", "use_accelerate"})
 
 
 @dataclass
@@ -69,7 +69,13 @@ class TrainerConfig:
         into the returned policy.
     lora_alpha : float
     bf16 : bool
-        Autocast to bfloat16 on CUDA (ignored on CPU).
+        Autocast to bfloat16 on CUDA (ignored on CPU); with ``use_accelerate``, the Accelerator's
+        ``mixed_precision="bf16"``.
+    use_accelerate : bool
+        Train through Hugging Face accelerate (optional package: ``pip install accelerate``), for
+        several GPUs or nodes under ``accelerate launch``; see ``bayes_rlhf.variational.distributed``.
+        Not part of the resume fingerprint: one process gives the same run either way (the number of
+        processes, when more than one, is).
     seed : int
         Seed of the run's ``torch.Generator``: sampling, prompt order. Same seed, same run on CPU.
     eval_every : int
@@ -109,6 +115,7 @@ class TrainerConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     bf16: bool = True
+    use_accelerate: bool = False
     seed: int = 0
     eval_every: int = 10
     checkpoint_dir: str | None = None
@@ -154,7 +161,7 @@ class TrainerConfig:
         _int(self, "seed", 0)
         _int(self, "eval_every", 1)
         _int(self, "checkpoint_every", 1)
-        for name in ("bf16", "resume", "progress", "whiten_advantages"):
+        for name in ("bf16", "use_accelerate", "resume", "progress", "whiten_advantages"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"TrainerConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("checkpoint_dir", "log_jsonl", "log_csv", "tensorboard_dir"):

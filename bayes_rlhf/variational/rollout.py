@@ -66,11 +66,12 @@ def autocast_for(lm: CausalLM, bf16: bool):
 
 
 def forward(lm: CausalLM, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor,
-            value_head: torch.nn.Module | None = None, bf16: bool = False):
+            value_head: torch.nn.Module | None = None, bf16: bool = False,
+            model: torch.nn.Module | None = None):
     """Per-token log q [n, T] (0 at padding, differentiable) and values [n, T] (or None).
 
     ``prompts`` has one prompt per row. Values are V(s_t): the head on the hidden state that
-    predicts token t.
+    predicts token t. ``model`` replaces ``lm.model`` in the pass (accelerate's wrapped module).
     """
     T = ids.shape[1]
     p_ids, p_att = lm._prompt_batch(list(prompts))
@@ -79,15 +80,15 @@ def forward(lm: CausalLM, prompts: Sequence[str], ids: torch.Tensor, mask: torch
     att = torch.cat([p_att, mask.long()], dim=1)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     with autocast_for(lm, bf16):
-        out = lm.model(input_ids=full, attention_mask=att, position_ids=pos, use_cache=False,
-                       output_hidden_states=value_head is not None)
+        out = (lm.model if model is None else model)(input_ids=full, attention_mask=att, position_ids=pos,
+                                                     use_cache=False, output_hidden_states=value_head is not None)
     P = p_ids.shape[1]
     logp = lm.log_softmax(out.logits[:, P - 1: P - 1 + T])
     tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
     values = None
     if value_head is not None:
         h = out.hidden_states[-1][:, P - 1: P - 1 + T]
-        values = value_head(h.detach().to(value_head.weight.dtype)).squeeze(-1).masked_fill(~mask, 0.0)
+        values = value_head(h.detach().to(next(value_head.parameters()).dtype)).squeeze(-1).masked_fill(~mask, 0.0)
     return tok, values
 
 

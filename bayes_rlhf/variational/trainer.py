@@ -14,6 +14,14 @@ One loop for every objective (the loss is a plain function from ``objectives.OBJ
             clip grad norm; Adam step
         history row (estimates from policy samples; exact KL when an evaluator is attached)
         checkpoint every checkpoint_every steps and at the end
+
+Several GPUs or nodes: set ``use_accelerate = true`` (``pip install accelerate``) and start the same
+script or command under Hugging Face ``accelerate launch``; each process trains on its own samples
+and only the main process writes files (``distributed.py`` says what changes). For example::
+
+    accelerate launch --multi_gpu --num_processes 4 -m bayes_rlhf.cli train --config run.toml
+    accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --num_processes 16 \
+        my_training_script.py
 """
 
 from __future__ import annotations
@@ -25,25 +33,18 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bayes_rlhf.errors import BayesRLHFError, ConfigError
+from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.rewards.base import reward_name
 from bayes_rlhf.target import Target
 from bayes_rlhf.variational import checkpoint as ckpt
 from bayes_rlhf.variational import rollout
 from bayes_rlhf.variational.config import TrainerConfig
+from bayes_rlhf.variational.divergence import TrainingDivergedError, check_finite
+from bayes_rlhf.variational.distributed import LocalBackend, make_backend, require_accelerate
 from bayes_rlhf.variational.history import TrainingHistory
 from bayes_rlhf.variational.objectives import OBJECTIVES, PolicyBatch
 from bayes_rlhf.variational.sandwich import SandwichEvaluator
-
-
-class TrainingDivergedError(BayesRLHFError):
-    """The loss or gradient became NaN/inf. ``step`` and ``cause`` say when and why; the last
-    good checkpoint (if any) is kept in ``checkpoint_dir``."""
-
-    def __init__(self, step: int, cause: str):
-        self.step, self.cause = step, cause
-        super().__init__(f"training stopped at step {step}: {cause}")
 
 
 def _target_fingerprint(target: Target, prompts: list[str]) -> dict:
@@ -58,8 +59,9 @@ def _target_fingerprint(target: Target, prompts: list[str]) -> dict:
 class _Run:
     """The mutable pieces of one run (policy, value head, log Z, optimiser, generator)."""
 
-    def __init__(self, target: Target, prompts: list[str], config: TrainerConfig):
+    def __init__(self, target: Target, prompts: list[str], config: TrainerConfig, backend=None):
         self.target, self.prompts, self.config = target, prompts, config
+        self.backend = LocalBackend() if backend is None else backend
         self.policy = rollout.make_policy(target.prior, config)
         self.value_head = rollout.value_head_for(self.policy) if config.objective == "ppo" else None
         self.log_z = torch.zeros(len(prompts), dtype=torch.float64, device=self.policy.device, requires_grad=True)
@@ -71,9 +73,12 @@ class _Run:
             groups.append({"params": list(self.value_head.parameters()), "lr": config.value_lr})
         if config.objective == "vargrad" and config.log_z == "learned":
             groups.append({"params": [self.log_z], "lr": config.log_z_lr, "weight_decay": 0.0})
-        self.opt = torch.optim.Adam(groups, lr=config.lr, betas=config.adam_betas,
-                                    weight_decay=config.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        opt = torch.optim.Adam(groups, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay)
+        # train_model / train_value_head: the modules to call for a differentiated forward (DDP-wrapped
+        # under accelerate); policy.model and value_head stay the plain modules for sampling and saving
+        self.train_model, self.train_value_head, self.opt = self.backend.prepare(self.policy.model,
+                                                                                 self.value_head, opt)
+        self.generator = torch.Generator().manual_seed(self.backend.seed(config.seed))
         self.reward_evals = 0
 
     def tensors(self) -> dict:
@@ -92,8 +97,11 @@ class _Run:
             self.log_z.copy_(t["log_z"])
         self.log_z_set = t["log_z_set"].clone()
         self.opt.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["rng"])
-        self.reward_evals = int(state["history"][-1]["reward_evals"]) if state["history"] else 0
+        self.generator.set_state(state["rng"])  # process 0's; the others draw fresh streams
+        if self.backend.process_index > 0:
+            self.generator.manual_seed(self.backend.seed(self.config.seed, state["step"]))
+        evals = int(state["history"][-1]["reward_evals"]) if state["history"] else 0
+        self.reward_evals = evals // self.backend.num_processes  # the history sums the processes
 
     # ---------------------------------------------------------------- one step
     def step_prompts(self) -> list[int]:
@@ -154,21 +162,15 @@ class _Run:
                     sel = data["group"] == g
                     self.log_z[pid] = -f[sel].mean()
                     self.log_z_set[pid] = True
+        self.backend.sync_log_z(self.log_z, self.log_z_set)
 
-
-def _check_finite(step: int, loss: torch.Tensor, data: dict, logq: torch.Tensor) -> None:
-    if torch.isfinite(loss):
-        return
-    bad_r = int((~torch.isfinite(data["rewards"])).sum())
-    if bad_r:
-        cause = (f"the loss is {float(loss.detach())} because {bad_r} sampled completions have reward -inf (a hard "
-                 "constraint); use objective='dpg' or 'distill', or give the constraint a finite penalty")
-    elif not bool(torch.isfinite(logq).all()):
-        cause = (f"the loss is {float(loss.detach())} because the policy's log-probs are not finite (its weights "
-                 "overflowed); lower lr or set max_grad_norm")
-    else:
-        cause = f"the loss is {float(loss.detach())} (it overflowed); lower lr or set max_grad_norm"
-    raise TrainingDivergedError(step, cause)
+    def finish(self) -> CausalLM:
+        """The trained policy, unwrapped from accelerate (DDP, bf16 forward hook), LoRA merged."""
+        model = self.backend.unwrap(self.train_model)
+        policy = self.policy
+        if model is not policy.model:
+            policy = CausalLM(model, policy.tokenizer, device=policy.device, top_k=policy.top_k)
+        return rollout.merged(policy)
 
 
 def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerConfig | None = None, *,
@@ -204,6 +206,8 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
         raise ConfigError(f"target must be a bayes_rlhf.Target, got {type(target).__name__}")
     if not isinstance(config, TrainerConfig):
         raise ConfigError(f"config must be a TrainerConfig, got {type(config).__name__}")
+    if config.use_accelerate:
+        require_accelerate()
     prompts = rollout.check_prompts(target, prompts)
     if config.prompts_per_step is not None and config.prompts_per_step > len(prompts):
         raise ConfigError(f"TrainerConfig.prompts_per_step={config.prompts_per_step} is more than the "
@@ -213,28 +217,33 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
         unknown = sorted(set(sandwich.posterior_samples) - set(prompts))
         if unknown:
             raise ConfigError(f"the evaluator has posterior samples for {unknown}, which are not training prompts")
+    backend = make_backend(config, target.prior)
+    target = backend.place(target)
     posteriors = rollout.as_posteriors(None if sandwich else evaluator, target, prompts)
     draw = rollout.posterior_sampler(target, config, posteriors, sampler) if config.objective == "distill" else None
     extra = _target_fingerprint(target, prompts)
+    if backend.num_processes > 1:  # each process adds a batch: resume only with as many processes
+        extra["processes"] = backend.num_processes
     fingerprint, fp_dict = config.fingerprint(extra), config.fingerprint_dict(extra)
 
-    run = _Run(target, prompts, config)
+    run = _Run(target, prompts, config, backend)
     rows: list[dict] = []
     start = 0
     if config.checkpoint_dir and config.resume and ckpt.has_checkpoint(config.checkpoint_dir):
         state = ckpt.load_checkpoint(config.checkpoint_dir, fingerprint, fp_dict)
         run.load(state)
         start, rows = min(state["step"], config.steps), state["history"][: config.steps]
-    history = TrainingHistory(rows, jsonl=config.log_jsonl, csv_path=config.log_csv,
-                              tensorboard_dir=config.tensorboard_dir)
+    main = backend.is_main  # only the main process writes files and shows progress
+    history = TrainingHistory(rows, jsonl=config.log_jsonl if main else None, csv_path=config.log_csv if main else None,
+                              tensorboard_dir=config.tensorboard_dir if main else None)
     loss_fn = OBJECTIVES[config.objective]
     elapsed = rows[-1]["time"] if rows else 0.0
     cpu = (rows[-1].get("cpu_time") or 0.0) if rows else 0.0
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train[{config.objective}]",
-               disable=not config.progress)
+               disable=not (config.progress and main))
     try:
         for step in bar:
-            row = _one_step(run, step + 1, loss_fn, draw)
+            row = backend.reduce_row(_one_step(run, step + 1, loss_fn, draw))
             elapsed, cpu = elapsed + row["time"], cpu + row["cpu_time"]
             row["time"], row["cpu_time"] = elapsed, cpu
             if (posteriors or sandwich) and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
@@ -245,13 +254,15 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
             if callback is not None:
                 callback(step + 1, row)
             if config.checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-                ckpt.save_checkpoint(config.checkpoint_dir, model_tensors=run.tensors(), optimizer=run.opt,
-                                     generator=run.generator, step=step + 1, fingerprint=fingerprint,
-                                     config=fp_dict, history_rows=history.rows)
+                if main:
+                    ckpt.save_checkpoint(config.checkpoint_dir, model_tensors=run.tensors(), optimizer=run.opt,
+                                         generator=run.generator, step=step + 1, fingerprint=fingerprint,
+                                         config=fp_dict, history_rows=history.rows)
+                backend.wait()
     finally:
         bar.close()
         history.close()
-    return rollout.merged(run.policy), history
+    return run.finish(), history
 
 
 def _one_step(run: _Run, step: int, loss_fn, draw) -> dict:
@@ -263,19 +274,22 @@ def _one_step(run: _Run, step: int, loss_fn, draw) -> dict:
     old_logq = old_values = None
     stats: dict = {}
     for epoch in range(cfg.inner_epochs):
-        logq, values = rollout.forward(run.policy, data["rows"], data["ids"], data["mask"], run.value_head, cfg.bf16)
+        logq, values = rollout.forward(run.policy, data["rows"], data["ids"], data["mask"], run.train_value_head,
+                                       cfg.bf16, model=run.train_model)
         if epoch == 0:
             old_logq = logq.detach().double()
             old_values = None if values is None else values.detach().double()
             if cfg.objective == "vargrad" and cfg.log_z == "learned":
                 run.init_log_z(data, logq)
         out = loss_fn(run.batch(data, logq, values, old_logq, old_values), cfg)
-        _check_finite(step, out.loss, data, logq)
+        check_finite(step, out.loss, data, logq, run.backend)
         run.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        run.backend.backward(out.loss)
+        if cfg.objective == "vargrad" and cfg.log_z == "learned":
+            run.backend.average_grad(run.log_z)  # not in a prepared module: DDP does not average it
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        gn = float(torch.nn.utils.clip_grad_norm_(run.params, max_norm))
-        if gn != gn or gn == float("inf"):
+        gn = run.backend.clip_grad_norm_(run.params, max_norm)
+        if gn is not None and (gn != gn or gn == float("inf")):
             raise TrainingDivergedError(step, f"the gradient norm is {gn}; lower lr or set max_grad_norm")
         run.opt.step()
         stats = {k: v for k, v in out.stats.items()} | {"loss": float(out.loss.detach()), "grad_norm": gn}
