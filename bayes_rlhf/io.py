@@ -37,7 +37,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """JSON with NaN/inf written as strings (valid JSON for any reader)."""
+    """JSON with NaN/inf written as strings (valid JSON for any reader), replaced atomically."""
 
     def clean(x):
         if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
@@ -48,7 +48,10 @@ def write_json(path: str | os.PathLike, obj) -> None:
             return [clean(v) for v in x]
         return x
 
-    Path(path).write_text(json.dumps(clean(obj), indent=2) + "\n")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:

@@ -101,6 +101,7 @@ def train_from_config(source, out) -> dict:
     from bayes_rlhf.models.default_model import DEFAULT_DIR
     from bayes_rlhf.target import Target
     from bayes_rlhf.variational import TrainerConfig, train_policy
+    from bayes_rlhf.variational.distributed import is_main_process
     from bayes_rlhf.variational.rollout import evaluate
 
     cfg = load_config(source)
@@ -122,6 +123,8 @@ def train_from_config(source, out) -> dict:
         shutil.copyfile(source, out / "config.toml")
     posts = {p: exact_posterior(target, p) for p in prompts} if cfg.get("evaluate", {}).get("exact") else None
     policy, history = train_policy(target, prompts, config, evaluator=posts)
+    if not is_main_process():  # under `accelerate launch`, one process writes
+        return {}
     policy.save_pretrained(out / "policy")
     summary = {"steps": len(history), "final": history.last, "prompts": prompts, "beta": target.beta,
                "max_new_tokens": target.max_new_tokens, "trainer": config.to_dict()}
