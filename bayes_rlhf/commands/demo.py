@@ -12,11 +12,16 @@ EPILOG = """example:
 def register(sub) -> None:
     p = sub.add_parser("demo", help="exact posterior of the embedded default model (the main job)",
                        description="Load the embedded default model and its sentiment reward, enumerate the "
-                                   "exact posterior of each demo prompt, print a summary and write it, with "
-                                   "figures and a report, to --out.",
+                                   "exact posterior of each demo prompt, run SMC and importance sampling, "
+                                   "train a short RLOO policy, compare everything with the exact posterior, "
+                                   "print a summary and write it, with figures and a report, to --out.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (replaced atomically)")
     p.add_argument("--beta", type=float, default=None, help="KL coefficient (default 1.0)")
+    p.add_argument("--particles", type=int, default=256, help="SMC particles and importance samples per prompt")
+    p.add_argument("--train-steps", type=int, default=60,
+                   help="RLOO steps of the policy compared with the posterior (0: no training)")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
@@ -43,10 +48,41 @@ def run(args) -> int:
         print(format_posterior(post))
         print(f"  (enumerated in {time.perf_counter() - t0:.2f} s)\n")
         posteriors.append(post)
+    samples, policies, histories = _sample_and_train(target, posteriors, args)
     t0 = time.perf_counter()
-    save_run(args.out, posteriors, extra={"model": "default", "reward": "sentiment"})
+    save_run(args.out, posteriors, policies=policies, histories=histories, samples=samples,
+             extra={"model": "default", "reward": "sentiment", "seed": args.seed})
     write_top_completions(Path(args.out) / "top_completions.csv", posteriors)
     report = write_report(args.out)
     print(f"wrote {args.out}/: summary.json, posterior tables, inference_data.nc (ArviZ), figures/, "
           f"{Path(report).name} ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def _sample_and_train(target, posteriors, args):
+    """SMC and importance sampling of every prompt, and a short RLOO policy, each against pi*."""
+    import torch
+
+    from bayes_rlhf.diagnostics.exact import compare
+    from bayes_rlhf.diagnostics.run_dir import table_log_probs
+    from bayes_rlhf.samplers import importance_sample, smc
+    from bayes_rlhf.variational import TrainerConfig, train_policy
+
+    prompts = [p.prompt for p in posteriors]
+    g = torch.Generator().manual_seed(args.seed)
+    samples = {"smc": smc(target, prompts, args.particles, generator=g),
+               "importance": importance_sample(target, prompts, args.particles, generator=g)}
+    print(f"sampling with {args.particles} particles per prompt: log Z estimate (exact)")
+    for i, post in enumerate(posteriors):
+        est = "   ".join(f"{name} {float(ws.log_z[i]):+.4f}" for name, ws in samples.items())
+        print(f"  {post.prompt!r:18s} {est}   ({post.log_z:+.4f})")
+    if args.train_steps <= 0:
+        return samples, None, None
+    config = TrainerConfig(steps=args.train_steps, seed=args.seed)
+    policy, history = train_policy(target, prompts, config, evaluator=posteriors)
+    log_q = [table_log_probs(policy, post) for post in posteriors]  # exact log q on each table, once
+    print(f"\nRLOO policy after {args.train_steps} steps: exact KL(q || pi*) per prompt (prior's in brackets)")
+    for post, lq in zip(posteriors, log_q):
+        print(f"  {post.prompt!r:18s} {compare(lq, post).kl_q_posterior:.4f}   "
+              f"({compare(post.prior_log_probs, post).kl_q_posterior:.4f})")
+    return samples, {"rloo": log_q}, {"rloo": history}

@@ -38,11 +38,28 @@ class Comparison:
         return asdict(self)
 
 
-def policy_log_probs(policy: CausalLM, posterior: ExactPosterior, batch_size: int = 1024) -> torch.Tensor:
-    """log q(x) [K] (float64) for every completion in the posterior's table."""
+def policy_log_probs(policy: CausalLM, posterior: ExactPosterior, batch_size: int = 1024,
+                     progress: bool = False) -> torch.Tensor:
+    """log q(x) [K] (float64) for every completion in the posterior's table.
+
+    When the policy's own completion tree is the table (same tokenizer and support), it is
+    walked like the prior's (one forward per prefix); otherwise (e.g. a top-k prior) the
+    table's K completions are scored as whole sequences.
+    """
+    from bayes_rlhf.errors import SpaceTooLargeError
+    from bayes_rlhf.exact.enumerate import enumerate_completions
+
     if not policy.same_tokenizer(posterior.lm):
         raise TokenizerMismatchError("the policy's tokenizer differs from the prior's; compare policies "
                                      "fine-tuned from the same base model (same vocabulary and EOS)")
+    T = posterior.completion_ids.shape[1]
+    try:
+        ids, mask, lq = enumerate_completions(policy, posterior.prompt, T, progress=progress,
+                                              max_completions=2 * posterior.num_completions + 1)
+        if torch.equal(ids, posterior.completion_ids) and torch.equal(mask, posterior.mask):
+            return lq
+    except SpaceTooLargeError:
+        pass
     return policy.score(posterior.prompt, posterior.completion_ids, posterior.mask,
                         batch_size=batch_size).sum(-1).double().cpu()
 

@@ -99,31 +99,7 @@ def _json_safe(v):
     return v
 
 
-def table_log_probs(policy: CausalLM, posterior: ExactPosterior, progress: bool = False) -> torch.Tensor:
-    """log q [K] of a policy on the posterior's table, by the policy's own tree walk when its
-    enumerated table is the same (much faster than scoring K sequences), else by scoring."""
-    from bayes_rlhf.exact.enumerate import enumerate_completions
-
-    if not policy.same_tokenizer(posterior.lm):
-        return policy_log_probs(policy, posterior)  # raises TokenizerMismatchError
-    T = posterior.completion_ids.shape[1]
-    ids, mask, lq = enumerate_completions(policy, posterior.prompt, T, max_completions=2 * posterior.num_completions
-                                          + 1, progress=progress) if _countable(policy, posterior) else (None,) * 3
-    if ids is not None and ids.shape == posterior.completion_ids.shape and torch.equal(ids, posterior.completion_ids) \
-            and torch.equal(mask, posterior.mask):
-        return lq
-    return policy_log_probs(policy, posterior)
-
-
-def _countable(policy: CausalLM, posterior: ExactPosterior) -> bool:
-    from bayes_rlhf.exact.enumerate import check_space
-    from bayes_rlhf.errors import SpaceTooLargeError
-
-    try:
-        check_space(policy, posterior.completion_ids.shape[1], 2 * posterior.num_completions + 1)
-    except SpaceTooLargeError:
-        return False
-    return True
+table_log_probs = policy_log_probs  # the name the report and commands use
 
 
 def _policy_tables(policies, posteriors) -> dict[str, list[torch.Tensor]]:

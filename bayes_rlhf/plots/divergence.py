@@ -138,7 +138,9 @@ def plot_training(steps: Sequence[float], series: Mapping[str, Sequence[float]],
         v = _arr(vals, label)
         if v.shape != s.shape:
             raise ConfigError(f"series {label!r} has {v.size} values for {s.size} steps")
-        ax.plot(s, v, "-", color=CYCLE[i % len(CYCLE)], label=label)
+        shown = np.isfinite(v)  # series evaluated every k steps are NaN in between: join their points
+        sparse = shown.sum() < 0.5 * shown.size
+        ax.plot(s[shown], v[shown], "o-" if sparse else "-", ms=4, color=CYCLE[i % len(CYCLE)], label=label)
     for label, val in (references or {}).items():
         ax.axhline(val, color="k", ls="--", lw=1.2, label=label)
     if log_y:

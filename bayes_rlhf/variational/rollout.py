@@ -16,7 +16,6 @@ import torch
 
 from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
 from bayes_rlhf.errors import ConfigError, PromptError, TokenizerMismatchError
-from bayes_rlhf.exact.enumerate import enumerate_completions
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.exact.rejection import exact_rejection_sample
 from bayes_rlhf.exact.solve import exact_posterior
@@ -134,15 +133,7 @@ def evaluate(policy: CausalLM, posteriors: dict[str, ExactPosterior]) -> dict:
     kq, kp = [], []
     with torch.no_grad():
         for post in posteriors.values():
-            ids, mask, lq = enumerate_completions(policy, post.prompt, post.completion_ids.shape[1])
-            if ids.shape == post.completion_ids.shape and torch.equal(ids, post.completion_ids) \
-                    and torch.equal(mask, post.mask):
-                # same support: q sums to 1 on the table up to float32 rounding (~1e-7), which
-                # compare() would count as mass outside the support; renormalise it away
-                lq = lq - torch.logsumexp(lq, 0)
-            else:
-                lq = policy_log_probs(policy, post)  # supports differ (top-k): score the table
-            c = compare(lq, post)
+            c = compare(policy_log_probs(policy, post), post)
             kq.append(c.kl_q_posterior)
             kp.append(c.kl_posterior_q)
     return {"kl_q_posterior": sum(kq) / len(kq), "kl_posterior_q": sum(kp) / len(kp)}
