@@ -56,10 +56,10 @@ def policy_log_probs(policy: CausalLM, posterior: ExactPosterior, batch_size: in
     try:
         ids, mask, lq = enumerate_completions(policy, posterior.prompt, T, progress=progress,
                                               max_completions=2 * posterior.num_completions + 1)
-        if torch.equal(ids, posterior.completion_ids) and torch.equal(mask, posterior.mask):
-            return lq
-    except SpaceTooLargeError:
-        pass
+    except SpaceTooLargeError:  # the policy's tree is larger than the table: score the table instead
+        ids = mask = lq = None
+    if ids is not None and torch.equal(ids, posterior.completion_ids) and torch.equal(mask, posterior.mask):
+        return lq
     return policy.score(posterior.prompt, posterior.completion_ids, posterior.mask,
                         batch_size=batch_size).sum(-1).double().cpu()
 
