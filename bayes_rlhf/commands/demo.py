@@ -10,7 +10,7 @@ EPILOG = """example:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="exact posterior of the embedded default model (the main job)",
+    p = sub.add_parser("demo", help="exact posterior, samplers and a short RLOO policy on the embedded model (the main job)",
                        description="Load the embedded default model and its sentiment reward, enumerate the "
                                    "exact posterior of each demo prompt, run SMC and importance sampling, "
                                    "train a short RLOO policy, compare everything with the exact posterior, "
