@@ -34,8 +34,9 @@ def test_exact_command(tmp_path, capsys):
     code = main(["exact", "--prompt", "the food is", "--reward", "contains:great", "--beta", "0.5",
                  "--max-new-tokens", "3", "--out", str(out)])
     assert code == 0 and "the food is" in capsys.readouterr().out
-    s = json.loads((out / "summary.json").read_text())["posteriors"][0]
+    s = json.loads((out / "summary.json").read_text())["posteriors"][0]["summary"]
     assert s["beta"] == 0.5 and s["num_completions"] > 1000
+    assert main(["report", str(out)]) == 0 and (out / "report.html").exists()  # a run directory
 
 
 @pytest.mark.parametrize("args, message", [

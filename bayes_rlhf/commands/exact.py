@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="truncate the prior to its top k tokens per step")
     p.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--max-completions", type=int, default=None, help="refuse larger spaces (default 4M)")
-    p.add_argument("--out", default=None, help="write summary.json and top_completions.csv here")
+    p.add_argument("--out", default=None, help="write a run directory here (summary.json, posterior tables, "
+                                               "inference_data.nc, top_completions.csv)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +35,9 @@ def run(args) -> int:
     from bayes_rlhf.commands._common import format_posterior, write_top_completions
     from bayes_rlhf.exact.enumerate import DEFAULT_MAX_COMPLETIONS, check_space
     from bayes_rlhf.exact.solve import exact_posterior
-    from bayes_rlhf.io import atomic_dir, write_json
+    from pathlib import Path
+
+    from bayes_rlhf.report import save_run
     from bayes_rlhf.models.causal_lm import load_model
     from bayes_rlhf.models.default_model import DEFAULT_DIR
     from bayes_rlhf.rewards.spec import parse_reward
@@ -53,9 +56,7 @@ def run(args) -> int:
         print(format_posterior(post), end="\n\n")
         posteriors.append(post)
     if args.out:
-        with atomic_dir(args.out) as tmp:
-            write_json(tmp / "summary.json", {"model": str(path), "reward": args.reward,
-                                              "posteriors": [p.summary() for p in posteriors]})
-            write_top_completions(tmp / "top_completions.csv", posteriors)
-        print(f"wrote {args.out}")
+        save_run(args.out, posteriors, extra={"model": str(path), "reward": args.reward, "top_k": args.top_k})
+        write_top_completions(Path(args.out) / "top_completions.csv", posteriors)
+        print(f"wrote {args.out}/ (a run directory: `bayes-rlhf report {args.out}` draws its figures)")
     return 0
