@@ -36,7 +36,7 @@ from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, po
 from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, TableLM, load_run, save_run
 from bayes_rlhf.diagnostics.sampled import position_kl
 from bayes_rlhf.errors import ConfigError
-from bayes_rlhf.plots import (plot_frontier, plot_reward_histograms, plot_token_distributions, plot_training,
+from bayes_rlhf.plots import (plot_frontier, plot_log_z, plot_reward_histograms, plot_token_distributions, plot_training,
                               plot_weight_diagnostics, save_figure)
 
 __all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run", "TableLM"]
@@ -177,6 +177,11 @@ def _run_sections(run: Run, figs: _Figures) -> str:
         series = {k: [math.nan if r.get(k) is None else float(r[k]) for r in rows] for k in kl_cols}
         parts.append(figs.add(plot_training(steps, series, ylabel="KL [nats]"), f"training_{_safe(label)}",
                               f"Training run {label}: KL columns over steps"))
+    study = run.summary.get("extra", {}).get("log_z_vs_particles")
+    if study:
+        parts += [f"<h2>log Z against the number of particles (prompt {html.escape(repr(study['prompt']))})</h2>",
+                  figs.add(plot_log_z(study["num_particles"], study["estimates"], exact_log_z=study["exact_log_z"]),
+                           "log_z_particles", "log Z estimates of repeated runs; dashed: exact log Z")]
     rows = [{"sampler": label, "prompt": i, **d} for label, info in run.summary["samples"].items()
             for i, d in enumerate(info["diagnostics"])]
     if rows:

@@ -23,6 +23,8 @@ def test_demo_writes_summary(tmp_path, capsys):
     # the report, its figures and the InferenceData file
     html = (out / "report.html").read_text()
     assert "<html" in html.lower() and list((out / "figures").glob("*.pdf"))
+    for fig in ("frontier_0", "training_rloo", "weights", "log_z_particles", "tokens_0_0", "rewards_0"):
+        assert (out / "figures" / f"{fig}.png").exists(), fig
     import arviz as az
 
     assert az.from_netcdf(out / "inference_data.nc").groups()

@@ -51,7 +51,8 @@ def run(args) -> int:
     samples, policies, histories = _sample_and_train(target, posteriors, args)
     t0 = time.perf_counter()
     save_run(args.out, posteriors, policies=policies, histories=histories, samples=samples,
-             extra={"model": "default", "reward": "sentiment", "seed": args.seed})
+             extra={"model": "default", "reward": "sentiment", "seed": args.seed,
+                    "log_z_vs_particles": _log_z_study(target, posteriors[0], args.seed)})
     write_top_completions(Path(args.out) / "top_completions.csv", posteriors)
     report = write_report(args.out)
     print(f"wrote {args.out}/: summary.json, posterior tables, inference_data.nc (ArviZ), figures/, "
@@ -86,3 +87,19 @@ def _sample_and_train(target, posteriors, args):
         print(f"  {post.prompt!r:18s} {compare(lq, post).kl_q_posterior:.4f}   "
               f"({compare(post.prior_log_probs, post).kl_q_posterior:.4f})")
     return samples, {"rloo": log_q}, {"rloo": history}
+
+
+def _log_z_study(target, post, seed: int, sizes=(8, 32, 128, 512), repeats: int = 8) -> dict:
+    """log Z estimates of SMC and importance sampling over particle counts and seeds, for one prompt."""
+    import torch
+
+    from bayes_rlhf.samplers import importance_sample, smc
+
+    g = torch.Generator().manual_seed(seed + 1)
+    estimates = {"SMC (bootstrap)": [], "importance (prior)": []}
+    for n in sizes:
+        estimates["SMC (bootstrap)"].append(
+            [float(smc(target, post.prompt, n, generator=g).log_z[0]) for _ in range(repeats)])
+        estimates["importance (prior)"].append(
+            [float(importance_sample(target, post.prompt, n, generator=g).log_z[0]) for _ in range(repeats)])
+    return {"prompt": post.prompt, "exact_log_z": post.log_z, "num_particles": list(sizes), "estimates": estimates}
