@@ -27,8 +27,8 @@ import torch
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
-from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target, log_z_per_prompt
-from bayes_rlhf.samplers.importance import draw_proposals, weigh
+from bayes_rlhf.samplers._common import check_count
+from bayes_rlhf.samplers.importance import importance_sample
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
@@ -56,15 +56,12 @@ def best_of_n(target: Target, prompt: str | Sequence[str], n: int, num_samples: 
         ``num_samples * P`` rows (equal log-weights 0: best-of-N samples are not reweighted),
         their rewards, and ``log_z`` [P], the importance estimate of log Z from all candidates.
     """
-    check_target(target)
     check_count(n, "n")
     check_count(num_samples, "num_samples")
-    q = check_proposal_lm(target, proposal)
-    prompts = as_prompts(target, prompt)
     t0 = time.perf_counter()
-    comps = draw_proposals(target, q, prompts, n * num_samples, generator, batch_size)
-    log_w, r, _ = weigh(target, q, prompts, comps)
-    log_z = log_z_per_prompt(log_w, comps.prompt_index, len(prompts), prompts, "candidate")
+    cand = importance_sample(target, prompt, n * num_samples, proposal=proposal, generator=generator,
+                             batch_size=batch_size)
+    r, prompts = cand.rewards, cand.prompts
     # rows are grouped by prompt: [P * num_samples, n] groups of candidates
     groups = r.view(len(prompts) * num_samples, n)
     best = groups.max(-1, keepdim=True).values
@@ -72,8 +69,8 @@ def best_of_n(target: Target, prompt: str | Sequence[str], n: int, num_samples: 
     pick = torch.where(groups == best, tie_break, -1.0).argmax(-1)
     idx = torch.arange(groups.shape[0]) * n + pick
     info = {"n": n, "num_candidates": n * num_samples, "seconds": time.perf_counter() - t0}
-    return WeightedSamples(comps.ids[idx], comps.mask[idx], torch.zeros(idx.numel(), dtype=torch.float64),
-                           r[idx], log_z, comps.prompt_index[idx], tuple(prompts), target.prior, None, info)
+    return WeightedSamples(cand.ids[idx], cand.mask[idx], torch.zeros(idx.numel(), dtype=torch.float64),
+                           r[idx], cand.log_z, cand.prompt_index[idx], prompts, target.prior, None, info)
 
 
 def best_of_n_log_probs(posterior: ExactPosterior, n: int, base_log_probs: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch
 from bayes_rlhf.errors import ConfigError, NoMassError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
-from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target, log_z_per_prompt
-from bayes_rlhf.samplers.importance import draw_proposals, weigh
+from bayes_rlhf.samplers._common import check_count
+from bayes_rlhf.samplers.importance import importance_sample
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
@@ -63,29 +63,25 @@ def quasi_rejection_sample(target: Target, prompt: str | Sequence[str], num_prop
     NoMassError
         Every proposal of a prompt has zero target mass, or none was accepted.
     """
-    check_target(target)
     check_count(num_proposals, "num_proposals")
     log_c = _check_log_c(log_c)
-    q = check_proposal_lm(target, proposal)
-    prompts = as_prompts(target, prompt)
     t0 = time.perf_counter()
-    comps = draw_proposals(target, q, prompts, num_proposals, generator, batch_size)
-    log_w, r, _ = weigh(target, q, prompts, comps)            # log P - log q
-    log_z = log_z_per_prompt(log_w, comps.prompt_index, len(prompts), prompts, "proposal")
-    log_ratio = log_w - log_c
-    u = torch.rand(log_w.shape, generator=generator, dtype=torch.float64)
+    ws = importance_sample(target, prompt, num_proposals, proposal=proposal, generator=generator,
+                           batch_size=batch_size)
+    log_ratio = ws.log_weights - log_c  # log P - log q - log C
+    u = torch.rand(log_ratio.shape, generator=generator, dtype=torch.float64)
     accept = torch.log(u) < log_ratio.clamp(max=0.0)
-    rate = torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, comps.prompt_index, accept.double())
+    rate = torch.zeros(len(ws.prompts), dtype=torch.float64).index_add_(0, ws.prompt_index, accept.double())
     rate = rate / num_proposals
-    for p, prompt_p in enumerate(prompts):
+    for p, prompt_p in enumerate(ws.prompts):
         if rate[p] == 0:
             raise NoMassError(f"no proposal for prompt {prompt_p!r} was accepted out of {num_proposals}; "
                               "lower log_c or draw more proposals")
     idx = torch.nonzero(accept).squeeze(-1)
     info = {"log_c": log_c, "num_proposals": num_proposals, "acceptance_rate": rate,
             "seconds": time.perf_counter() - t0}
-    return WeightedSamples(comps.ids[idx], comps.mask[idx], log_ratio[idx].clamp(min=0.0), r[idx], log_z,
-                           comps.prompt_index[idx], tuple(prompts), target.prior, None, info)
+    return WeightedSamples(ws.ids[idx], ws.mask[idx], log_ratio[idx].clamp(min=0.0), ws.rewards[idx], ws.log_z,
+                           ws.prompt_index[idx], ws.prompts, target.prior, None, info)
 
 
 def quasi_rejection_log_probs(posterior: ExactPosterior, log_c: float,
