@@ -3,7 +3,6 @@
     J(q) = E_q[r] - beta KL(q || pi0) = beta (log Z - KL(q || pi*)),  pi* = pi0 exp(r / beta) / Z
 """
 
-from bayes_rlhf import plots, ppl
 from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, FrontierPoint, WeightDiagnostics,
                                     compare, forward_kl, importance_log_z, load_inference_data, policy_point,
                                     position_kl, posterior_frontier, psis_khat, reverse_kl, save_inference_data,
@@ -12,7 +11,7 @@ from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMa
                                RewardError, SpaceTooLargeError, TokenizerMismatchError)
 from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, exact_rejection_sample
 from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, default_model, load_model
-from bayes_rlhf.report import RunDirError, load_run, save_run, write_report
+from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
 from bayes_rlhf.rewards import (BradleyTerryConfig, BradleyTerryReward, ClassifierReward, Constraint, TokenReward,
                                 WeightedSum, evaluate_reward)
 from bayes_rlhf.rewards.bradley_terry import dpo_loss
@@ -26,6 +25,20 @@ from bayes_rlhf.variational import (SandwichEvaluator, TrainerConfig, TrainingDi
                                     objectives, train_policy)
 
 __version__ = "0.1.0"
+
+# matplotlib and pyro load on first use, so `import bayes_rlhf` and the CLI start fast
+_LAZY = {"plots": ("bayes_rlhf.plots", None), "ppl": ("bayes_rlhf.ppl", None),
+         "write_report": ("bayes_rlhf.report", "write_report")}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bayes_rlhf' has no attribute {name!r}")
+    import importlib
+
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attr is None else getattr(module, attr)
 
 __all__ = [
     # models, rewards, target
