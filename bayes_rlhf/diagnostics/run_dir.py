@@ -41,6 +41,7 @@ from bayes_rlhf.diagnostics.inference_data import (_float_list, _history_rows, p
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, weight_diagnostics
 from bayes_rlhf.errors import BayesRLHFError, ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.io import json_safe, umask_permissions
 from bayes_rlhf.models.causal_lm import CausalLM
 
 RUN_FORMAT = "bayes_rlhf.run/1"
@@ -87,16 +88,6 @@ def _label(s: str) -> str:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _json_safe(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
 
 
 table_log_probs = policy_log_probs  # the name the report and commands use
@@ -186,7 +177,7 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
             name = f"history_{_label(label)}.json"
             rows = [{k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
                     for r in _history_rows(h)]
-            (tmp / name).write_text(json.dumps(_json_safe(rows)))
+            (tmp / name).write_text(json.dumps(json_safe(rows)))
             hist_files[label] = name
         sample_info = {}
         for label, s in (samples or {}).items():
@@ -214,7 +205,7 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
 
 def _summary(posteriors, tables, hist_files, sample_info, comparisons, extra) -> dict:
     lm = posteriors[0].lm
-    return _json_safe({
+    return json_safe({
         "format": RUN_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "beta": float(posteriors[0].beta), "max_new_tokens": int(posteriors[0].completion_ids.shape[1]),
         "vocab_size": int(lm.vocab_size), "eos_token_id": lm.eos_token_id, "pad_id": int(lm.pad_id),
@@ -232,17 +223,14 @@ def _move_into(tmp: Path, run_dir: Path, summary: dict) -> None:
             manifest[rel] = {"size": f.stat().st_size, "sha256": _sha(f)}
     if (run_dir / "tokenizer").exists():
         shutil.rmtree(run_dir / "tokenizer")
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in tmp.rglob("*"):
-        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+    umask_permissions(tmp)
     for f in sorted(tmp.iterdir()):
         os.replace(f, run_dir / f.name)
     summary["files"] = manifest
     fd, tmp_summary = tempfile.mkstemp(prefix=".summary.", dir=run_dir)
     with os.fdopen(fd, "w") as fh:
         json.dump(summary, fh, indent=1)
-    os.chmod(tmp_summary, 0o666 & ~umask)
+    umask_permissions(Path(tmp_summary))
     os.replace(tmp_summary, run_dir / "summary.json")
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -138,23 +136,12 @@ class CausalLM:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write model (safetensors) and tokenizer atomically to ``directory``."""
+        from bayes_rlhf.io import atomic_dir
+
+        with atomic_dir(directory) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        for f in tmp.iterdir():
-            f.chmod(0o666 & ~umask)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(directory)
         return directory
 
     def same_tokenizer(self, other: "CausalLM") -> bool:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.io import atomic_dir
 
 NAME = "last"
 
@@ -57,27 +56,18 @@ def save_checkpoint(directory, *, model_tensors: dict, optimizer, generator: tor
     """Write the checkpoint of ``step`` to ``directory/last`` atomically; return its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=directory))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(_plain(model_tensors), str(tmp / "model.safetensors"))
-    save_file(_plain(opt_tensors), str(tmp / "optimizer.safetensors"))
-    save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
     meta = {"step": step, "fingerprint": fingerprint, "config": config, "optimizer": opt_meta,
             "history": history_rows}
-    with open(tmp / "meta.json", "w") as fh:
-        json.dump(meta, fh, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
     final = directory / NAME
-    if final.exists():
-        old = directory / f".{NAME}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        save_file(_plain(model_tensors), str(tmp / "model.safetensors"))
+        save_file(_plain(opt_tensors), str(tmp / "optimizer.safetensors"))
+        save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
+        with open(tmp / "meta.json", "w") as fh:
+            json.dump(meta, fh, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
     return final
 
 
