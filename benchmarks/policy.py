@@ -13,7 +13,9 @@ TRL runs in its own environment, never a dependency of bayes_rlhf::
     /tmp/trl-venv/bin/python benchmarks/policy.py --steps 300 --out benchmarks/results/policy.json
 
 Without trl installed the TRL column is skipped. ``--smollm2 DIR`` instead measures completion
-tokens per second of both RLOO trainers on SmolLM2-135M (no exact KL there).
+tokens per second of both RLOO trainers on SmolLM2-135M (no exact KL there), on ``--device``
+(CUDA when present, with bf16 autocast for both); ``--random-init`` needs only DIR's config and
+tokenizer files (for a GPU machine without the weights).
 """
 
 from __future__ import annotations
@@ -94,10 +96,26 @@ def run_trl(lm, reward, post, steps, eval_every, samples, lr):
     return curve
 
 
-def smollm2_throughput(model_dir, steps, samples, T, lr=1e-5):
+def load_smollm2(model_dir, device, random_init=False):
+    """SmolLM2-135M from a transformers directory; ``random_init`` keeps only its config and
+    tokenizer (for a machine without the weights: throughput depends on the shapes alone)."""
+    if not random_init:
+        return br.load_model(model_dir, device=device, dtype=torch.float32)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)  # benchmark script: the random weights are reproducible
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
+    saved = Path(tempfile.mkdtemp(prefix="smollm2-random-"))  # TRL reloads its reference model from a path
+    model.save_pretrained(saved)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(saved)
+    return br.load_model(saved, device=device, dtype=torch.float32)
+
+
+def smollm2_throughput(model_dir, steps, samples, T, lr=1e-5, device="cpu", random_init=False):
     """Completion tokens per second of our RLOO and TRL's RLOOTrainer on a real 135M model (no
-    exact KL: the space is too large). Reward: minus the number of letters e in the completion."""
-    lm = br.load_model(model_dir, device="cpu", dtype=torch.float32)
+    exact KL: the space is too large). Reward: minus the number of letters e in the completion.
+    On CUDA both train under bf16 autocast (TrainerConfig.bf16, RLOOConfig.bf16)."""
+    lm = load_smollm2(model_dir, device, random_init)
 
     def no_e(prompts, completions, **kwargs):
         return [-float(c.lower().count("e")) for c in completions]
@@ -133,8 +151,8 @@ def smollm2_throughput(model_dir, steps, samples, T, lr=1e-5):
     args = RLOOConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=samples,
                       num_generations=samples, max_completion_length=T, learning_rate=lr, beta=0.1,
                       max_steps=steps, lr_scheduler_type="constant", logging_steps=10 ** 9, report_to="none",
-                      save_strategy="no", use_cpu=True, seed=0, max_grad_norm=1.0, top_k=0, top_p=1.0,
-                      disable_dropout=True)
+                      save_strategy="no", use_cpu=device == "cpu", bf16=device == "cuda", seed=0,
+                      max_grad_norm=1.0, top_k=0, top_p=1.0, disable_dropout=True)
     trainer = RLOOTrainer(model=copy.deepcopy(lm.model), reward_funcs=counted, args=args,
                           train_dataset=Dataset.from_dict({"prompt": [prompt] * (steps * samples)}),
                           processing_class=lm.tokenizer, callbacks=[Clock()])
@@ -173,10 +191,16 @@ def main(argv=None) -> int:
                     help="instead: tokens/s of both RLOO trainers on SmolLM2-135M from this transformers directory "
                          "(see benchmarks/smc.py: prepare_smollm2)")
     ap.add_argument("--throughput-steps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="device of the --smollm2 throughput runs (the exact-KL runs stay on CPU)")
+    ap.add_argument("--random-init", action="store_true",
+                    help="with --smollm2: random weights from DIR's config (only config and tokenizer needed)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.smollm2:
-        res = smollm2_throughput(args.smollm2, args.throughput_steps, 8, 16)
+        res = smollm2_throughput(args.smollm2, args.throughput_steps, 8, 16, device=args.device,
+                                 random_init=args.random_init)
+        print(f"device {args.device}" + (" (random weights)" if args.random_init else ""))
         for name, r in res.items():
             print(f"{name:10s} {r['tokens']:.0f} completion tokens in {r['time']:.1f} s: "
                   f"{r['tokens_per_s']:.1f} tokens/s")
