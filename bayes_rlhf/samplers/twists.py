@@ -126,8 +126,41 @@ class LearnedTwist(nn.Module):
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs LongTensor [n, L] (prompt + prefix, left-aligned, all real) -> Tensor [n]."""
+        return self.all_positions(seqs)[:, -1]
+
+    def all_positions(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs LongTensor [n, L] -> Tensor [n, L]: column j is the prediction for seqs[:, : j + 1].
+
+        The GRU is causal, so one pass gives the value of every prefix of every row.
+        """
         out, _ = self.rnn(self.embed(seqs))
-        return self.head(out[:, -1]).squeeze(-1)
+        return self.head(out).squeeze(-1)
+
+    def prefix_log_potentials(self, prompt_ids: list[list[int]], ids: torch.Tensor) -> torch.Tensor:
+        """log psi_t of every prefix in one GRU pass: Tensor [n, T], column t - 1 = log psi_t(x_{1:t}).
+
+        Parameters
+        ----------
+        prompt_ids : list of n lists of int
+            Each row's prompt as token ids (``prior.encode_prompt``).
+        ids : LongTensor [n, T]
+            Completions; columns after a row's end (pad, or -1) only affect columns after it.
+
+        Returns
+        -------
+        Tensor [n, T] on the twist's device, differentiable. Rows whose prompts have the same
+        length are batched together (no padding inside the prompt).
+        """
+        n, T = ids.shape
+        tail = ids.clamp(min=0).to(self.device)  # causal: what follows a prefix cannot change its value
+        lengths = torch.tensor([len(p) for p in prompt_ids])
+        out = torch.empty((n, T), device=self.device, dtype=self.head.weight.dtype)
+        for L in lengths.unique().tolist():
+            rows = torch.nonzero(lengths == L).squeeze(-1)
+            head = torch.tensor([prompt_ids[i] for i in rows.tolist()], dtype=torch.long).reshape(rows.numel(), L)
+            seqs = torch.cat([head.to(self.device), tail[rows.to(self.device)]], 1)
+            out = out.index_put((rows.to(self.device),), self.all_positions(seqs)[:, L:])
+        return out
 
     def _sequences(self, prompt_ids: list[list[int]], ids: torch.Tensor) -> list[torch.Tensor]:
         return [torch.tensor(p + r, dtype=torch.long) for p, r in zip(prompt_ids, ids.tolist())]

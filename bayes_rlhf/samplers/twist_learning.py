@@ -1,0 +1,340 @@
+"""Contrastive twist learning (CTL): fit a ``LearnedTwist`` from samples, without enumeration.
+
+SMC at step t targets sigma_t over the *states* of a particle: an unfinished prefix x_{1:t}
+(no EOS yet, t < T) or a completion x that already ended (at EOS, len(x) <= t)::
+
+    sigma_t(x_{1:t}) ∝ pi0(x_{1:t}) psi_t(x_{1:t})     unfinished   (psi_t = exp(f_theta(c, x_{1:t})))
+    sigma_t(x)       ∝ pi0(x) exp(r(c, x) / beta)       finished     (no parameter)
+
+With psi_t = exp(V_t / beta), pi0(x_{1:t}) psi_t = Z pi*(x_{1:t}), so sigma_t is the pi*
+marginal of the step-t state. CTL (Zhao, Brekelmans, Makhzani & Grosse, ICML 2024) minimises
+L(theta) = sum_t KL(pi*_t || sigma_t^theta), t = 1..T-1; only psi_t depends on theta, so::
+
+    grad L = sum_t ( E_{sigma_t}[1{unfinished} grad log psi_t] - E_{pi*}[1{unfinished} grad log psi_t] )
+    L = sum_t ( -E_{pi*}[1{unfinished} log psi_t] + log E_{pi0}[w_t] ) + const,
+        w_t = psi_t(x_{1:t}) if x is unfinished at t, else exp(r(x) / beta)
+
+One step (per prompt; the gradient and the loss are averaged over prompts)::
+
+    positives  x_i, lw_i ~ pi*   (importance_sample: lw = r / beta; SMC: final weights; exact or
+                                  rejection samples: lw = 0; or any callable)
+    negatives  y_j ~ pi0, lw_jt = log w_t(y_j)               ("prior": SNIS with weights w_t)
+           or  y_j, lw_jt = particles and log-weights of an SMC run with the current twist
+               after token t                                  ("smc": already ~ sigma_t)
+    f = twist.prefix_log_potentials(prompt + ids)            # one GRU pass: log psi_t for all t
+    surrogate = sum_t [ sum_j softmax_j(lw_jt) 1{y_j unfinished at t} f_t(y_j)      (weights detached)
+                      - sum_i softmax_i(lw_i)  1{x_i unfinished at t} f_t(x_i) ]
+    theta <- Adam(theta, grad surrogate)                      # grad surrogate = the CTL gradient
+
+Both terms are self-normalised, so consistent (biased by O(1/n) at finite n). The loss column
+of the history (``negative="prior"`` only) is L up to the theta-independent constant.
+
+The constant in psi. Replacing log psi_t by log psi_t + c_t changes no SMC estimate in
+expectation: a particle's incremental weights psi_t / psi_{t-1} telescope to
+pi0(x) exp(r / beta) / q(x) for whatever twist is used, so exp(log Z_hat) stays unbiased for
+Z. Between the first and last token the c_t cancel among particles at the same step (they are
+normalised away in resampling and in the twisted proposal). Only the relative weight of
+particles that have ended against those still generating depends on c_t, which is why the
+states above include the ended completions: their mass pins c_t down (with no early EOS,
+c_t is unidentified and irrelevant).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.samplers._common import as_prompts, check_count, check_target
+from bayes_rlhf.samplers.importance import importance_sample
+from bayes_rlhf.samplers.smc import SMC, SMCConfig, smc
+from bayes_rlhf.samplers.twists import LearnedTwist
+from bayes_rlhf.samplers.weighted import WeightedSamples, kish_ess
+from bayes_rlhf.target import Target
+
+POSITIVES = ("is", "smc", "twisted-smc")
+NEGATIVES = ("prior", "smc")
+
+
+@dataclass(frozen=True)
+class CTLConfig:
+    """Settings of contrastive twist learning (``fit_twist_ctl``).
+
+    Parameters
+    ----------
+    steps : int
+        Optimiser steps (>= 1); every step draws fresh positives and negatives.
+    num_samples : int
+        Positive samples per prompt and step (>= 1).
+    num_negative : int, optional
+        Negative samples (or SMC particles) per prompt and step; default ``num_samples``.
+    positive : str, callable, WeightedSamples or Completions
+        "is" (prior samples weighted by exp(r / beta)), "smc" (bootstrap SMC), "twisted-smc"
+        (SMC with the current twist and the twisted proposal), a callable
+        ``f(prompts, num_samples, generator) -> WeightedSamples | Completions``, or a fixed
+        sample set used at every step. ``Completions`` count as equally weighted (exact or
+        rejection samples); their ``log_probs`` are ignored.
+    negative : str
+        "prior": prior samples self-normalised with the twist's weights; "smc": the particles
+        of a bootstrap SMC run with the current twist, read after every token.
+    lr : float
+        Adam learning rate (> 0).
+    max_grad_norm : float, optional
+        Clip the gradient norm to this (> 0); None: no clipping.
+    progress : bool
+        Show a progress bar over the steps.
+    """
+
+    steps: int = 200
+    num_samples: int = 256
+    num_negative: int | None = None
+    positive: object = "is"
+    negative: str = "prior"
+    lr: float = 1e-2
+    max_grad_norm: float | None = None
+    progress: bool = False
+
+    def __post_init__(self):
+        check_count(self.steps, "steps")
+        check_count(self.num_samples, "num_samples")
+        if self.num_negative is not None:
+            check_count(self.num_negative, "num_negative")
+        p = self.positive
+        if isinstance(p, str) and p not in POSITIVES:
+            raise ConfigError(f"positive={p!r} is not known; use one of {POSITIVES}, a callable "
+                              "f(prompts, num_samples, generator) or a WeightedSamples/Completions")
+        if not isinstance(p, (str, WeightedSamples, Completions)) and not callable(p):
+            raise ConfigError(f"positive must be a name, a callable or samples, got {type(p).__name__}")
+        if self.negative not in NEGATIVES:
+            raise ConfigError(f"negative={self.negative!r} is not known; use one of {NEGATIVES}")
+        if not _positive_number(self.lr):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}; 1e-2 suits small twists")
+        if self.max_grad_norm is not None and not _positive_number(self.max_grad_norm):
+            raise ConfigError(f"max_grad_norm must be None or a finite number > 0, got {self.max_grad_norm!r}")
+
+
+def _positive_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@dataclass(frozen=True)
+class ContrastSet:
+    """Rows entering one side of the contrast, for P prompts and T tokens.
+
+    Attributes
+    ----------
+    ids : LongTensor [m, T]
+    unfinished : BoolTensor [m, T - 1]
+        Column t - 1: the row has a t-token prefix without EOS (its state at t is a prefix).
+    log_w : Tensor [m, T - 1]
+        float64 log-weight of the row's state at t (-inf: not in the set at t).
+    prompt_index : LongTensor [m]
+    tilt : bool
+        Add log psi_t of unfinished rows to ``log_w`` (prior negatives: SNIS of sigma_t).
+    """
+
+    ids: torch.Tensor
+    unfinished: torch.Tensor
+    log_w: torch.Tensor
+    prompt_index: torch.Tensor
+    tilt: bool = False
+
+    @classmethod
+    def positive(cls, samples: WeightedSamples | Completions, T: int) -> "ContrastSet":
+        """Weighted posterior samples (``Completions``: equal weights)."""
+        if isinstance(samples, WeightedSamples):
+            lw = samples.log_weights.double().cpu()
+        else:
+            lw = torch.zeros(samples.ids.shape[0], dtype=torch.float64)
+        return cls(samples.ids.cpu(), samples.mask.cpu()[:, 1:T], lw[:, None].expand(-1, T - 1),
+                   samples.prompt_index.cpu())
+
+    @classmethod
+    def prior(cls, ids: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor, prompt_index: torch.Tensor,
+              beta: float) -> "ContrastSet":
+        """Prior samples, weighted by psi_t (unfinished) or exp(r / beta) (ended) at each t."""
+        T = ids.shape[1]
+        unf = mask[:, 1:T].cpu()
+        ended = (rewards.double().cpu() / beta)[:, None].expand(-1, T - 1)
+        return cls(ids.cpu(), unf, torch.where(unf, 0.0, ended), prompt_index.cpu(), tilt=True)
+
+
+def _group_softmax(logits: torch.Tensor, group: torch.Tensor, P: int) -> torch.Tensor:
+    """Softmax over rows within each prompt, per column: [m, K] -> [m, K] (zeros where no mass)."""
+    out = torch.zeros_like(logits)
+    for p in range(P):
+        rows = group == p
+        lse = torch.logsumexp(logits[rows], 0, keepdim=True)
+        out[rows] = torch.where(torch.isfinite(lse), torch.exp(logits[rows] - lse), 0.0)
+    return out
+
+
+def _side(twist, prompt_ids: list[list[int]], s: ContrastSet, P: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(sum over prompts and t of the weighted mean of 1{unfinished} log psi_t, its weights, pieces)."""
+    f = twist.prefix_log_potentials([prompt_ids[i] for i in s.prompt_index.tolist()], s.ids)
+    f = f[:, : s.unfinished.shape[1]].double().cpu()
+    logits = s.log_w
+    if s.tilt:
+        logits = torch.where(s.unfinished, logits + f.detach(), logits)
+    w = _group_softmax(logits, s.prompt_index, P)
+    return (w * torch.where(s.unfinished, f, 0.0)).sum(), logits, {"f": f, "w": w}
+
+
+def ctl_surrogate(twist: LearnedTwist, target: Target, prompts: Sequence[str], positives: ContrastSet,
+                  negatives: ContrastSet) -> tuple[torch.Tensor, dict]:
+    """The CTL surrogate: its gradient is the CTL gradient estimate (averaged over prompts).
+
+    Parameters
+    ----------
+    twist : LearnedTwist
+    target : Target
+    prompts : sequence of P str
+        ``prompt_index`` of both sets indexes this list.
+    positives, negatives : ContrastSet
+
+    Returns
+    -------
+    (Tensor scalar, dict)
+        surrogate = (E_neg - E_pos of sum_t 1{unfinished} log psi_t) / P, differentiable in the
+        twist; info with "gap" (its value) and "loss" (L up to a constant; NaN unless the
+        negatives are tilted prior samples).
+    """
+    P = len(prompts)
+    prompt_ids = [target.prior.encode_prompt(p) for p in prompts]
+    pos, _, _ = _side(twist, prompt_ids, positives, P)
+    neg, logits, _ = _side(twist, prompt_ids, negatives, P)
+    surrogate = (neg - pos) / P
+    loss = math.nan
+    if negatives.tilt:
+        log_norm = 0.0
+        for p in range(P):
+            rows = negatives.prompt_index == p
+            log_norm += float((torch.logsumexp(logits[rows], 0) - math.log(int(rows.sum()))).sum())
+        loss = (log_norm - float(pos.detach())) / P
+    return surrogate, {"gap": float(surrogate.detach()), "loss": loss}
+
+
+def draw_positives(config: CTLConfig, twist, target: Target, prompts: list[str],
+                   generator: torch.Generator | None) -> tuple[ContrastSet, float]:
+    """Posterior samples for one step as a ContrastSet, and the mean Kish ESS of their weights."""
+    p, n, T = config.positive, config.num_samples, target.max_new_tokens
+    if p == "is":
+        samples = importance_sample(target, prompts, n, generator=generator)
+    elif p == "smc":
+        samples = smc(target, prompts, n, generator=generator)
+    elif p == "twisted-smc":
+        samples = smc(target, prompts, n, proposal="twisted", twist=twist, generator=generator)
+    elif isinstance(p, (WeightedSamples, Completions)):
+        samples = p
+    else:
+        samples = p(list(prompts), n, generator)
+        _check_samples(samples, prompts, T, "the positive callable's result")
+    s = ContrastSet.positive(samples, T)
+    ess = [kish_ess(s.log_w[s.prompt_index == i, 0]) for i in range(len(prompts))]
+    return s, sum(ess) / len(ess)
+
+
+def draw_negatives(config: CTLConfig, twist, target: Target, prompts: list[str],
+                   generator: torch.Generator | None) -> ContrastSet:
+    """Samples of sigma_t^theta for one step: tilted prior samples or SMC particles per token."""
+    m = config.num_negative or config.num_samples
+    if config.negative == "prior":
+        ws = importance_sample(target, prompts, m, generator=generator)
+        return ContrastSet.prior(ws.ids, ws.mask, ws.rewards, ws.prompt_index, target.beta)
+    T = target.max_new_tokens
+    sampler = SMC(target, prompts, SMCConfig(m), twist=twist)
+    state, blocks = sampler.init(), []
+    for t in range(1, T):
+        state, _ = sampler.step(generator, state)
+        log_w = torch.full((state.ids.shape[0], T - 1), -math.inf, dtype=torch.float64)
+        log_w[:, t - 1] = state.log_w
+        unf = torch.zeros((state.ids.shape[0], T - 1), dtype=torch.bool)
+        unf[:, t - 1] = state.alive
+        blocks.append((state.ids, unf, log_w, sampler.group))
+        if not state.alive.any():
+            break
+    return ContrastSet(*(torch.cat([b[k] for b in blocks]) for k in range(4)))
+
+
+def _check_samples(samples, prompts: Sequence[str], T: int, what: str) -> None:
+    if not isinstance(samples, (WeightedSamples, Completions)):
+        raise ConfigError(f"{what} must be WeightedSamples or Completions, got {type(samples).__name__}")
+    if samples.ids.shape[1] != T:
+        raise ConfigError(f"{what} has completions of {samples.ids.shape[1]} tokens, the target "
+                          f"max_new_tokens={T}; draw them from the same target")
+    if isinstance(samples, WeightedSamples) and tuple(samples.prompts) != tuple(prompts):
+        raise ConfigError(f"{what} is for prompts {samples.prompts}, not {tuple(prompts)}; pass the same prompts")
+    idx = samples.prompt_index
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= len(prompts):
+        raise ConfigError(f"{what} has prompt_index outside 0..{len(prompts) - 1} (or no rows)")
+    for p in range(len(prompts)):
+        if not bool((idx == p).any()):
+            raise ConfigError(f"{what} has no sample for prompt {prompts[p]!r}; give samples for every prompt")
+
+
+def _check_twist(twist, target: Target) -> None:
+    if not isinstance(twist, LearnedTwist):
+        raise ConfigError(f"twist must be a LearnedTwist, got {type(twist).__name__}")
+    if twist.embed.num_embeddings < target.prior.vocab_size:
+        raise ConfigError(f"twist vocab_size={twist.embed.num_embeddings} is smaller than the prior's "
+                          f"({target.prior.vocab_size}); build LearnedTwist(target.prior.vocab_size)")
+    if target.max_new_tokens < 2:
+        raise ConfigError("max_new_tokens=1 has no intermediate step to twist; use max_new_tokens >= 2")
+
+
+def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[str], steps: int = 200,
+                  num_samples: int = 256, positive="is", negative: str = "prior", lr: float = 1e-2,
+                  num_negative: int | None = None, max_grad_norm: float | None = None,
+                  generator: torch.Generator | None = None, progress: bool = False) -> list[dict]:
+    """Fit ``twist`` to the soft values of ``target`` by contrastive twist learning (no enumeration).
+
+    Parameters
+    ----------
+    twist : LearnedTwist
+        Trained in place (its parameters change); any device and dtype.
+    target : Target
+    prompts : str or sequence of str
+    steps, num_samples, positive, negative, lr, num_negative, max_grad_norm, progress
+        See ``CTLConfig`` (all checked before any sampling).
+    generator : torch.Generator, optional
+        Source of all sampling randomness.
+
+    Returns
+    -------
+    list of dict, one per step
+        "step", "loss" (sum_t KL(pi*_t || sigma_t) up to a constant, prior negatives only),
+        "gap" (E_sigma - E_pi* of sum_t log psi_t), "ess" (mean Kish ESS of the positive weights),
+        "grad_norm", "seconds".
+
+    Raises
+    ------
+    ConfigError
+        A bad setting, twist or sample set (names the field). PromptError for bad prompts.
+    """
+    config = CTLConfig(steps, num_samples, num_negative, positive, negative, lr, max_grad_norm, progress)
+    check_target(target)
+    prompts = as_prompts(target, prompts)
+    _check_twist(twist, target)
+    if isinstance(config.positive, (WeightedSamples, Completions)):
+        _check_samples(config.positive, prompts, target.max_new_tokens, "positive")
+    opt = torch.optim.Adam(twist.parameters(), lr=config.lr)
+    history = []
+    for step in tqdm(range(config.steps), desc="CTL", disable=not config.progress):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pos, ess = draw_positives(config, twist, target, prompts, generator)
+            neg = draw_negatives(config, twist, target, prompts, generator)
+        surrogate, info = ctl_surrogate(twist, target, prompts, pos, neg)
+        opt.zero_grad()
+        surrogate.backward()
+        norm = torch.nn.utils.clip_grad_norm_(twist.parameters(), config.max_grad_norm or math.inf)
+        opt.step()
+        history.append({"step": step, **info, "ess": ess, "grad_norm": float(norm),
+                        "seconds": time.perf_counter() - t0})
+    return history
