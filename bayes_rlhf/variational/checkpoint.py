@@ -4,7 +4,8 @@ Layout of ``<checkpoint_dir>/last/``::
 
     model.safetensors       policy weights, value head ("value_head.*"), learned log Z ("log_z")
     optimizer.safetensors   every tensor of the optimiser state ("state.<param>.<name>")
-    rng.safetensors         the run's torch.Generator state
+    rng.safetensors         the run's torch.Generator state ("state"; process 0's in a multi-process
+                            run) and those of processes 1..N-1 ("process.<i>")
     meta.json               step, config fingerprint and dict, optimiser param groups, history rows
 
 A checkpoint is written to a temporary directory beside ``last/`` and swapped in with renames,
@@ -52,8 +53,13 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(directory, *, model_tensors: dict, optimizer, generator: torch.Generator,
-                    step: int, fingerprint: str, config: dict, history_rows: list[dict]) -> Path:
-    """Write the checkpoint of ``step`` to ``directory/last`` atomically; return its path."""
+                    step: int, fingerprint: str, config: dict, history_rows: list[dict],
+                    process_rng: list[torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint of ``step`` to ``directory/last`` atomically; return its path.
+
+    ``process_rng`` holds the generator states of every process of a multi-process run (process 0's
+    first, which is ``generator``'s); None for one process.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
@@ -63,7 +69,9 @@ def save_checkpoint(directory, *, model_tensors: dict, optimizer, generator: tor
     with atomic_dir(final) as tmp:
         save_file(_plain(model_tensors), str(tmp / "model.safetensors"))
         save_file(_plain(opt_tensors), str(tmp / "optimizer.safetensors"))
-        save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
+        rng = {"state": generator.get_state()}
+        rng.update({f"process.{i}": st for i, st in enumerate(process_rng or []) if i > 0})
+        save_file(_plain(rng), str(tmp / "rng.safetensors"))
         with open(tmp / "meta.json", "w") as fh:
             json.dump(meta, fh, default=str)
             fh.flush()
@@ -78,7 +86,9 @@ def has_checkpoint(directory) -> bool:
 def load_checkpoint(directory, fingerprint: str, config: dict) -> dict:
     """Read ``directory/last``; a checkpoint of another config is a ConfigError naming the fields.
 
-    Returns a dict with step, model (tensors), optimizer (state dict), rng (ByteTensor), history.
+    Returns a dict with step, model (tensors), optimizer (state dict), rng (ByteTensor), history and
+    process_rng (every process's generator state, process 0's first; only process 0's in checkpoints of
+    one process or of versions that kept only that one).
     """
     path = Path(directory) / NAME
     with open(path / "meta.json") as fh:
@@ -91,5 +101,8 @@ def load_checkpoint(directory, fingerprint: str, config: dict) -> dict:
                           f"(differing: {diff or 'the target, prompts or model'}); use a new checkpoint_dir, "
                           "or set resume = false to start over there")
     opt = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+    rng = load_file(str(path / "rng.safetensors"))
+    others = sorted((int(k.split(".", 1)[1]), v) for k, v in rng.items() if k.startswith("process."))
     return {"step": int(meta["step"]), "model": load_file(str(path / "model.safetensors")), "optimizer": opt,
-            "rng": load_file(str(path / "rng.safetensors"))["state"], "history": meta["history"]}
+            "rng": rng["state"], "process_rng": [rng["state"]] + [v for _, v in others],
+            "history": meta["history"]}

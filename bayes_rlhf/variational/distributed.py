@@ -10,9 +10,10 @@
                         and the progress bar; the model unwrapped before it is returned
 
 Each process draws its own completions: process 0 seeds its generator with ``config.seed`` and
-process i > 0 with a hash of (seed, i) (of (seed, i, step) after a resume: checkpoints keep process
-0's generator), so N processes train on N times one process's batch and a single process reproduces
-a run without accelerate exactly. bf16 on CUDA becomes ``Accelerator(mixed_precision="bf16")``; a CPU
+process i > 0 with a hash of (seed, i), so N processes train on N times one process's batch and a
+single process reproduces a run without accelerate exactly. Checkpoints keep every process's
+generator state (gathered to the main process), so an N-process run resumed with N processes ends
+where the uninterrupted run ends; the fingerprint holds N. bf16 on CUDA becomes ``Accelerator(mixed_precision="bf16")``; a CPU
 prior keeps the run on CPU, a GPU prior is moved to each process's own GPU (load it with
 ``device=None``; a reward model stays where it was loaded). Data parallelism (DDP) is what is
 supported; FSDP / DeepSpeed shard the weights, which the checkpoint format does not handle.
@@ -82,6 +83,10 @@ class LocalBackend:
     def clip_grad_norm_(self, params, max_norm: float) -> float | None:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
+    def gather_rng(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """Every process's ``generator.get_state()``, in process order (a collective: all call it)."""
+        return [generator.get_state()]
+
     def average_grad(self, tensor: torch.Tensor) -> None:
         """Average ``tensor.grad`` over processes (for parameters outside the prepared modules)."""
 
@@ -135,6 +140,14 @@ class AccelerateBackend(LocalBackend):
     def clip_grad_norm_(self, params, max_norm: float) -> float | None:
         norm = self.accelerator.clip_grad_norm_(params, max_norm)
         return None if norm is None else float(norm)  # DeepSpeed clips internally and may not say
+
+    def gather_rng(self, generator: torch.Generator) -> list[torch.Tensor]:
+        state = generator.get_state()
+        if self.num_processes == 1:
+            return [state]
+        # int64 rows on the process's device: every backend (gloo, NCCL) gathers those
+        rows = self.accelerator.gather(state.to(device=self.device, dtype=torch.int64).unsqueeze(0))
+        return [row.to(device="cpu", dtype=torch.uint8) for row in rows]
 
     def average_grad(self, tensor: torch.Tensor) -> None:
         if self.num_processes > 1 and tensor.grad is not None:

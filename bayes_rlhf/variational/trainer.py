@@ -97,8 +97,10 @@ class _Run:
             self.log_z.copy_(t["log_z"])
         self.log_z_set = t["log_z_set"].clone()
         self.opt.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["rng"])  # process 0's; the others draw fresh streams
-        if self.backend.process_index > 0:
+        i = self.backend.process_index
+        if i < len(state["process_rng"]):  # each process continues its own stream
+            self.generator.set_state(state["process_rng"][i])
+        else:  # a checkpoint that kept process 0's generator only: the others draw fresh streams
             self.generator.manual_seed(self.backend.seed(self.config.seed, state["step"]))
         evals = int(state["history"][-1]["reward_evals"]) if state["history"] else 0
         self.reward_evals = evals // self.backend.num_processes  # the history sums the processes
@@ -254,10 +256,12 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
             if callback is not None:
                 callback(step + 1, row)
             if config.checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+                rngs = backend.gather_rng(run.generator)  # every process calls it; the main one writes
                 if main:
                     ckpt.save_checkpoint(config.checkpoint_dir, model_tensors=run.tensors(), optimizer=run.opt,
                                          generator=run.generator, step=step + 1, fingerprint=fingerprint,
-                                         config=fp_dict, history_rows=history.rows)
+                                         config=fp_dict, history_rows=history.rows,
+                                         process_rng=rngs if len(rngs) > 1 else None)
                 backend.wait()
     finally:
         bar.close()
