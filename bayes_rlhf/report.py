@@ -180,7 +180,8 @@ def _run_sections(run: Run, figs: _Figures) -> str:
     study = run.summary.get("extra", {}).get("log_z_vs_particles")
     if study:
         parts += [f"<h2>log Z against the number of particles (prompt {html.escape(repr(study['prompt']))})</h2>",
-                  figs.add(plot_log_z(study["num_particles"], study["estimates"], exact_log_z=study["exact_log_z"]),
+                  figs.add(plot_log_z(study["num_particles"], study["estimates"], exact_log_z=study["exact_log_z"],
+                                      title="log Z estimates of repeated runs"),
                            "log_z_particles", "log Z estimates of repeated runs; dashed: exact log Z")]
     rows = [{"sampler": label, "prompt": i, **d} for label, info in run.summary["samples"].items()
             for i, d in enumerate(info["diagnostics"])]
