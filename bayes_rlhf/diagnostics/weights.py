@@ -24,7 +24,8 @@ import torch
 from bayes_rlhf.errors import ConfigError, NoMassError
 
 #: Below this many draws the Pareto tail has too few points to fit; k-hat is reported as NaN.
-MIN_PSIS_SAMPLES = 20
+#: (az.psislw fits the largest ceil(min(0.2 n, 3 sqrt n)) weights and needs at least 5 of them.)
+MIN_PSIS_SAMPLES = 25
 
 #: k-hat thresholds (Vehtari et al., "Pareto smoothed importance sampling", 2024).
 KHAT_GOOD, KHAT_OK, KHAT_BAD = 0.5, 0.7, 1.0
@@ -80,7 +81,11 @@ def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
       from these weights are meaningless.
 
     With fewer than ``MIN_PSIS_SAMPLES`` draws (or fewer than that with finite weight) the tail
-    cannot be fitted and k-hat is NaN.
+    cannot be fitted and k-hat is NaN. Bounded, discrete weights (a reward with a few values, or
+    exact samples whose weights are all equal) often tie at their maximum across the whole tail:
+    there is then no Pareto tail to fit (arviz says inf), the largest weight is a point mass and
+    every moment is finite, so k-hat is reported as -inf ("good"). When only 1 to 4 distinct
+    draws lie above the tied cutoff, the tail cannot be judged either way: NaN ("unknown").
     """
     lw = _as_log_weights(log_weights)
     finite = torch.isfinite(lw)
@@ -93,7 +98,14 @@ def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
         smoothed = np.full(lw.shape[0], -np.inf)
         s, k = az.psislw(lw[finite].numpy())
     smoothed[finite.numpy()] = s
-    return torch.from_numpy(smoothed), float(k)
+    k = float(k)
+    if math.isinf(k) and k > 0:  # psislw found at most 4 draws above its cutoff: ties in the tail
+        x = lw[finite].double()
+        n = x.numel()
+        tail = math.ceil(min(0.2 * n, 3 * math.sqrt(n)))  # arviz's tail size (r_eff = 1)
+        cutoff = torch.sort(x, descending=True).values[tail]
+        k = -math.inf if int((x > cutoff).sum()) == 0 else math.nan
+    return torch.from_numpy(smoothed), k
 
 
 def khat_label(khat: float) -> str:

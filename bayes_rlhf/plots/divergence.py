@@ -107,8 +107,10 @@ def plot_weight_diagnostics(labels: Sequence[str], ess_fraction: Sequence[float]
     a1.bar(x, e, color=COLORS["posterior"])
     a1.set_ylim(0, 1.05)
     a1.set_ylabel("Kish ESS / n")
-    shown = np.where(np.isfinite(k), np.clip(k, -1.0, None), 0.0)  # k < -1 (bounded weights) drawn at -1
+    shown = np.where(np.isnan(k), 0.0, np.clip(k, -1.0, 1.2))  # k < -1 (bounded weights) drawn at -1
     a2.bar(x, shown, color=[_khat_colour(v) for v in k])
+    for i in np.flatnonzero(np.isnan(k)):
+        a2.text(x[i], 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="#555555")
     for t, ls in ((0.5, ":"), (0.7, "--"), (1.0, "-")):
         a2.axhline(t, color="k", ls=ls, lw=1, label=f"k = {t}")
     a2.set_ylabel("PSIS $\\hat k$")
@@ -120,7 +122,7 @@ def plot_weight_diagnostics(labels: Sequence[str], ess_fraction: Sequence[float]
 
 
 def _khat_colour(k: float) -> str:
-    if not np.isfinite(k):
+    if np.isnan(k):
         return "#bbbbbb"
     return "#2ca02c" if k < 0.5 else "#ffbf00" if k < 0.7 else "#d62728"
 

@@ -62,8 +62,26 @@ def test_khat_on_lm_proposals(gpt2_post):
     rows = torch.multinomial(sharp.probs, 2000, replacement=True, generator=g)
     d_exact = weight_diagnostics(sharp.log_probs[rows] - sharp.log_probs[rows])
     d_poor = weight_diagnostics(lw_poor)
-    assert d_exact.ess == pytest.approx(2000) and d_exact.khat_label != "bad"
+    assert d_exact.ess == pytest.approx(2000) and d_exact.khat == -math.inf and d_exact.khat_label == "good"
     assert d_poor.khat > 0.7 and d_poor.ess_fraction < 0.05
+
+
+def test_khat_of_tied_bounded_weights():
+    # A reward with three values under the prior: the largest weight exp(1) is drawn by 30% of
+    # the draws, more than psislw's tail (20%), so the tail is a point mass: bounded -> -inf, good.
+    # (arviz alone says inf, "very bad", for these and for the equal weights of exact samples.)
+    g = torch.Generator().manual_seed(0)
+    r = torch.multinomial(torch.tensor([0.3, 0.4, 0.3]), 400, replacement=True, generator=g).double() - 1.0
+    _, k = psis_khat(r)
+    assert k == -math.inf and khat_label(k) == "good"
+    # A few large ties above a tied body: 3 draws at weight e^10 over 397 at 1 cannot be judged.
+    lw = torch.zeros(400, dtype=torch.float64)
+    lw[:3] = 10.0
+    _, k = psis_khat(lw)
+    assert math.isnan(k) and khat_label(k) == "unknown"
+    # Continuous weights at the smallest allowed n still get a finite fit (no tie fallback).
+    _, k = psis_khat(_beta_uniform_log_weights(0.2, MIN_PSIS_SAMPLES, seed=1))
+    assert math.isfinite(k)
 
 
 def test_khat_nan_with_too_few_samples():
