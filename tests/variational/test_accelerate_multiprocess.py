@@ -241,8 +241,9 @@ def test_trained_policy_is_closer_to_the_posterior_than_the_prior(runs, small_ta
     policy = _policy(small_target.prior, runs.tensors(name, 0))
     before = [br.compare(small_target.prior, p).kl_q_posterior for p in small_posts.values()]
     after = [br.compare(policy, p).kl_q_posterior for p in small_posts.values()]
-    # exact KLs of fixed (seeded) weights: a deterministic check, no sampling error
-    assert sum(after) < sum(before), (name, before, after)
+    # exact KLs of fixed (seeded) weights: a deterministic check, no sampling error; the 4 steps cut the
+    # summed KL (4.55 nats) by 25-50% here, so 15% is a margin, not a tuned threshold
+    assert sum(after) < 0.85 * sum(before), (name, before, after)
 
 
 def test_checkpoint_keeps_every_process_generator(tmp_path):
