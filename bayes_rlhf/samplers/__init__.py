@@ -12,6 +12,7 @@ from bayes_rlhf.samplers.quasi_rejection import quasi_rejection_log_probs, quasi
 from bayes_rlhf.samplers.resampling import (RESAMPLERS, get_resampler, multinomial, residual, stratified,
                                             systematic)
 from bayes_rlhf.samplers.smc import SMC, SMCConfig, SMCState, smc
+from bayes_rlhf.samplers.twist_learning import CTLConfig, ContrastSet, ctl_surrogate, fit_twist_ctl
 from bayes_rlhf.samplers.twists import (ExactTwist, LearnedTwist, PrefixPotential, Twist, exact_prefix_values,
                                         fit_twist)
 from bayes_rlhf.samplers.weighted import SMCHistory, WeightedSamples, kish_ess
@@ -23,6 +24,7 @@ __all__ = [
     "quasi_rejection_sample", "quasi_rejection_log_probs",
     "smc", "SMC", "SMCConfig", "SMCState",
     "Twist", "ExactTwist", "PrefixPotential", "LearnedTwist", "fit_twist", "exact_prefix_values",
+    "fit_twist_ctl", "CTLConfig", "ContrastSet", "ctl_surrogate",
     "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler",
     "BoundEstimate", "KLSandwich", "lower_bound", "upper_bound", "log_z_lower_bound", "kl_sandwich",
 ]
