@@ -5,7 +5,9 @@ Two launches of ``_ddp_worker.py`` (module fixture ``runs``; about 25 s on 2 cor
     launch 1: rloo (4 steps, checkpoints, JSONL/CSV history, first step recorded), rloo_part (the same
               run stopped after 2 steps: a kill right after a checkpoint), ppo (4 steps), vargrad
               (4 steps, learned log Z)
-    launch 2: rloo_resume (rloo_part's checkpoint_dir, steps=4): the restart after the kill
+    launch 2: rloo_resume (rloo_part's checkpoint_dir, steps=4): the restart after the kill;
+              rloo_legacy: the same from a copy of that checkpoint in the older format (process 0's
+              generator only)
 
 and the tests compare what each rank wrote with each other, with a one-process run and with
 a single-process recomputation of the first update from the union of the two ranks' batches.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import bayes_rlhf as br
 from bayes_rlhf.errors import ConfigError
@@ -93,7 +96,13 @@ def runs(tmp_path_factory):
         {"name": "ppo", "prompts": PROMPTS, "config": dict(BASE, steps=STEPS, objective="ppo")},
         {"name": "vargrad", "prompts": PROMPTS, "config": dict(BASE, steps=STEPS, objective="vargrad")},
     ], "first")
-    _launch(out, [{"name": "rloo_resume", "prompts": PROMPTS, "config": dict(part, steps=STEPS)}], "resume")
+    # a checkpoint of the older format, which kept process 0's generator only
+    shutil.copytree(out / "ck_part", out / "ck_legacy")
+    rng = out / "ck_legacy" / "last" / "rng.safetensors"
+    save_file({"state": load_file(str(rng))["state"]}, str(rng))
+    legacy = dict(part, steps=STEPS, checkpoint_dir=str(out / "ck_legacy"), log_jsonl=None)
+    _launch(out, [{"name": "rloo_resume", "prompts": PROMPTS, "config": dict(part, steps=STEPS)},
+                  {"name": "rloo_legacy", "prompts": PROMPTS, "config": legacy}], "resume")
     return Runs(out)
 
 
@@ -225,6 +234,19 @@ def test_resume_after_kill_ends_where_uninterrupted_run_ends(runs):
         assert any(not torch.equal(part[k], full[k]) for k in full if k.startswith("model."))
         losses = [[r["loss"] for r in runs.info(n, rank)["history"]] for n in ("rloo", "rloo_resume")]
         assert losses[0] == losses[1]
+
+
+def test_resume_from_checkpoint_without_process_generators(runs):
+    """An older checkpoint (process 0's generator only): process 1 draws a fresh stream, the ranks stay
+    in sync, and the run goes on (it cannot end where the uninterrupted run ends)."""
+    a, b = runs.tensors("rloo_legacy", 0), runs.tensors("rloo_legacy", 1)
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("step1."))
+    full = runs.tensors("rloo", 0)
+    assert any(not torch.equal(a[k], full[k]) for k in full if k.startswith("model."))
+    rows, whole = runs.info("rloo_legacy", 0)["history"], runs.info("rloo", 0)["history"]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in rows[:PART]] == [r["loss"] for r in whole[:PART]]  # from the checkpoint
+    assert rows[PART]["loss"] != whole[PART]["loss"]
 
 
 @pytest.mark.parametrize("use_accelerate", [False, True])
