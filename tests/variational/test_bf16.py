@@ -18,7 +18,7 @@ import torch
 
 import bayes_rlhf as br
 from bayes_rlhf.models.toy import tiny_lm
-from bayes_rlhf.variational import TrainerConfig, objectives, rollout, train_policy
+from bayes_rlhf.variational import objectives, rollout, train_policy
 
 from .conftest import word_reward
 
