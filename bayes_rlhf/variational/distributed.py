@@ -14,9 +14,10 @@ process i > 0 with a hash of (seed, i), so N processes train on N times one proc
 single process reproduces a run without accelerate exactly. Checkpoints keep every process's
 generator state (gathered to the main process), so an N-process run resumed with N processes ends
 where the uninterrupted run ends; the fingerprint holds N. bf16 on CUDA becomes
-``Accelerator(mixed_precision="bf16")``; a CPU prior keeps the run on CPU, a GPU prior is moved to each process's own GPU (load it with
-``device=None``; a reward model stays where it was loaded). Data parallelism (DDP) is what is
-supported; FSDP / DeepSpeed shard the weights, which the checkpoint format does not handle.
+``Accelerator(mixed_precision="bf16")``; a CPU prior keeps the run on CPU, a GPU prior is moved to
+each process's own GPU (load it with ``device=None``; a reward model stays where it was loaded).
+Data parallelism (DDP) is what is supported; FSDP / DeepSpeed shard the weights, which the
+checkpoint format does not handle.
 """
 
 from __future__ import annotations
