@@ -176,8 +176,24 @@ class LearnedTwist(nn.Module):
         return out
 
     def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
+        """log psi_t [n] (float64, CPU). Rows that differ only in their last token (the twisted
+        proposal's candidates) share one GRU pass over their common prefix, then one step each."""
+        prompt_ids = {p: target.prior.encode_prompt(p) for p in set(prompts)}
+        seqs = [torch.tensor(prompt_ids[p] + r, dtype=torch.long) for p, r in zip(prompts, ids.tolist())]
+        lengths = torch.tensor([len(s) for s in seqs])
+        out = torch.empty(len(seqs), dtype=torch.float64)
         with torch.no_grad():
-            return self.predict([target.prior.encode_prompt(p) for p in prompts], ids).double().cpu()
+            for L in lengths.unique().tolist():
+                rows = torch.nonzero(lengths == L).squeeze(-1)
+                batch = torch.stack([seqs[i] for i in rows.tolist()]).to(self.device)
+                if L < 2:
+                    out[rows] = self(batch).double().cpu()
+                    continue
+                heads, inv = torch.unique(batch[:, :-1], dim=0, return_inverse=True)
+                _, h = self.rnn(self.embed(heads))                          # h [1, U, H]
+                last, _ = self.rnn(self.embed(batch[:, -1:]), h[:, inv])    # one step per row
+                out[rows] = self.head(last[:, -1]).squeeze(-1).double().cpu()
+        return out
 
 
 def exact_prefix_values(posterior: ExactPosterior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

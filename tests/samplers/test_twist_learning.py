@@ -290,3 +290,18 @@ def test_bad_twist_target_prompts_and_samples(mild_target, mild_post, short_targ
     with pytest.raises(ConfigError, match="callable"):
         fit_twist_ctl(twist, mild_target, PROMPT, positive=lambda prompts, n, gen: [1, 2], steps=1, generator=g)
     assert torch.equal(g.get_state(), state)
+
+
+def test_log_potential_shares_prefixes_and_matches_predict(mild_target, mild_post):
+    # LearnedTwist.log_potential runs the GRU once per distinct prefix and one step per last
+    # token; it must agree with predict (one full pass per row) to rounding, for mixed lengths,
+    # repeated prefixes (the twisted proposal's candidates) and two prompts.
+    twist = make_twist(mild_target.prior.vocab_size, scale=3.0)
+    base = mild_post.completion_ids[::53, :3]
+    ids = torch.cat([torch.cat([base[:, :2], torch.full((base.shape[0], 1), v)], 1) for v in range(3, 8)])
+    prompts = [PROMPT if i % 3 else "w3" for i in range(ids.shape[0])]
+    encoded = [mild_target.prior.encode_prompt(p) for p in prompts]
+    for t in (1, 3):
+        got = twist.log_potential(prompts, ids[:, :t], mild_target)
+        assert got.dtype == torch.float64
+        assert torch.allclose(got, twist.predict(encoded, ids[:, :t]).detach().double(), atol=1e-12)
