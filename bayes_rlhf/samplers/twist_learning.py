@@ -31,12 +31,14 @@ of the history (``negative="prior"`` only) is L up to the theta-independent cons
 
 The constant in psi. Replacing log psi_t by log psi_t + c_t changes no SMC estimate in
 expectation: a particle's incremental weights psi_t / psi_{t-1} telescope to
-pi0(x) exp(r / beta) / q(x) for whatever twist is used, so exp(log Z_hat) stays unbiased for
-Z. Between the first and last token the c_t cancel among particles at the same step (they are
-normalised away in resampling and in the twisted proposal). Only the relative weight of
-particles that have ended against those still generating depends on c_t, which is why the
-states above include the ended completions: their mass pins c_t down (with no early EOS,
-c_t is unidentified and irrelevant).
+pi0(x) exp(r / beta) / q(x) for whatever positive twist is used, so exp(log Z_hat) stays
+unbiased for Z, and particles still generating at step t all carry the same c_t, which
+cancels when they are normalised against each other (resampling, the twisted proposal among
+continuing tokens). c_t only weighs states that have ended (EOS: potential exp(r / beta),
+no c_t) against those still generating, which affects efficiency, not correctness. That is
+why the states above include ended completions: their mass pins c_t down and pulls
+log psi_t toward V_t / beta itself, not only up to c_t. Where nothing can end before T, c_t
+is unidentified and irrelevant (the loss and its gradient do not see it).
 """
 
 from __future__ import annotations

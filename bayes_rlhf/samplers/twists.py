@@ -8,7 +8,8 @@ V_t(x_{1:t}) = beta log E_pi0[exp(r / beta) | x_{1:t}]. Protocol (any object wit
 
 Implementations: ``ExactTwist`` (soft values from ExactPosterior tables), ``PrefixPotential``
 (a reward the user evaluates on prefixes, divided by beta), ``LearnedTwist`` (a small GRU
-head over token ids, fitted to exact soft values by ``fit_twist``; runs on any device).
+head over token ids, fitted to exact soft values by ``fit_twist``, or from samples alone by
+contrastive twist learning, ``twist_learning.fit_twist_ctl``; runs on any device).
 """
 
 from __future__ import annotations

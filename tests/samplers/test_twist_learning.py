@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bayes_rlhf.errors import ConfigError, PromptError
-from bayes_rlhf.samplers import LearnedTwist, exact_prefix_values, smc
+from bayes_rlhf.samplers import LearnedTwist, exact_prefix_values, importance_sample, smc
 from bayes_rlhf.samplers.twist_learning import ContrastSet, CTLConfig, ctl_surrogate, fit_twist_ctl
 
 PROMPT = "w1 w2"
@@ -84,7 +84,7 @@ def test_ctl_gradient_matches_enumeration(mild_target, mild_post):
     # pi0, relative variance cv^2) its bias is -Cov(w~, w~ (h - mu)) / n + O(1/n^2), at most
     # cv sqrt(1 + cv^2) sd(h) / n by Cauchy-Schwarz, while its sd per batch is about
     # sqrt(1 + cv^2) sd(h) / sqrt(n) (the positives only add noise). So bias / SE(mean over B)
-    # <= cv sqrt(B / n); we check (cv^2 exactly, from the table) that cv sqrt(1 + cv^2) sqrt(B / n)
+    # <= cv sqrt(B / n); we check the stricter cv sqrt(1 + cv^2) sqrt(B / n) (cv^2 exact, from the table)
     # < 0.1, so the bias moves z by < 0.1 and |z| < 4 (two-sided 6e-5 per direction) is sound.
     twist = make_twist(mild_target.prior.vocab_size, scale=4.0)
     exact = exact_ctl_gradient(twist, mild_post)
@@ -305,3 +305,27 @@ def test_log_potential_shares_prefixes_and_matches_predict(mild_target, mild_pos
         got = twist.log_potential(prompts, ids[:, :t], mild_target)
         assert got.dtype == torch.float64
         assert torch.allclose(got, twist.predict(encoded, ids[:, :t]).detach().double(), atol=1e-12)
+
+
+def test_prompts_are_normalised_separately_and_averaged(mild_target):
+    # Two prompts in one call: weights are normalised within each prompt, and the surrogate and
+    # loss are the mean of the single-prompt ones (exact identity; tolerance is rounding).
+    twist = make_twist(mild_target.prior.vocab_size, scale=2.0)
+    g = torch.Generator().manual_seed(0)
+    prompts = [PROMPT, "w3"]
+    pos_ws = importance_sample(mild_target, prompts, 16, generator=g)
+    neg_ws = importance_sample(mild_target, prompts, 24, generator=g)
+    T = mild_target.max_new_tokens
+    both, info = ctl_surrogate(twist, mild_target, prompts, ContrastSet.positive(pos_ws, T),
+                               ContrastSet.prior(neg_ws.ids, neg_ws.mask, neg_ws.rewards, neg_ws.prompt_index, 1.5))
+    single = []
+    for p in range(2):
+        a, b = pos_ws.rows(p), neg_ws.rows(p)
+        pos = ContrastSet(pos_ws.ids[a], pos_ws.mask[a, 1:T], pos_ws.log_weights[a, None].expand(-1, T - 1),
+                          torch.zeros(a.numel(), dtype=torch.long))
+        neg = ContrastSet.prior(neg_ws.ids[b], neg_ws.mask[b], neg_ws.rewards[b], torch.zeros(b.numel(),
+                                dtype=torch.long), 1.5)
+        single.append(ctl_surrogate(twist, mild_target, [prompts[p]], pos, neg))
+    assert info["gap"] == pytest.approx(float(both.detach()), abs=1e-15)
+    assert info["gap"] == pytest.approx((single[0][1]["gap"] + single[1][1]["gap"]) / 2, abs=1e-12)
+    assert info["loss"] == pytest.approx((single[0][1]["loss"] + single[1][1]["loss"]) / 2, abs=1e-12)
