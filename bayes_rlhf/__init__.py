@@ -15,11 +15,12 @@ from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
 from bayes_rlhf.rewards import (BradleyTerryConfig, BradleyTerryReward, ClassifierReward, Constraint, TokenReward,
                                 WeightedSum, evaluate_reward)
 from bayes_rlhf.rewards.bradley_terry import dpo_loss
-from bayes_rlhf.samplers import (ExactTwist, LearnedTwist, PrefixPotential, SMCConfig, WeightedSamples,
-                                 best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs, fit_twist,
-                                 get_resampler, importance_sample, kl_sandwich, log_z_lower_bound, lower_bound,
-                                 multinomial, quasi_rejection_log_probs, quasi_rejection_sample, residual,
-                                 sampling_importance_resampling, smc, stratified, systematic, upper_bound)
+from bayes_rlhf.samplers import (CTLConfig, ExactTwist, LearnedTwist, PrefixPotential, SMCConfig,
+                                 WeightedSamples, best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs,
+                                 fit_twist, fit_twist_ctl, get_resampler, importance_sample, kl_sandwich,
+                                 log_z_lower_bound, lower_bound, multinomial, quasi_rejection_log_probs,
+                                 quasi_rejection_sample, residual, sampling_importance_resampling, smc, stratified,
+                                 systematic, upper_bound)
 from bayes_rlhf.target import Target
 from bayes_rlhf.variational import (SandwichEvaluator, TrainerConfig, TrainingDivergedError, TrainingHistory,
                                     objectives, train_policy)
@@ -51,7 +52,7 @@ __all__ = [
     "WeightedSamples", "importance_sample", "sampling_importance_resampling", "best_of_n",
     "best_of_n_log_probs", "best_of_n_kl", "best_of_n_kl_bound", "quasi_rejection_sample",
     "quasi_rejection_log_probs", "smc", "SMCConfig", "ExactTwist", "PrefixPotential", "LearnedTwist",
-    "fit_twist", "multinomial", "stratified", "systematic", "residual", "get_resampler",
+    "fit_twist", "fit_twist_ctl", "CTLConfig", "multinomial", "stratified", "systematic", "residual", "get_resampler",
     "lower_bound", "upper_bound", "kl_sandwich", "log_z_lower_bound", "ppl",
     # variational policy
     "train_policy", "TrainerConfig", "TrainingHistory", "TrainingDivergedError", "SandwichEvaluator",
