@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 from bayes_rlhf.errors import ConfigError
 
-OBJECTIVE_NAMES = ("rloo", "ppo", "dpg", "distill", "vargrad")
+OBJECTIVE_NAMES = ("rloo", "ppo", "dpg", "distill", "vargrad", "grpo")
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
@@ -29,8 +29,10 @@ class TrainerConfig:
     ----------
     steps : int
         Optimiser steps (outer iterations; PPO takes ``ppo_epochs`` gradient steps per iteration).
-    objective : {"rloo", "ppo", "dpg", "distill", "vargrad"}
-        Which loss from ``bayes_rlhf.variational.objectives`` to minimise.
+    objective : {"rloo", "ppo", "dpg", "distill", "vargrad", "grpo"}
+        Which loss from ``bayes_rlhf.variational.objectives`` to minimise. "grpo" is TRL's GRPO
+        (group-relative advantages, clipped ratio, k3 in the loss): a biased fit of pi*, kept to
+        measure how far its fixed point is from pi*.
     samples_per_prompt : int
         Completions drawn per prompt and step (>= 2: RLOO's leave-one-out baseline needs two).
     prompts_per_step : int or None
@@ -45,9 +47,14 @@ class TrainerConfig:
     kl_estimator : {"k1_reward", "k3_loss"}
         "k1_reward" puts -beta (log q - log pi0) into the sequence reward (unbiased gradient of
         KL(q || pi*)). "k3_loss" adds the k3 estimator of KL(q || pi0) to the loss (GRPO style):
-        its gradient is biased, kept only for comparison.
+        its gradient is biased, kept only for comparison. GRPO always uses k3 in the loss.
     ppo_epochs, ppo_clip, gae_lambda, value_coef : PPO's inner epochs per batch, ratio clip,
-        GAE lambda (gamma is 1: an episode is one completion) and value-loss weight.
+        GAE lambda (gamma is 1: an episode is one completion) and value-loss weight. GRPO uses
+        ``ppo_clip`` too (TRL's epsilon).
+    grpo_epochs : int
+        GRPO: gradient steps per sampled batch (TRL's ``num_iterations``; 1 = on-policy, ratio 1).
+    grpo_scale_rewards : bool
+        GRPO: divide the group-centred rewards by the group's std (TRL's default); False is Dr. GRPO.
     value_lr : float
         Adam learning rate of PPO's value head (a linear head on the policy's detached last hidden
         state, so the value loss does not pull on the policy).
@@ -105,6 +112,8 @@ class TrainerConfig:
     ppo_clip: float = 0.2
     gae_lambda: float = 0.95
     value_coef: float = 0.5
+    grpo_epochs: int = 1
+    grpo_scale_rewards: bool = True
     value_lr: float = 1e-2
     whiten_advantages: bool = False
     dpg_proposal: str = "policy"
@@ -146,6 +155,7 @@ class TrainerConfig:
         _pos(self, "ppo_clip")
         _num(self, "gae_lambda", 0.0, 1.0)
         _num(self, "value_coef", 0.0)
+        _int(self, "grpo_epochs", 1)
         _pos(self, "value_lr")
         _choice(self, "dpg_proposal", ("policy", "prior"))
         _choice(self, "distill_source", ("exact", "rejection", "given"))
@@ -161,7 +171,8 @@ class TrainerConfig:
         _int(self, "seed", 0)
         _int(self, "eval_every", 1)
         _int(self, "checkpoint_every", 1)
-        for name in ("bf16", "use_accelerate", "resume", "progress", "whiten_advantages"):
+        for name in ("bf16", "use_accelerate", "resume", "progress", "whiten_advantages",
+                     "grpo_scale_rewards"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"TrainerConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("checkpoint_dir", "log_jsonl", "log_csv", "tensorboard_dir"):
@@ -174,8 +185,8 @@ class TrainerConfig:
 
     @property
     def inner_epochs(self) -> int:
-        """Gradient steps per sampled batch (PPO reuses a batch; the others use it once)."""
-        return self.ppo_epochs if self.objective == "ppo" else 1
+        """Gradient steps per sampled batch (PPO and GRPO may reuse a batch; the others use it once)."""
+        return {"ppo": self.ppo_epochs, "grpo": self.grpo_epochs}.get(self.objective, 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)

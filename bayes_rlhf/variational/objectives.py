@@ -16,6 +16,9 @@ divergence to pi*, whatever the reward's scale. With f(x) = log q(x) - log pi0(x
     vargrad  trajectory balance:  loss = mean_i (f_i + log Z_theta)^2 / 2 with a learned log Z per
              prompt (on policy samples its gradient in theta is grad KL(q || pi*)); or VarGrad:
              the per-prompt variance of f (log Z = batch mean)
+    grpo     TRL's GRPO, for measuring how far its fixed point is from pi* (biased, see grpo_loss):
+             A_i = (r_i / beta - mean_group) / (std_group + eps);  per token
+             loss = sum_{i,t} [-min(rho A_i, clip(rho) A_i) + k3_t] / (number of tokens in the batch)
 
 P is the number of prompts in the batch. ``OBJECTIVES`` maps config names to functions.
 """
@@ -211,8 +214,87 @@ def vargrad_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
     return ObjectiveOutput(var.sum() / g, {"log_z": float(-mean.detach().mean())})
 
 
+GRPO_EPS = 1e-4  # TRL's epsilon in the group-std denominator
+
+
+def group_relative_advantages(returns: torch.Tensor, group: torch.Tensor, scale: bool = True,
+                              eps: float = GRPO_EPS) -> torch.Tensor:
+    """GRPO's advantages: (R_i - mean of its prompt's R) / (std of its prompt's R + eps). [n] -> [n].
+
+    The mean includes R_i itself and the std is the unbiased (n - 1) one, as in TRL. ``scale=False``
+    leaves out the division (Dr. GRPO).
+    """
+    g = int(group.max()) + 1
+    count = _group_sum(torch.ones_like(returns), group, g)
+    if bool((count < 2).any()):
+        raise ValueError("group-relative advantages need at least two samples per prompt")
+    dev = returns - (_group_sum(returns, group, g) / count)[group]
+    if not scale:
+        return dev
+    std = (_group_sum(dev ** 2, group, g) / (count - 1)).sqrt()
+    return dev / (std[group] + eps)
+
+
+def grpo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
+    """GRPO as TRL trains it (loss_type "dapo"): group-relative advantages, clipped ratio, k3 in the loss.
+
+    Per token t of row i, with rho = q / q_old (1 on the first inner epoch), d = log pi0 - log q::
+
+        A_i  = (r_i / beta - mean_group(r / beta)) / (std_group(r / beta) + eps)   (no "/ std" when
+               config.grpo_scale_rewards is False: Dr. GRPO)
+        l_it = -min(rho_it A_i, clip(rho_it, 1 - ppo_clip, 1 + ppo_clip) A_i) + (e^d - d - 1)
+        loss = sum_{i,t} l_it / (number of completion tokens in the batch)
+
+    The token-level mean over the whole batch (every group) is TRL's default "dapo" loss type.
+
+    Scaling of the KL term: the loss is in nats, like every objective here. TRL writes
+    A - beta_TRL * k3 with A in reward units; dividing by beta_TRL = beta (the target's) gives
+    A / beta - k3, i.e. rewards r / beta and a k3 coefficient of 1. Without the std scaling this
+    weighs reward against KL(q || pi0) exactly as J(q) = E[r] - beta KL(q || pi0) does (the per-token
+    sum of k3 estimates the sequence KL; the common 1 / #tokens factor does not change the ratio).
+    With the std scaling the reward is further divided by the group's std, so the effective KL
+    weight becomes beta * std(r) per group.
+
+    This is NOT an unbiased gradient of KL(q || pi*): the std scaling re-weights groups, the k3 term's
+    sample gradient (1 - pi0/q) grad log q is not that of KL(q || pi0) (in expectation it is, at each
+    prefix q visits, the gradient of KL(pi0 || q) over the next token, with no term for how q moves
+    the prefixes), and the token mean weighs rows by their share of the batch's tokens.
+    Its fixed point differs from pi*; it is here to measure by how much.
+
+    Parameters
+    ----------
+    batch : PolicyBatch
+        logq, old_logq, prior_logp, mask [n, T]; rewards, group [n].
+    config : TrainerConfig
+        Uses ``ppo_clip`` and ``grpo_scale_rewards``.
+
+    Returns
+    -------
+    ObjectiveOutput
+        Scalar loss; stats ``advantage_std``, ``k3_kl`` (mean per-row sum of k3) and ``clip_fraction``.
+    """
+    mask = batch.mask
+    m = mask.to(batch.logq.dtype)
+    adv = group_relative_advantages(batch.rewards / batch.beta, batch.group,
+                                    scale=getattr(config, "grpo_scale_rewards", True)).detach()
+    ratio = torch.exp((batch.logq - batch.old_logq).masked_fill(~mask, 0.0))
+    clip = getattr(config, "ppo_clip", 0.2)
+    clipped = ratio.clamp(1 - clip, 1 + clip)
+    a = adv.unsqueeze(-1)
+    pg = -torch.minimum(ratio * a, clipped * a)
+    d = (batch.prior_logp - batch.logq).masked_fill(~mask, 0.0)
+    k3 = torch.exp(d) - d - 1
+    tokens = m.sum().clamp(min=1.0)
+    loss = ((pg + k3) * m).sum() / tokens
+    stats = {"advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+             "k3_kl": float((k3 * m).sum(-1).mean().detach()),
+             "clip_fraction": float(((ratio - clipped).abs() > 0)[mask].double().mean()) if bool(mask.any()) else 0.0}
+    return ObjectiveOutput(loss, stats)
+
+
 OBJECTIVES = {"rloo": rloo_loss, "ppo": ppo_loss, "dpg": dpg_loss, "distill": distill_loss,
-              "vargrad": vargrad_loss}
+              "vargrad": vargrad_loss, "grpo": grpo_loss}
 
 __all__ = ["PolicyBatch", "ObjectiveOutput", "OBJECTIVES", "rloo_loss", "ppo_loss", "dpg_loss",
-           "distill_loss", "vargrad_loss", "leave_one_out_advantages", "group_softmax", "gae", "k3_kl"]
+           "distill_loss", "vargrad_loss", "grpo_loss", "leave_one_out_advantages", "group_relative_advantages",
+           "group_softmax", "gae", "k3_kl", "GRPO_EPS"]

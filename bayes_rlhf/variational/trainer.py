@@ -6,9 +6,9 @@ One loop for every objective (the loss is a plain function from ``objectives.OBJ
     for step in 1..steps:
         prompts_t = the prompts (or prompts_per_step of them, drawn with gen)
         x, s(x)   = samples_per_prompt draws per prompt from the objective's source
-                    (q for rloo/ppo/vargrad/dpg-policy, pi0 for dpg-prior, pi* for distill)
+                    (q for rloo/ppo/grpo/vargrad/dpg-policy, pi0 for dpg-prior, pi* for distill)
         r, log pi0 = target.rewards(x), prior.score(x)
-        repeat inner_epochs (PPO: ppo_epochs; else 1):
+        repeat inner_epochs (PPO: ppo_epochs; GRPO: grpo_epochs; else 1):
             log q, V = forward(policy, x);  loss = objective(batch, config)
             stop with TrainingDivergedError if loss or gradient is not finite
             clip grad norm; Adam step
@@ -297,7 +297,8 @@ def _one_step(run: _Run, step: int, loss_fn, draw) -> dict:
             raise TrainingDivergedError(step, f"the gradient norm is {gn}; lower lr or set max_grad_norm")
         run.opt.step()
         stats = {k: v for k, v in out.stats.items()} | {"loss": float(out.loss.detach()), "grad_norm": gn}
-    on_policy = cfg.objective in ("rloo", "ppo", "vargrad") or (cfg.objective == "dpg" and cfg.dpg_proposal == "policy")
+    on_policy = (cfg.objective in ("rloo", "ppo", "vargrad", "grpo")
+                 or (cfg.objective == "dpg" and cfg.dpg_proposal == "policy"))
     if on_policy:
         lq, lp, r = old_logq.sum(-1), data["prior_logp"].sum(-1), data["rewards"]
     else:  # the batch came from pi0 or pi*: draw policy samples for the on-policy estimates

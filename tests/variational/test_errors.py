@@ -15,7 +15,8 @@ from bayes_rlhf.variational import TrainerConfig, train_policy
     ("kl_estimator", "k2"), ("ppo_epochs", 0), ("ppo_clip", 0), ("gae_lambda", 1.5), ("value_coef", -1),
     ("value_lr", 0), ("dpg_proposal", "uniform"), ("distill_source", "smc_magic"), ("reward_max", float("inf")),
     ("log_z", "fixed"), ("log_z_lr", -0.1), ("lora_rank", -1), ("seed", -1), ("eval_every", 0),
-    ("checkpoint_every", 0), ("progress", "yes"), ("log_jsonl", ""),
+    ("checkpoint_every", 0), ("progress", "yes"), ("log_jsonl", ""), ("grpo_epochs", 0), ("grpo_epochs", 1.5),
+    ("grpo_scale_rewards", "yes"), ("grpo_scale_rewards", 1),
 ])
 def test_config_field_out_of_range_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"TrainerConfig.{field}"):
