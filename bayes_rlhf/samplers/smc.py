@@ -14,6 +14,10 @@ N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q,
             state = state.reindex(idx)      # the KV cache rows are copied, never recomputed
     log_Z += logsumexp(log_w) - log N       # E[exp(log_Z)] = Z
 
+Finished particles cost no model calls (``_live_rows``): their rows are stepped along, ignored,
+until they exceed ``compact_threshold`` of the model state; then one ``reindex`` drops them.
+Resampling copies rows anyway and keeps only live children's. Results do not depend on it.
+
 The product of a particle's increments is pi0(x) exp(r / beta) / q(x), so the final weights
 are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t) every
 increment after the first is 1 and the first is Z: log_Z is exact with zero variance.
@@ -33,7 +37,8 @@ from tqdm.auto import tqdm
 
 from bayes_rlhf.errors import ConfigError, NoMassError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.models.causal_lm import LMState, sample_categorical
+from bayes_rlhf.models.causal_lm import sample_categorical
+from bayes_rlhf.samplers._live_rows import LiveRows
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target
 from bayes_rlhf.samplers.resampling import get_resampler
 from bayes_rlhf.samplers.twists import as_twist, lookup, posterior_table
@@ -56,18 +61,28 @@ class SMCConfig:
         "systematic", "stratified", "multinomial", "residual", or (generator, log_weights, n) -> idx.
     progress : bool
         Show a progress bar over the token steps.
+    compact_threshold : float
+        In [0, 1]. Finished particles' KV-cache rows are dropped (one copy of the live rows) when
+        they exceed this fraction of the rows the model steps; until then they are stepped and
+        ignored. 0: as soon as one finishes; 1: never (every particle is stepped to the end). Only
+        speed and memory depend on it: lower copies the cache more often, higher steps more dead rows.
     """
 
     num_particles: int
     ess_threshold: float = 0.5
     resampling: object = "systematic"
     progress: bool = False
+    compact_threshold: float = 0.25
 
     def __post_init__(self):
         check_count(self.num_particles, "num_particles")
         e = self.ess_threshold
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not (0 < e <= 1):
             raise ConfigError(f"ess_threshold must be in (0, 1], got {e!r}; 0.5 is the usual choice")
+        c = self.compact_threshold
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (0 <= c <= 1):
+            raise ConfigError(f"compact_threshold must be in [0, 1], got {c!r}; 0.25 is the default "
+                              "(1 never drops finished particles' rows)")
         get_resampler(self.resampling)
 
 
@@ -76,10 +91,7 @@ class SMCState:
     """Particles after step ``t`` (rows grouped by prompt). Steps never mutate a state."""
 
     t: int
-    prior_state: LMState
-    prior_logp: torch.Tensor     # [n, V] next-token log-probs under the prior
-    proposal_state: LMState | None
-    proposal_logp: torch.Tensor | None
+    rows: LiveRows               # model states (m <= n rows) and the particle -> row map
     ids: torch.Tensor            # [n, T]
     mask: torch.Tensor           # [n, T]
     alive: torch.Tensor          # [n] still generating
@@ -87,6 +99,12 @@ class SMCState:
     log_psi: torch.Tensor        # [n] float64, current potential
     rewards: torch.Tensor        # [n] float64, NaN until finished
     log_z: torch.Tensor          # [P] float64, accumulated over resampling epochs
+
+    # the model states (rows ``rows.row``) and next-token log-probs [n, V] by particle (NaN: no row)
+    prior_state = property(lambda self: self.rows.prior_state)
+    proposal_state = property(lambda self: self.rows.proposal_state)
+    prior_logp = property(lambda self: self.rows.per_particle())
+    proposal_logp = property(lambda self: self.rows.per_particle(proposal=True))
 
 
 class SMC:
@@ -127,17 +145,18 @@ class SMC:
                                   f"the target {self.T}; enumerate it from the same target")
 
     # ------------------------------------------------------------------ proposal and potentials
-    def _proposal_logp(self, state: SMCState) -> torch.Tensor:
+    def _proposal_logp(self, state: SMCState, live: torch.Tensor, logp0: torch.Tensor) -> torch.Tensor:
+        """log q(. | x_<t) [a, V] of the live particles ``live`` [a]; ``logp0`` [a, V] is the prior's."""
         if self.exact_proposal is not None:
-            out = state.prior_logp.double().cpu().clone()
-            for i in torch.nonzero(state.alive).squeeze(-1).tolist():
+            out = []
+            for i in live.tolist():
                 key = (self.row_prompts[i], tuple(state.ids[i, : state.t].tolist()))
                 if key not in self._q_cache:
                     post = self.exact_proposal[key[0]]
                     self._q_cache[key] = post.token_posterior(key[1], log=True)
-                out[i] = self._q_cache[key]
-            return out.to(state.prior_logp.device)
-        return (state.proposal_logp if self.proposal is not None else state.prior_logp).double()
+                out.append(self._q_cache[key])
+            return torch.stack(out).double().to(logp0.device) if out else logp0
+        return state.rows.logp(live, proposal=True).double() if self.proposal is not None else logp0
 
     def _log_potentials(self, prompts, ids, mask, ended, going, t) -> tuple[torch.Tensor, torch.Tensor]:
         """log psi [n] (r / beta where ``ended``, the twist where ``going``) and rewards [n] (NaN if going)."""
@@ -155,19 +174,22 @@ class SMC:
                                                      ids[rows, : t + 1], self.target)
         return log_psi, rewards
 
-    def _twisted_logq(self, state: SMCState, logp0: torch.Tensor):
-        """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v) over the prior's support: [n, V] each.
+    def _twisted_logq(self, state: SMCState, live: torch.Tensor, logp0: torch.Tensor):
+        """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v) over the prior's support: [a, V] each.
 
+        ``live`` [a] are the live particles, ``logp0`` [a, V] their prior log-probs.
         Returns log q, the candidates' log potentials and their rewards (NaN unless ending).
         """
         t, n, V = state.t, logp0.shape[0], logp0.shape[1]
-        rows, toks = torch.nonzero(state.alive[:, None] & torch.isfinite(logp0), as_tuple=True)
-        ids = torch.cat([state.ids[rows, :t], toks[:, None]], 1)
+        rows, toks = torch.nonzero(torch.isfinite(logp0), as_tuple=True)
+        particles = live[rows]
+        ids = torch.cat([state.ids[particles, :t], toks[:, None]], 1)
         mask = torch.ones(ids.shape, dtype=torch.bool)
         eos = self.target.prior.eos_token_id
         ended = (toks == eos) if eos is not None else torch.zeros_like(toks, dtype=torch.bool)
         ended = ended | (t + 1 == self.T)
-        psi, r = self._log_potentials([self.row_prompts[i] for i in rows.tolist()], ids, mask, ended, ~ended, t)
+        prompts = [self.row_prompts[i] for i in particles.tolist()]
+        psi, r = self._log_potentials(prompts, ids, mask, ended, ~ended, t)
         cand_psi = torch.full((n, V), -math.inf, dtype=torch.float64)
         cand_r = torch.full((n, V), math.nan, dtype=torch.float64)
         cand_psi[rows, toks], cand_r[rows, toks] = psi, r
@@ -180,55 +202,58 @@ class SMC:
     def init(self) -> SMCState:
         """Run every prompt once and repeat its cache to N rows."""
         n = self.P * self.N
-        prior_state, prior_logp = self.target.prior.start(self.prompts, self.N)
-        q_state = q_logp = None
-        if self.proposal is not None:
-            q_state, q_logp = self.proposal.start(self.prompts, self.N)
+        rows = LiveRows.start(self.target.prior, self.proposal, self.prompts, self.N)
         pad = self.target.prior.pad_id
-        return SMCState(0, prior_state, prior_logp, q_state, q_logp,
-                        torch.full((n, self.T), pad, dtype=torch.long), torch.zeros((n, self.T), dtype=torch.bool),
-                        torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.float64),
-                        torch.zeros(n, dtype=torch.float64), torch.full((n,), math.nan, dtype=torch.float64),
-                        torch.zeros(self.P, dtype=torch.float64))
+        return SMCState(0, rows, torch.full((n, self.T), pad, dtype=torch.long),
+                        torch.zeros((n, self.T), dtype=torch.bool), torch.ones(n, dtype=torch.bool),
+                        torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64),
+                        torch.full((n,), math.nan, dtype=torch.float64), torch.zeros(self.P, dtype=torch.float64))
 
     def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
         """Extend every live particle by one token, reweight, and resample where the ESS is low."""
         t, alive = state.t, state.alive
-        dev = state.prior_logp.device  # next-token log-probs stay on the model's device
-        logp0 = state.prior_logp.double()
+        live = torch.nonzero(alive).squeeze(-1)
+        logp0 = state.rows.logp(live).double()  # [a, V]; next-token log-probs stay on the model's device
+        dev = logp0.device
         if self.twisted_proposal:
-            logq, cand_psi, cand_r = self._twisted_logq(state, logp0.cpu())
+            logq, cand_psi, cand_r = self._twisted_logq(state, live, logp0.cpu())
             logq = logq.to(dev)
         else:
-            logq = self._proposal_logp(state)
+            logq = self._proposal_logp(state, live, logp0)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
-        tok[alive] = sample_categorical(logq[alive.to(dev)], generator).cpu()
+        tok[live] = sample_categorical(logq, generator).cpu()
         ids, mask = state.ids.clone(), state.mask.clone()
-        ids[alive, t], mask[alive, t] = tok[alive], True
+        ids[live, t], mask[live, t] = tok[live], True
         eos = self.target.prior.eos_token_id
         ends_here = (tok == eos) if eos is not None else torch.zeros_like(alive)
         ended = alive & (ends_here | (t + 1 == self.T))
         going = alive & ~ended
         if self.twisted_proposal:
-            new_psi = cand_psi.gather(-1, tok[:, None]).squeeze(-1)
-            r_new = torch.where(ended, cand_r.gather(-1, tok[:, None]).squeeze(-1), math.nan)
+            new_psi = torch.full_like(state.log_psi, -math.inf)
+            r_new = torch.full_like(state.rewards, math.nan)
+            new_psi[live] = cand_psi.gather(-1, tok[live, None]).squeeze(-1)
+            r_new[live] = cand_r.gather(-1, tok[live, None]).squeeze(-1)
+            r_new = torch.where(ended, r_new, math.nan)
         else:
             new_psi, r_new = self._log_potentials(self.row_prompts, ids, mask, ended, going, t)
-        gather = lambda lp: lp.gather(-1, tok[:, None].to(dev)).squeeze(-1).cpu()  # noqa: E731
-        inc = gather(logp0) - gather(logq) + new_psi - state.log_psi
+        tl = tok[live, None].to(dev)
+        inc = torch.zeros_like(state.log_w)
+        inc[live] = ((logp0.gather(-1, tl) - logq.gather(-1, tl)).squeeze(-1).cpu() + new_psi[live]
+                     - state.log_psi[live])
         inc = torch.where(torch.isnan(inc), -math.inf, inc)
         log_w = torch.where(alive, state.log_w + inc, state.log_w)
         log_psi = torch.where(alive, new_psi, state.log_psi)
         rewards = torch.where(ended, r_new, state.rewards)
-        prior_state, prior_logp = state.prior_state, state.prior_logp
-        q_state, q_logp = state.proposal_state, state.proposal_logp
+        rows, stepped_rows = state.rows, 0
         if going.any():
-            prior_state, prior_logp = self.target.prior.step(prior_state, tok)
-            if self.proposal is not None:
-                q_state, q_logp = self.proposal.step(q_state, tok)
-        new = SMCState(t + 1, prior_state, prior_logp, q_state, q_logp, ids, mask, going, log_w, log_psi,
-                       rewards, state.log_z)
-        return self._maybe_resample(generator, new, bool(going.any()), int(alive.sum()))
+            if rows.num_rows - int(going.sum()) > self.config.compact_threshold * rows.num_rows:
+                rows = rows.compact(going)  # one KV copy drops every finished particle's row
+            rows = rows.step(self.target.prior, self.proposal, tok, alive, self.target.prior.pad_id)
+            stepped_rows = rows.num_rows
+        new = SMCState(t + 1, rows, ids, mask, going, log_w, log_psi, rewards, state.log_z)
+        new, info = self._maybe_resample(generator, new, bool(going.any()), int(alive.sum()))
+        info["model_rows"] = stepped_rows
+        return new, info
 
     def _maybe_resample(self, generator, state: SMCState, more: bool, stepped: int) -> tuple[SMCState, dict]:
         N = self.N
@@ -257,23 +282,23 @@ class SMC:
                 "num_alive": torch.zeros(self.P, dtype=torch.long).index_add_(0, self.group, state.alive.long())}
         if not resampled.any():
             return SMCState(**{**state.__dict__, "log_w": log_w}), info
-        q_state = state.proposal_state.reindex(idx) if state.proposal_state is not None else None
-        q_logp = state.proposal_logp[idx.to(state.proposal_logp.device)] if state.proposal_logp is not None else None
-        dev = state.prior_logp.device
-        new = SMCState(state.t, state.prior_state.reindex(idx), state.prior_logp[idx.to(dev)], q_state, q_logp,
-                       state.ids[idx], state.mask[idx], state.alive[idx], log_w, state.log_psi[idx],
-                       state.rewards[idx], log_z)
+        alive = state.alive[idx]
+        # the copy drops finished children's rows for free; compact_threshold = 1 keeps every row
+        keep = alive if self.config.compact_threshold < 1 else torch.ones_like(alive)
+        new = SMCState(state.t, state.rows.resample(idx, keep), state.ids[idx], state.mask[idx], alive, log_w,
+                       state.log_psi[idx], state.rewards[idx], log_z)
         info["num_alive"] = torch.zeros(self.P, dtype=torch.long).index_add_(0, self.group, new.alive.long())
         return new, info
 
     def run(self, generator: torch.Generator | None = None) -> WeightedSamples:
         """All steps until every particle has finished; the final weighted particles."""
         t0 = time.perf_counter()
-        state, infos, tokens = self.init(), [], 0
+        state, infos, tokens, model_rows = self.init(), [], 0, 0
         for _ in tqdm(range(self.T), desc="smc", disable=not self.config.progress):
             state, info = self.step(generator, state)
             infos.append(info)
             tokens += info["tokens"]
+            model_rows += info["model_rows"]
             if not state.alive.any():
                 break
         N = self.N
@@ -282,14 +307,15 @@ class SMC:
         hist = SMCHistory(torch.stack([i["ess"] for i in infos]), torch.stack([i["resampled"] for i in infos]),
                           torch.stack([i["log_z"] for i in infos]), torch.stack([i["num_alive"] for i in infos]))
         seconds = time.perf_counter() - t0
-        info = {"num_particles": N, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+        info = {"num_particles": N, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
+                "model_rows": model_rows}
         return WeightedSamples(state.ids, state.mask, state.log_w, state.rewards, log_z, self.group.clone(),
                                tuple(self.prompts), self.target.prior, hist, info)
 
 
 def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposal=None, twist=None,
         ess_threshold: float = 0.5, resampling="systematic", generator: torch.Generator | None = None,
-        progress: bool = False) -> WeightedSamples:
+        progress: bool = False, compact_threshold: float = 0.25) -> WeightedSamples:
     """Token-level SMC for the posterior of ``target`` (see the module docstring).
 
     Parameters
@@ -312,13 +338,15 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposa
     resampling : str or callable
     generator : torch.Generator, optional
     progress : bool
+    compact_threshold : float in [0, 1]
+        When finished particles' KV-cache rows are dropped (see ``SMCConfig``); no effect on results.
 
     Returns
     -------
     WeightedSamples
         N * P finished particles with their final weights, ``log_z`` [P] (unbiased in
         exp), ``history`` (per-step ESS, resampling, running log Z) and ``info``
-        (tokens, seconds, tokens_per_second).
+        (tokens, seconds, tokens_per_second, model_rows: rows the model steps ran, summed over steps).
     """
-    config = SMCConfig(num_particles, ess_threshold, resampling, progress)
+    config = SMCConfig(num_particles, ess_threshold, resampling, progress, compact_threshold)
     return SMC(target, prompt, config, proposal=proposal, twist=twist).run(generator)
