@@ -15,7 +15,7 @@ from bayes_rlhf.variational import TrainerConfig, train_policy
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--objective", default="rloo", choices=["rloo", "ppo", "dpg", "distill", "vargrad"])
+    parser.add_argument("--objective", default="rloo", choices=["rloo", "ppo", "dpg", "distill", "vargrad", "grpo"])
     parser.add_argument("--out", default=None, help="save the trained policy here (plain transformers)")
     args = parser.parse_args(argv)
 
