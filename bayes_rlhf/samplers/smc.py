@@ -8,15 +8,16 @@ N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q,
         x_t ~ q(. | x_<t)
         log_psi' = r(x) / beta if x ended (EOS or t = T-1) else log psi_t(x_{1:t})
         log_w += log pi0(x_t | x_<t) - log q(x_t | x_<t) + log_psi' - log_psi
-        advance the prior (and q) by one token: state, logp0 = prior.step(state, x_t)
+        advance the prior (and q) by one token on live rows: state, logp0 = prior.step(state, x_t)
         per prompt, if ESS(w) < ess_threshold * N:
             log_Z += logsumexp(log_w) - log N;  idx = resample(log_w);  log_w = 0
             state = state.reindex(idx)      # the KV cache rows are copied, never recomputed
     log_Z += logsumexp(log_w) - log N       # E[exp(log_Z)] = Z
 
-Finished particles cost no model calls (``_live_rows``): their rows are stepped along, ignored,
-until they exceed ``compact_threshold`` of the model state; then one ``reindex`` drops them.
-Resampling copies rows anyway and keeps only live children's. Results do not depend on it.
+The model states hold rows for live particles only (``_live_rows``): a finished particle's row is
+stepped along, ignored, until finished rows exceed ``compact_threshold`` of the state; then one
+``reindex`` drops them. Resampling copies rows anyway and keeps live children's only. Draws and
+weights are per particle, so results do not depend on the threshold; only the compute does.
 
 The product of a particle's increments is pi0(x) exp(r / beta) / q(x), so the final weights
 are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t) every
