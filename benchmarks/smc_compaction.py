@@ -1,7 +1,7 @@
 """SMC with and without dropping finished particles' KV-cache rows, side by side in one run.
 
     python benchmarks/smc_compaction.py [--setting smollm2|tiny|both] [--particles 64]
-                                        [--max-new-tokens 32] [--repeats 3] [--threads 2]
+                                        [--max-new-tokens 32] [--repeats 3] [--threads 1]
 
 The same SMC run (same seed, so the same draws) with ``compact_threshold=1`` (every particle
 stepped to the end, the behaviour before compaction) and with the default 0.25, timed in
@@ -109,7 +109,7 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--eos-boost", type=float, default=3.0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     torch.set_num_threads(args.threads)
