@@ -83,8 +83,16 @@ def has_checkpoint(directory) -> bool:
     return directory is not None and (Path(directory) / NAME / "meta.json").exists()
 
 
-def load_checkpoint(directory, fingerprint: str, config: dict) -> dict:
+def _same(a, b) -> bool:
+    return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+
+def load_checkpoint(directory, fingerprint: str, config: dict, defaults: dict | None = None) -> dict:
     """Read ``directory/last``; a checkpoint of another config is a ConfigError naming the fields.
+
+    ``defaults`` (field -> default value): a field the checkpoint's config lacks (added to
+    TrainerConfig after it was written) matches when the current value is its default, so a
+    checkpoint of an earlier version still resumes.
 
     Returns a dict with step, model (tensors), optimizer (state dict), rng (ByteTensor), history and
     process_rng (every process's generator state, process 0's first; only process 0's in checkpoints of
@@ -94,12 +102,14 @@ def load_checkpoint(directory, fingerprint: str, config: dict) -> dict:
     with open(path / "meta.json") as fh:
         meta = json.load(fh)
     if meta["fingerprint"] != fingerprint:
-        old = meta.get("config", {})
+        old, defaults = meta.get("config", {}), defaults or {}
         diff = sorted(k for k in set(old) | set(config)
-                      if json.dumps(old.get(k), default=str) != json.dumps(config.get(k), default=str))
-        raise ConfigError(f"checkpoint_dir {str(directory)!r} holds a run of a different configuration "
-                          f"(differing: {diff or 'the target, prompts or model'}); use a new checkpoint_dir, "
-                          "or set resume = false to start over there")
+                      if not (_same(old.get(k), config.get(k))
+                              or (k not in old and k in defaults and _same(config.get(k), defaults[k]))))
+        if diff or not old:
+            raise ConfigError(f"checkpoint_dir {str(directory)!r} holds a run of a different configuration "
+                              f"(differing: {diff or 'the target, prompts or model'}); use a new "
+                              "checkpoint_dir, or set resume = false to start over there")
     opt = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     rng = load_file(str(path / "rng.safetensors"))
     others = sorted((int(k.split(".", 1)[1]), v) for k, v in rng.items() if k.startswith("process."))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from bayes_rlhf.errors import ConfigError
 
@@ -207,6 +207,11 @@ class TrainerConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_FINGERPRINTED}
         d.update({f"target.{k}": v for k, v in (extra or {}).items()})
         return d
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every field's default value (for checkpoints written before a field existed)."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def fingerprint(self, extra: dict | None = None) -> str:
         """Hash of ``fingerprint_dict(extra)``: equal hashes mean a checkpoint can be resumed."""

@@ -232,7 +232,7 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     rows: list[dict] = []
     start = 0
     if config.checkpoint_dir and config.resume and ckpt.has_checkpoint(config.checkpoint_dir):
-        state = ckpt.load_checkpoint(config.checkpoint_dir, fingerprint, fp_dict)
+        state = ckpt.load_checkpoint(config.checkpoint_dir, fingerprint, fp_dict, TrainerConfig.defaults())
         run.load(state)
         start, rows = min(state["step"], config.steps), state["history"][: config.steps]
     main = backend.is_main  # only the main process writes files and shows progress

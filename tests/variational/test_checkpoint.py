@@ -54,6 +54,25 @@ def test_resume_with_other_config_is_an_error(small_target, fast_config, tmp_pat
     assert hist.column("step") == [1, 2, 3, 4]
 
 
+def test_checkpoint_of_an_earlier_version_resumes_when_new_fields_are_default(small_target, fast_config, tmp_path):
+    """A field added to TrainerConfig after a checkpoint was written: its default matches, another value not."""
+    import json
+
+    full = train_policy(small_target, "w0", fast_config(steps=4))[0]
+    train_policy(small_target, "w0", fast_config(steps=2, checkpoint_dir=str(tmp_path)))
+    meta_path = tmp_path / "last" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["grpo_epochs"]  # as written before the field existed (another hash then)
+    meta["fingerprint"] = "0" * 16
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="grpo_epochs"):
+        train_policy(small_target, "w0", fast_config(steps=4, grpo_epochs=2, checkpoint_dir=str(tmp_path)))
+    resumed, hist = train_policy(small_target, "w0", fast_config(steps=4, checkpoint_dir=str(tmp_path)))
+    assert hist.column("step") == [1, 2, 3, 4]
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_is_written_atomically(small_target, fast_config, tmp_path):
     train_policy(small_target, "w0", fast_config(steps=4, checkpoint_every=1, checkpoint_dir=str(tmp_path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no temporary or old copies left
