@@ -179,8 +179,8 @@ class LearnedTwist(nn.Module):
     def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
         """log psi_t [n] (float64, CPU). Rows that differ only in their last token (the twisted
         proposal's candidates) share one GRU pass over their common prefix, then one step each."""
-        prompt_ids = {p: target.prior.encode_prompt(p) for p in set(prompts)}
-        seqs = [torch.tensor(prompt_ids[p] + r, dtype=torch.long) for p, r in zip(prompts, ids.tolist())]
+        encoded = {p: target.prior.encode_prompt(p) for p in set(prompts)}
+        seqs = self._sequences([encoded[p] for p in prompts], ids)
         lengths = torch.tensor([len(s) for s in seqs])
         out = torch.empty(len(seqs), dtype=torch.float64)
         with torch.no_grad():
