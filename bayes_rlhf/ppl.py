@@ -66,7 +66,7 @@ class CompletionDistribution(pdist.TorchDistribution):
         if not isinstance(lm, CausalLM):
             raise ConfigError(f"CompletionDistribution needs a CausalLM, got {type(lm).__name__}")
         check_count(max_new_tokens, "max_new_tokens")
-        lm.encode_prompt(prompt)
+        lm.check_prompt(prompt, max_new_tokens)
         self.lm, self.prompt, self.T = lm, prompt, max_new_tokens
         self.generator, self.differentiable = generator, differentiable
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([max_new_tokens]),

@@ -51,6 +51,11 @@ class Target:
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {T!r}")
 
+    def check_prompt(self, prompt: str) -> list[int]:
+        """The prompt's token ids; PromptError if the prior cannot read it faithfully (unknown words)
+        or prompt + ``max_new_tokens`` runs past the prior's context."""
+        return self.prior.check_prompt(prompt, self.max_new_tokens)
+
     def rewards(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Checked rewards (float64 [n]) of completions; ``prompts`` is one prompt or one per row."""
         plist = [prompts] * ids.shape[0] if isinstance(prompts, str) else list(prompts)

@@ -28,7 +28,7 @@ def exact_posterior(target: Target, prompt: str, *, batch_size: int = 2048, rewa
                           "call it once per prompt")
     T = target.max_new_tokens
     check_space(target.prior, T, max_completions)
-    target.prior.encode_prompt(prompt)  # prompt errors before any work
+    target.check_prompt(prompt)  # prompt errors before any work
     ids, mask, prior_lp = enumerate_completions(target.prior, prompt, T, batch_size=batch_size,
                                                 max_completions=max_completions, progress=progress)
     rewards = torch.cat([target.rewards(prompt, ids[s: s + reward_batch_size], mask[s: s + reward_batch_size])

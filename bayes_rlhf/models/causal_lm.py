@@ -19,12 +19,15 @@ so that a real LM's posterior can be enumerated exactly over the truncated suppo
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 
 from bayes_rlhf.errors import ConfigError, ModelLoadError, PromptError
 from bayes_rlhf.models.completions import Completions
@@ -115,15 +118,20 @@ class CausalLM:
                                  "holding config.json and weights, or a hub id such as 'gpt2'")
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if Path(name).is_dir():
+            _check_weight_files(Path(name), kwargs.get("gguf_file"))
+        if "gguf_file" not in kwargs:
+            kwargs.setdefault("use_safetensors", True)  # never unpickle weights
         tok_kwargs = {k: v for k, v in kwargs.items() if k == "gguf_file"}
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **tok_kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 name, trust_remote_code=trust_remote_code, dtype=dtype, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not load a causal LM from {name!r}: {exc}. Give a local "
-                                 "directory with config.json, weights and tokenizer files, or a hub "
-                                 "id that is cached when offline") from exc
+        except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
+            raise ModelLoadError(f"could not load a causal LM from {name!r}: {type(exc).__name__}: {exc}. "
+                                 "Give a local directory with config.json, safetensors weights and tokenizer "
+                                 "files (a truncated or corrupted model.safetensors reads as a header error: "
+                                 "save it again), or a hub id that is cached when offline") from exc
         return cls(model, tokenizer, device=device, dtype=dtype, top_k=top_k)
 
     def with_top_k(self, top_k: int | None) -> "CausalLM":
@@ -156,7 +164,7 @@ class CausalLM:
         """Prompt token ids with the tokenizer's own defaults (BOS if it adds one)."""
         if not isinstance(prompt, str):
             raise PromptError(f"a prompt must be a str, got {type(prompt).__name__}")
-        ids = list(self.tokenizer(prompt)["input_ids"])
+        ids = self._encode_known(prompt, add_special_tokens=True, what="prompt")
         if not ids:
             bos = self.tokenizer.bos_token_id
             if bos is None:
@@ -170,8 +178,45 @@ class CausalLM:
 
         Returns ids LongTensor [n, T] and mask BoolTensor [n, T].
         """
-        rows = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        rows = [self._encode_known(t, add_special_tokens=False, what="completion") for t in texts]
         return self._pad_rows(rows, max_new_tokens)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (prompt + completion), from its config; None if unknown."""
+        config = self.model.config
+        for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """``encode_prompt(prompt)``, refused (PromptError) when prompt + ``max_new_tokens`` tokens
+        would run past the model's context, since positions past it are not what the model learnt."""
+        ids = self.encode_prompt(prompt)
+        n_ctx = self.context_length
+        if n_ctx is not None and len(ids) + max_new_tokens > n_ctx:
+            raise PromptError(
+                f"prompt {_short(prompt)} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
+                f"{len(ids) + max_new_tokens} positions, past this model's context of {n_ctx}. Shorten the "
+                f"prompt or lower max_new_tokens to at most {max(n_ctx - len(ids), 0)}")
+        return ids
+
+    def _encode_known(self, text: str, *, add_special_tokens: bool, what: str) -> list[int]:
+        """Token ids of ``text``; PromptError naming the words the tokenizer maps to its unknown token
+        (encoding them as <unk> would silently condition on another text)."""
+        unk = self.tokenizer.unk_token_id
+        ids = list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        if unk is None or unk not in ids:
+            return ids
+        words = [w for w in _unknown_words(self.tokenizer, text, unk) if w != self.tokenizer.unk_token]
+        if not words:  # the text spells the unknown (or padding) token itself
+            return ids
+        raise PromptError(f"the {what} {_short(text)} has word(s) this tokenizer does not know: "
+                          f"{', '.join(repr(w) for w in words)} (they would be read as "
+                          f"{self.tokenizer.unk_token!r}); use words from the model's vocabulary "
+                          "(check case and spelling)")
 
     def _pad_rows(self, rows: list[list[int]], T: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
@@ -218,9 +263,7 @@ class CausalLM:
         return torch.log_softmax(logits, dim=-1)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache=None):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        return out.logits[:, -1], out.past_key_values
+        return forward_with_cache(self.model, input_ids, attention_mask, position_ids, cache)
 
     @staticmethod
     def _as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
@@ -323,6 +366,78 @@ class CausalLM:
                 break
         prompt_index = torch.arange(len(plist)).repeat_interleave(num_samples)
         return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index)
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _check_weight_files(directory: Path, gguf_file: str | None) -> None:
+    """Refuse, before loading anything, a directory whose weights exist only as pickles: unpickling
+    can execute code, so only safetensors (or a GGUF file given by name) are read."""
+    if gguf_file is not None or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"{str(directory)!r} holds weights only as pickle files ({', '.join(pickles)}); bayes_rlhf "
+            "reads safetensors only, because loading a pickle can run arbitrary code. If you trust the "
+            "file, convert it once: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir) "
+            "writes model.safetensors")
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _unknown_words(tokenizer, text: str, unk: int) -> list[str]:
+    """The pieces of ``text`` that encode to ``unk``: by character offsets with a fast tokenizer,
+    else word by word."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk and b > a]
+    except (NotImplementedError, ValueError, TypeError):
+        spans = []
+    if not spans:
+        spans = [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+    seen: dict[str, None] = {}
+    for w in spans:
+        seen.setdefault(w.strip() or w, None)
+    return list(seen) or [text]
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model``'s forward takes a KV cache: ``cache`` (transformers >= 5.24)
+    or ``past_key_values`` (older 5.x, removed in 5.40). Read once from the forward's signature."""
+    forward = type(model).forward
+    name = _CACHE_ARGUMENT.get(forward)
+    if name is None:
+        inner = model
+        while True:  # peft and DDP wrappers take **kwargs: read the wrapped model's signature
+            if hasattr(inner, "get_base_model"):
+                inner = inner.get_base_model()
+            elif isinstance(getattr(inner, "module", None), torch.nn.Module):
+                inner = inner.module
+            else:
+                break
+        params = inspect.signature(type(inner).forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_ARGUMENT[forward] = name
+    return name
+
+
+_CACHE_ARGUMENT: dict = {}
+
+
+def forward_with_cache(model, input_ids, attention_mask, position_ids, cache=None):
+    """One cached forward of any transformers causal LM: last-position logits [n, V] and the cache.
+
+    Passes the cache under the argument name the installed transformers supports (see
+    ``cache_argument``) and reads it back from the output under either name.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=True, **{cache_argument(model): cache})
+    new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+    return out.logits[:, -1], new_cache
 
 
 def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

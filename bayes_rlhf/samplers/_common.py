@@ -31,7 +31,7 @@ def as_prompts(target: Target, prompt: str | Sequence[str]) -> list[str]:
     if not prompts:
         raise PromptError("no prompts given; pass a prompt string or a non-empty list of prompts")
     for p in prompts:
-        target.prior.encode_prompt(p)
+        target.check_prompt(p)
     return prompts
 
 

@@ -99,7 +99,7 @@ def check_prompts(target, prompts) -> list[str]:
     if not prompts:
         raise PromptError("prompts is empty; give at least one prompt (a str or a list of str)")
     for p in prompts:
-        target.prior.encode_prompt(p)
+        target.check_prompt(p)
     if len(set(prompts)) != len(prompts):
         raise PromptError("prompts has duplicates; give each prompt once (weight by repeating a step instead)")
     return prompts

@@ -1,0 +1,129 @@
+"""Inputs CausalLM cannot read faithfully are typed errors before any work: unknown words, prompts
+past the context, pickle-only or corrupted checkpoints; and the cache argument of the forward."""
+
+import inspect
+import shutil
+
+import pytest
+import torch
+
+import bayes_rlhf as br
+from bayes_rlhf.models.causal_lm import cache_argument, forward_with_cache
+from bayes_rlhf.models.toy import tiny_lm, tiny_words, word_tokenizer
+
+
+@pytest.mark.parametrize("prompt, unknown", [("The Movie Was", ["The", "Movie", "Was"]),
+                                             ("the movie xyzzy was", ["xyzzy"])])
+def test_unknown_words_are_named(default, prompt, unknown):
+    lm, reward = default
+    with pytest.raises(br.PromptError) as err:
+        lm.encode_prompt(prompt)
+    for w in unknown:
+        assert repr(w) in str(err.value)
+    assert "'movie'" not in str(err.value)
+    target = br.Target(lm, reward, 1.0, 3)
+    with pytest.raises(br.PromptError):
+        br.exact_posterior(target, prompt)
+    with pytest.raises(br.PromptError):
+        br.smc(target, ["the movie was", prompt], 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(br.PromptError):
+        lm.encode_completions(["great", "ZZZ"], 3)
+
+
+def test_known_words_and_literal_unknown_token_pass(default):
+    lm, _ = default
+    assert lm.encode_prompt("the movie was")[0] == lm.tokenizer.bos_token_id
+    lm.encode_prompt(f"{lm.tokenizer.unk_token} the")  # the user spelled the token itself
+
+
+def test_unknown_words_without_offsets():
+    """A tokenizer that cannot return offsets still names the word (word-by-word fallback)."""
+    tok = word_tokenizer(tiny_words(8))
+    lm = tiny_lm("gpt2", vocab_size=8, seed=0)
+    lm.tokenizer = tok
+    calls = []
+    real = tok.__call__
+
+    def no_offsets(text, **kw):
+        calls.append(kw)
+        if kw.get("return_offsets_mapping"):
+            raise NotImplementedError("no offsets")
+        return real(text, **kw)
+
+    lm.tokenizer = type("T", (), {"__call__": staticmethod(no_offsets), "unk_token_id": tok.unk_token_id,
+                                  "unk_token": tok.unk_token, "bos_token_id": tok.bos_token_id})()
+    with pytest.raises(br.PromptError, match="'nope'"):
+        lm.encode_prompt("w0 nope w1")
+    assert any(kw.get("return_offsets_mapping") for kw in calls)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prompt_past_context_is_refused_before_work(arch, reward):
+    lm = tiny_lm(arch, vocab_size=8, seed=0)  # context 64
+    assert lm.context_length == 64
+    prompt = " ".join(["w1"] * 60)  # 61 tokens with BOS
+    target = br.Target(lm, reward, 1.0, 4)
+    lm.check_prompt(prompt, 3)
+    with pytest.raises(br.PromptError, match="past this model's context of 64.*at most 3"):
+        target.check_prompt(prompt)
+    with pytest.raises(br.PromptError, match="context"):
+        br.exact_posterior(target, prompt)
+    with pytest.raises(br.PromptError, match="context"):
+        br.importance_sample(target, ["w0", prompt], 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(br.PromptError, match="context"):
+        br.train_policy(target, ["w0", prompt], br.TrainerConfig(steps=1))
+
+
+def test_cache_argument_matches_the_installed_forward(gpt2_lm, llama_lm):
+    for lm in (gpt2_lm, llama_lm):
+        params = inspect.signature(type(lm.model).forward).parameters
+        assert cache_argument(lm.model) == ("cache" if "cache" in params else "past_key_values")
+
+
+def test_cache_argument_sees_through_peft(gpt2_lm):
+    peft = pytest.importorskip("peft")
+    import copy
+
+    model = peft.get_peft_model(copy.deepcopy(gpt2_lm.model),
+                                peft.LoraConfig(r=2, target_modules="all-linear", lora_dropout=0.0))
+    assert cache_argument(model) == cache_argument(gpt2_lm.model)
+    ids = torch.tensor([[1, 3, 4]])
+    att = torch.ones_like(ids)
+    logits, cache = forward_with_cache(model, ids, att, torch.arange(3)[None])
+    assert logits.shape == (1, 8) and cache is not None
+
+
+def _saved(tmp_path, lm):
+    d = tmp_path / "model"
+    lm.save_pretrained(d)
+    return d
+
+
+def test_corrupted_safetensors_is_model_load_error(tmp_path, gpt2_lm):
+    d = _saved(tmp_path, gpt2_lm)
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(br.ModelLoadError, match="model.safetensors|SafetensorError|header"):
+        br.load_model(d)
+    f.write_bytes(b"not a safetensors file")
+    with pytest.raises(br.ModelLoadError):
+        br.load_model(d)
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (shutil.copyfile, (__file__, self.path))
+
+
+def test_pickle_only_checkpoint_is_refused_unexecuted(tmp_path, gpt2_lm):
+    d = _saved(tmp_path, gpt2_lm)
+    (d / "model.safetensors").unlink()
+    marker = tmp_path / "executed"
+    torch.save({"w": _Payload(str(marker))}, d / "pytorch_model.bin")
+    with pytest.raises(br.ModelLoadError, match="pickle.*pytorch_model.bin"):
+        br.load_model(d)
+    assert not marker.exists()
