@@ -31,3 +31,7 @@ class TokenizerMismatchError(BayesRLHFError):
 
 class NoMassError(BayesRLHFError):
     """Every sample has zero target mass (all rewards are -inf)."""
+
+
+class OutputDirError(BayesRLHFError):
+    """An output folder (``--out``) cannot be created, or holds another run that it would overwrite."""

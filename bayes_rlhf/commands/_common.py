@@ -1,11 +1,102 @@
-"""Helpers shared by subcommands: printing a posterior, writing its tables."""
+"""Helpers shared by subcommands: one vocabulary of arguments, the prior and target they name,
+the --out rule, printing a posterior and writing its tables.
+
+Every subcommand that takes these arguments means the same by them::
+
+    --model PATH_OR_ID    'default' (the default) is the embedded model; else a directory or hub id
+    --top-k K, --dtype    truncate / cast the prior
+    --prompt TEXT         repeatable; default: the embedded model's demo prompts (with --model default)
+    --reward SPEC         bayes_rlhf.rewards.spec.parse_reward (default 'sentiment')
+    --beta, --max-new-tokens   default DEFAULT_BETA = 1.0, DEFAULT_MAX_NEW_TOKENS = 4
+    --out DIR, --overwrite     bayes_rlhf.io.claim_out: refuse a folder holding another run
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.io import write_csv
+from bayes_rlhf.io import OutFolder, claim_out, write_csv
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS = 1.0, 4  # the embedded model's (checked equal in the tests)
+OVERWRITE_HELP = ("replace an --out folder that holds another command's run, a run with other settings or "
+                  "other files (swapped in once the new output is complete); without it such a folder is "
+                  "refused and left untouched")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="prior: a model directory or hub id ('default': the embedded model; the default)")
+    p.add_argument("--top-k", type=int, default=None, help="truncate the prior to its top k tokens per step")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="load the prior in this dtype")
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """--prompt, --reward, --beta, --max-new-tokens, with the same defaults in every subcommand."""
+    from bayes_rlhf.rewards.spec import SPEC_HELP
+
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a prompt (repeat for several; default with --model default: its demo prompts)")
+    p.add_argument("--reward", default="sentiment", help=f"reward spec: {SPEC_HELP} (default: sentiment)")
+    add_beta_args(p)
+
+
+def add_beta_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"KL coefficient, > 0 (default {DEFAULT_BETA:g})")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"T: completions end at EOS or after T tokens (default {DEFAULT_MAX_NEW_TOKENS})")
+
+
+def add_out_args(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    p.add_argument("--out", default=default, help=f"{what}{'' if default is None else f' (default {default})'}")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def model_path(model: str):
+    """The directory or hub id a --model value names ('default' is the embedded model)."""
+    from bayes_rlhf.models.default_model import DEFAULT_DIR
+
+    return DEFAULT_DIR if model == "default" else model
+
+
+def prompts_of(args) -> list[str]:
+    """--prompt, or the embedded model's demo prompts; ConfigError for another model without one."""
+    if args.prompt:
+        return list(args.prompt)
+    if args.model != "default":
+        raise ConfigError("with --model other than 'default', give at least one --prompt")
+    from bayes_rlhf.models.default_model import DEFAULT_PROMPTS
+
+    return list(DEFAULT_PROMPTS)
+
+
+def target_settings(args) -> dict:
+    """The arguments that determine a target's posterior (what --out's marker records)."""
+    return {"model": str(args.model), "top_k": args.top_k, "dtype": args.dtype, "prompts": prompts_of(args),
+            "reward": args.reward, "beta": args.beta, "max_new_tokens": args.max_new_tokens}
+
+
+def load_target(args):
+    """The prior --model names and the Target of --reward, --beta, --max-new-tokens; prompts checked."""
+    from bayes_rlhf.models.causal_lm import load_model
+    from bayes_rlhf.rewards.spec import parse_reward
+    from bayes_rlhf.target import Target
+
+    lm = load_model(model_path(args.model), dtype=args.dtype, top_k=args.top_k)
+    target = Target(lm, parse_reward(args.reward, lm), args.beta, args.max_new_tokens)
+    for prompt in prompts_of(args):
+        lm.encode_prompt(prompt)  # PromptError now for a prompt the prior cannot read
+    return target
+
+
+def claim(args, command: str, settings: dict) -> OutFolder | None:
+    """``claim_out`` of --out (None without one): refuses, before any work, a folder holding another run."""
+    if args.out is None:
+        return None
+    return claim_out(args.out, command, settings, overwrite=args.overwrite)
 
 
 def show_prompt(prompt: str) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """example:
-  bayes-rlhf demo --out demo_out        # prints the summary, writes demo_out/
+  bayes-rlhf demo --out demo_out        # prints the summary, writes demo_out/ (policy/ included)
+Running the same command again replaces its own earlier output; a folder holding another
+command's run, or a demo with other settings, is refused unless --overwrite.
 """
 
 
@@ -16,8 +18,10 @@ def register(sub) -> None:
                                    "train a short RLOO policy, compare everything with the exact posterior, "
                                    "print a summary and write it, with figures and a report, to --out.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder (replaced atomically)")
-    p.add_argument("--beta", type=float, default=None, help="KL coefficient (default 1.0)")
+    from bayes_rlhf.commands._common import add_beta_args, add_out_args
+
+    add_out_args(p, "demo_out", "output folder (written in full, then swapped in)")
+    add_beta_args(p)
     p.add_argument("--particles", type=int, default=256, help="SMC particles and importance samples per prompt")
     p.add_argument("--train-steps", type=int, default=60,
                    help="RLOO steps of the policy compared with the posterior (0: no training)")
@@ -29,18 +33,21 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from bayes_rlhf.commands._common import format_posterior, write_top_completions
+    from bayes_rlhf._checks import check_int
+    from bayes_rlhf.commands._common import claim, format_posterior, write_top_completions
     from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.models.default_model import DEFAULT_PROMPTS, default_model
     from bayes_rlhf.report import save_run, write_report
-    from bayes_rlhf.models.default_model import (DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS,
-                                                 default_model)
     from bayes_rlhf.target import Target
 
+    check_int(args.particles, "--particles", 1)
+    check_int(args.train_steps, "--train-steps", 0)
+    folder = claim(args, "demo", {"beta": args.beta, "max_new_tokens": args.max_new_tokens,
+                                  "particles": args.particles, "train_steps": args.train_steps, "seed": args.seed})
     lm, reward = default_model(device="cpu")
-    beta = DEFAULT_BETA if args.beta is None else args.beta
-    target = Target(lm, reward, beta, DEFAULT_MAX_NEW_TOKENS)
+    target = Target(lm, reward, args.beta, args.max_new_tokens)
     print(f"bayes-rlhf demo: embedded word-level GPT-2 (vocab {lm.vocab_size}), reward = sentiment, "
-          f"beta = {beta:g}, T = {DEFAULT_MAX_NEW_TOKENS}\n")
+          f"beta = {target.beta:g}, T = {target.max_new_tokens}\n")
     posteriors = []
     for prompt in DEFAULT_PROMPTS:
         t0 = time.perf_counter()
@@ -48,20 +55,28 @@ def run(args) -> int:
         print(format_posterior(post))
         print(f"  (enumerated in {time.perf_counter() - t0:.2f} s)\n")
         posteriors.append(post)
-    samples, policies, histories = _sample_and_train(target, posteriors, args)
+    samples, policy, policies, histories = _sample_and_train(target, posteriors, args)
+    study = _log_z_study(target, posteriors[0], args.seed)
     t0 = time.perf_counter()
-    save_run(args.out, posteriors, policies=policies, histories=histories, samples=samples,
-             extra={"model": "default", "reward": "sentiment", "seed": args.seed,
-                    "log_z_vs_particles": _log_z_study(target, posteriors[0], args.seed)})
-    write_top_completions(Path(args.out) / "top_completions.csv", posteriors)
+    with folder.writing() as d:
+        save_run(d, posteriors, policies=policies, histories=histories, samples=samples,
+                 extra={"command": "demo", "model": "default", "reward": "sentiment", "seed": args.seed,
+                        "log_z_vs_particles": study})
+        write_top_completions(d / "top_completions.csv", posteriors)
+        if policy is not None:
+            policy.save_pretrained(d / "policy")
     report = write_report(args.out)
-    print(f"wrote {args.out}/: summary.json, posterior tables, inference_data.nc (ArviZ), figures/, "
+    saved = "policy/ (the RLOO policy, a transformers checkpoint), " if policy is not None else ""
+    print(f"wrote {args.out}/: summary.json, posterior tables, inference_data.nc (ArviZ), {saved}figures/, "
           f"{Path(report).name} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _sample_and_train(target, posteriors, args):
-    """SMC and importance sampling of every prompt, and a short RLOO policy, each against pi*."""
+    """SMC and importance sampling of every prompt, and a short RLOO policy, each against pi*.
+
+    Returns the samples, the policy (None without training), its exact log q tables and history.
+    """
     import torch
 
     from bayes_rlhf.diagnostics.exact import compare
@@ -78,7 +93,7 @@ def _sample_and_train(target, posteriors, args):
         est = "   ".join(f"{name} {float(ws.log_z[i]):+.4f}" for name, ws in samples.items())
         print(f"  {post.prompt!r:18s} {est}   ({post.log_z:+.4f})")
     if args.train_steps <= 0:
-        return samples, None, None
+        return samples, None, None, None
     config = TrainerConfig(steps=args.train_steps, seed=args.seed)
     policy, history = train_policy(target, prompts, config, evaluator=posteriors)
     log_q = [table_log_probs(policy, post) for post in posteriors]  # exact log q on each table, once
@@ -86,7 +101,7 @@ def _sample_and_train(target, posteriors, args):
     for post, lq in zip(posteriors, log_q):
         print(f"  {post.prompt!r:18s} {compare(lq, post).kl_q_posterior:.4f}   "
               f"({compare(post.prior_log_probs, post).kl_q_posterior:.4f})")
-    return samples, {"rloo": log_q}, {"rloo": history}
+    return samples, policy, {"rloo": log_q}, {"rloo": history}
 
 
 def _log_z_study(target, post, seed: int, sizes=(8, 32, 128, 512), repeats: int = 8) -> dict:

@@ -1,20 +1,29 @@
-"""``bayes-rlhf report RUN_DIR``: write RUN_DIR/report.html from a run directory."""
+"""``bayes-rlhf report RUN_DIR``: write an HTML report (report.html, figures/) of a run directory.
+
+Report-able folders: the --out of ``demo``, ``exact`` and ``evaluate`` (run directories), and
+that of ``train`` with ``[evaluate] exact = true``, whose run directory is RUN_DIR/exact.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 EPILOG = """example:
   bayes-rlhf demo --out runs/demo && bayes-rlhf report runs/demo
 The run directory is what bayes_rlhf.report.save_run writes (summary.json, posterior tables,
-inference_data.nc). Figures go to RUN_DIR/figures/ (PDF and PNG)."""
+inference_data.nc): the --out folder of demo, exact and evaluate. For a train folder
+(with [evaluate] exact = true) the report goes to RUN_DIR/exact/. Figures go to
+figures/ beside report.html (PDF and PNG)."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("report", help="write an HTML report of a run directory",
                               description="Write RUN_DIR/report.html (figures and tables) from a run directory.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by save_run / `bayes-rlhf demo --out`")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="the --out folder of demo, exact, evaluate, or train with [evaluate] exact = true")
     p.add_argument("--betas", type=float, nargs="+", default=None,
                    help="beta grid of the reward-KL frontier (default: 25 values from 0.05 to 20)")
     p.add_argument("--link-figures", action="store_true",
@@ -24,11 +33,34 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def run_directory(run_dir) -> Path:
+    """The run directory a report reads: RUN_DIR, or RUN_DIR/exact for a ``train`` folder.
+
+    RunDirError for a train folder trained without exact evaluation, naming what makes one.
+    """
+    from bayes_rlhf.diagnostics.run_dir import RunDirError
+    from bayes_rlhf.io import MARKER
+
+    run_dir = Path(run_dir)
+    try:
+        command = json.loads((run_dir / MARKER).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return run_dir
+    if command != "train":
+        return run_dir
+    if (run_dir / "exact" / "summary.json").is_file():
+        return run_dir / "exact"
+    raise RunDirError(f"{run_dir} is a `bayes-rlhf train` folder without an exact evaluation to report; set "
+                      "[evaluate] exact = true in its config and run the same train command again (it resumes "
+                      f"and writes {run_dir / 'exact'}), or run `bayes-rlhf evaluate --policy {run_dir / 'policy'} "
+                      "--out DIR` and report DIR")
+
+
 def run(args) -> int:
     """Write the report; a missing or half-written RUN_DIR raises ``RunDirError`` (the CLI prints it)."""
     from bayes_rlhf.report import write_report
 
-    path = write_report(args.run_dir, betas=args.betas, embed_figures=not args.link_figures,
+    path = write_report(run_directory(args.run_dir), betas=args.betas, embed_figures=not args.link_figures,
                         progress=args.progress)
     print(path)
     return 0

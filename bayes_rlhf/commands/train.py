@@ -18,7 +18,12 @@ The file (every table but [target] optional)::
     exact = true                 # enumerate each prompt's posterior, log exact KL both ways
 
 Writes into DIR: policy/ (a plain transformers checkpoint), history.jsonl, history.csv,
-checkpoints/ (resumed when the same command runs again), config.toml and summary.json.
+checkpoints/, config.toml, summary.json, run.json (the command and its settings) and, with
+``[evaluate] exact = true``, exact/ (a run directory: ``bayes-rlhf report DIR`` reports it).
+Running the same command again resumes from DIR/checkpoints when [target] and [trainer] are
+unchanged (``steps`` and the logging and checkpoint fields may change); a folder holding
+anything else is refused, untouched, unless ``--overwrite`` (``overwrite=True``), which trains
+afresh beside it and swaps the new run in when it is complete.
 ``train_from_config(path_or_dict, out)`` does the same from Python.
 """
 
@@ -44,7 +49,9 @@ EPILOG = """example run.toml (any TrainerConfig field goes in [trainer]):
   exact = true
 
   bayes-rlhf train --config run.toml --out runs/rloo
-  (run it again after an interruption: it resumes from runs/rloo/checkpoints)
+  (run it again after an interruption: it resumes from runs/rloo/checkpoints; with more
+  [trainer] steps it trains on; other settings need another --out or --overwrite)
+  bayes-rlhf report runs/rloo          (with [evaluate] exact = true)
 """
 
 _TARGET_KEYS = {"model", "reward", "beta", "max_new_tokens", "prompts", "top_k", "dtype"}
@@ -56,8 +63,10 @@ def register(sub) -> None:
                                    "trajectory balance (TrainerConfig fields in the [trainer] table), "
                                    "log metrics and exact KL to pi*, and save the policy.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from bayes_rlhf.commands._common import add_out_args
+
     p.add_argument("--config", required=True, help="a TOML file with [target], [trainer] and [evaluate] tables")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<config file name>)")
+    add_out_args(p, None, "output directory (default: runs/<config file name>)")
     p.set_defaults(func=run)
 
 
@@ -78,69 +87,128 @@ def load_config(source) -> dict:
         raise ConfigError(f"unknown table(s) {unknown} in the config; use [target], [trainer], [evaluate]")
     if "target" not in cfg:
         raise ConfigError("the config has no [target] table; it needs at least prompts = [...]")
+    for name in cfg:
+        if not isinstance(cfg[name], dict):
+            raise ConfigError(f"{name} must be a table ([{name}] with keys below it), got {cfg[name]!r}")
     bad = sorted(set(cfg["target"]) - _TARGET_KEYS)
     if bad:
         raise ConfigError(f"unknown [target] key(s) {bad}; valid keys: {sorted(_TARGET_KEYS)}")
     bad = sorted(set(cfg.get("evaluate", {})) - {"exact"})
     if bad:
         raise ConfigError(f"unknown [evaluate] key(s) {bad}; valid keys: ['exact']")
-    return cfg
+    exact = cfg.get("evaluate", {}).get("exact", False)
+    if not isinstance(exact, bool):
+        raise ConfigError(f"[evaluate] exact must be true or false, got {exact!r}")
+    return cfg | {"target": _target_table(cfg["target"])}
 
 
-def _reward(spec: str, lm):
-    from bayes_rlhf.rewards.spec import parse_reward
+def _target_table(t: dict) -> dict:
+    """[target] with its defaults filled in and every value's type checked."""
+    from bayes_rlhf._checks import check_int, check_real
+    from bayes_rlhf.commands._common import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DTYPES
 
-    return parse_reward(spec, lm)
+    t = {"model": "default", "reward": "sentiment", "beta": DEFAULT_BETA, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+         "top_k": None, "dtype": None} | t
+    prompts = t.get("prompts")
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError("[target] prompts must be a non-empty list of strings, e.g. prompts = [\"the movie was\"]")
+    for key in ("model", "reward"):
+        if not isinstance(t[key], str):
+            raise ConfigError(f"[target] {key} must be a string, got {t[key]!r}")
+    t["beta"] = check_real(t["beta"], "[target] beta", low=0.0, low_open=True)
+    t["max_new_tokens"] = check_int(t["max_new_tokens"], "[target] max_new_tokens", 1)
+    if t["top_k"] is not None:
+        t["top_k"] = check_int(t["top_k"], "[target] top_k", 1)
+    if t["dtype"] is not None and t["dtype"] not in DTYPES:
+        raise ConfigError(f"[target] dtype must be one of {list(DTYPES)}, got {t['dtype']!r}")
+    return t
 
 
-def train_from_config(source, out) -> dict:
-    """Run the training a TOML file (or dict) describes, writing into ``out``; return the summary."""
-    from bayes_rlhf.exact.solve import exact_posterior
-    from bayes_rlhf.io import write_json
+def _trainer_config(cfg: dict, d: Path, resume: bool):
+    """The TrainerConfig of [trainer], logging and checkpointing into ``d`` unless the table says where."""
+    from bayes_rlhf.variational import TrainerConfig
+
+    paths = {"checkpoint_dir": str(d / "checkpoints"), "log_jsonl": str(d / "history.jsonl"),
+             "log_csv": str(d / "history.csv")}
+    return TrainerConfig.from_dict(paths | cfg.get("trainer", {}) | ({} if resume else {"resume": False}))
+
+
+def _settings(cfg: dict, config) -> tuple[dict, dict]:
+    """What run.json records (a rerun with equal settings resumes), and the defaults of fields that
+    a marker of an earlier version may lack; the same fields the checkpoint's fingerprint covers."""
+    from bayes_rlhf.variational import TrainerConfig
+
+    return {"target": cfg["target"], "trainer": config.fingerprint_dict()}, {"trainer": TrainerConfig().fingerprint_dict()}
+
+
+def train_from_config(source, out, overwrite: bool = False) -> dict:
+    """Run the training a TOML file (or dict) describes, writing into ``out``; return the summary.
+
+    Every check (the file, the tables, ``out``: see ``bayes_rlhf.io.claim_out``) comes before the
+    model is loaded; a refused ``out`` is left as it was. ``overwrite`` lets the run replace a
+    folder holding something else.
+    """
+    from bayes_rlhf.commands._common import model_path
+    from bayes_rlhf.io import claim_out
     from bayes_rlhf.models.causal_lm import load_model
-    from bayes_rlhf.models.default_model import DEFAULT_DIR
+    from bayes_rlhf.rewards.spec import parse_reward
     from bayes_rlhf.target import Target
-    from bayes_rlhf.variational import TrainerConfig, train_policy
     from bayes_rlhf.variational.distributed import is_main_process
-    from bayes_rlhf.variational.rollout import evaluate
 
     cfg = load_config(source)
-    t = cfg["target"]
-    prompts = t.get("prompts")
-    if not isinstance(prompts, list) or not prompts:
-        raise ConfigError("[target] prompts must be a non-empty list of strings, e.g. prompts = [\"the movie was\"]")
-    out = Path(out)
-    trainer = {"checkpoint_dir": str(out / "checkpoints"), "log_jsonl": str(out / "history.jsonl"),
-               "log_csv": str(out / "history.csv")} | cfg.get("trainer", {})
-    config = TrainerConfig.from_dict(trainer)  # field errors before loading anything
-    model = t.get("model", "default")
-    lm = load_model(DEFAULT_DIR if model == "default" else model, dtype=t.get("dtype"), top_k=t.get("top_k"))
-    target = Target(lm, _reward(t.get("reward", "sentiment"), lm), t.get("beta", 1.0), t.get("max_new_tokens", 4))
-    for p in prompts:
+    t, out = cfg["target"], Path(out)
+    settings, defaults = _settings(cfg, _trainer_config(cfg, out, True))  # field errors before loading anything
+    folder = claim_out(out, "train", settings, overwrite=overwrite, defaults=defaults)
+    lm = load_model(model_path(t["model"]), dtype=t["dtype"], top_k=t["top_k"])
+    target = Target(lm, parse_reward(t["reward"], lm), t["beta"], t["max_new_tokens"])
+    for p in t["prompts"]:
         lm.encode_prompt(p)
-    out.mkdir(parents=True, exist_ok=True)
-    if not isinstance(source, dict):
-        shutil.copyfile(source, out / "config.toml")
+    main = is_main_process()  # under `accelerate launch`, one process writes
+    with folder.writing(in_place=True, main=main) as d:
+        if main and not folder.resume and not isinstance(source, dict):
+            shutil.copyfile(source, d / "config.toml")
+        resume = folder.mode != "replace"
+        summary = _train(cfg, target, _trainer_config(cfg, d, resume), d, main,
+                         recorded=_trainer_config(cfg, out, resume).to_dict())
+        if main and folder.resume and not isinstance(source, dict):
+            shutil.copyfile(source, d / "config.toml")  # only now: a refused resume leaves the old one
+    return summary
+
+
+def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> dict:
+    """Train into ``d`` and write its files there; ``recorded`` is the TrainerConfig summary.json shows
+    (its paths name the final folder, not the staging one of an --overwrite)."""
+    from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.io import write_json
+    from bayes_rlhf.report import save_run
+    from bayes_rlhf.variational import train_policy
+    from bayes_rlhf.variational.rollout import evaluate
+
+    prompts = cfg["target"]["prompts"]
     posts = {p: exact_posterior(target, p) for p in prompts} if cfg.get("evaluate", {}).get("exact") else None
     policy, history = train_policy(target, prompts, config, evaluator=posts)
-    if not is_main_process():  # under `accelerate launch`, one process writes
+    if not main:
         return {}
-    policy.save_pretrained(out / "policy")
+    policy.save_pretrained(d / "policy")
     summary = {"steps": len(history), "final": history.last, "prompts": prompts, "beta": target.beta,
-               "max_new_tokens": target.max_new_tokens, "trainer": config.to_dict()}
+               "max_new_tokens": target.max_new_tokens, "trainer": recorded}
+    shutil.rmtree(d / "exact", ignore_errors=True)
     if posts:
         summary["exact"] = evaluate(policy, posts) | {"beta_log_z": {p: q.optimal_objective for p, q in posts.items()}}
-    write_json(out / "summary.json", summary)
+        save_run(d / "exact", list(posts.values()), policies={config.objective: policy},
+                 histories={config.objective: history}, extra={"command": "train", "model": cfg["target"]["model"],
+                                                               "reward": cfg["target"]["reward"]})
+    write_json(d / "summary.json", summary)
     return summary
 
 
 def run(args) -> int:
     out = args.out or str(Path("runs") / Path(args.config).stem)
-    summary = train_from_config(args.config, out)
+    summary = train_from_config(args.config, out, overwrite=args.overwrite)
     last = summary["final"]
     line = f"trained {summary['steps']} steps: objective {last['objective']:.4f}, KL(q||pi0) {last['kl_prior']:.4f}"
     if "exact" in summary:
         line += f", exact KL(q||pi*) {summary['exact']['kl_q_posterior']:.4f}"
     print(line)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" (`bayes-rlhf report {out}` reports exact/)" if "exact" in summary else ""))
     return 0

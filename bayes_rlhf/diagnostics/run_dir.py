@@ -251,7 +251,9 @@ def load_run(run_dir: str | os.PathLike, verify: bool = True) -> Run:
     except json.JSONDecodeError as exc:
         raise RunDirError(f"{run_dir / 'summary.json'} is not valid JSON ({exc}); write the run again") from None
     if not isinstance(summary, dict) or summary.get("format") != RUN_FORMAT:
-        raise RunDirError(f"{run_dir / 'summary.json'} is not a {RUN_FORMAT} summary")
+        raise RunDirError(f"{run_dir / 'summary.json'} is not a {RUN_FORMAT} summary: give the --out folder of "
+                          "`bayes-rlhf demo`, `exact` or `evaluate`, or the exact/ folder inside a `train` --out "
+                          "(written with [evaluate] exact = true)")
     for rel, meta in summary.get("files", {}).items():
         f = run_dir / rel
         if not f.is_file() or f.stat().st_size != meta["size"] or (verify and _sha(f) != meta["sha256"]):

@@ -8,7 +8,12 @@ Specs::
     regex:PATTERN        1.0 if PATTERN matches the completion text, else 0.0
     classifier:PATH[:LABEL]   logit of LABEL (default 1) of a sequence classifier at PATH
     bradley_terry:DIR    a Bradley-Terry reward model written by ``BradleyTerryReward.save``
-    package.module:function   any importable reward callable
+    package.module:function   an importable reward: function(prompts, completions) -> floats
+                              (or a TokenReward object), used as it is
+    factory:package.module:function   function(lm) -> reward, called with the prior (for rewards
+                              that need its tokenizer or device)
+
+Every subcommand (exact, evaluate, train's ``[target] reward``) reads specs with this one parser.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from bayes_rlhf.errors import RewardError
 from bayes_rlhf.rewards.base import TokenReward
 
 SPEC_HELP = ("sentiment | length | contains:WORD | regex:PATTERN | classifier:PATH[:LABEL] | "
-             "bradley_terry:DIR | package.module:function")
+             "bradley_terry:DIR | package.module:function (the reward) | factory:package.module:function "
+             "(function(lm) -> reward)")
+_KINDS = {"contains", "regex", "classifier", "bradley_terry", "factory"}
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def parse_reward(spec: str, lm):
     """A reward object for ``spec`` (see the module docstring); RewardError for an unknown spec."""
+    if not isinstance(spec, str):
+        raise RewardError(f"a reward spec must be a string such as 'sentiment', got {spec!r}")
     kind, _, arg = spec.partition(":")
     if spec == "sentiment":
         from bayes_rlhf.models.default_model import POSITIVE, sentiment_reward
@@ -55,13 +65,26 @@ def parse_reward(spec: str, lm):
         from bayes_rlhf.rewards.bradley_terry import BradleyTerryReward
 
         return BradleyTerryReward.load(arg, device=lm.device)
-    if kind and arg and "." in kind:
-        try:
-            fn = getattr(importlib.import_module(kind), arg)
-        except (ImportError, AttributeError) as exc:
-            raise RewardError(f"could not import reward {spec!r}: {exc}") from exc
-        return fn
+    if kind == "factory" and arg:
+        factory = _import(arg, spec)
+        return factory(lm)
+    if kind not in _KINDS and _DOTTED.fullmatch(kind) and arg.isidentifier():
+        return _import(spec, spec)
     raise RewardError(f"unknown reward spec {spec!r}; use one of: {SPEC_HELP}")
+
+
+def _import(path: str, spec: str):
+    """The callable at ``module:function``; RewardError if it cannot be imported or called."""
+    module, _, attr = path.partition(":")
+    if not (_DOTTED.fullmatch(module) and attr.isidentifier()):
+        raise RewardError(f"reward spec {spec!r}: expected package.module:function after 'factory:'")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RewardError(f"could not import reward {spec!r}: {exc}") from exc
+    if not callable(fn) and not hasattr(fn, "score_batch"):
+        raise RewardError(f"reward {spec!r} is a {type(fn).__name__}, not a callable reward")
+    return fn
 
 
 def _named(fn, name: str):
