@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from bayes_rlhf._checks import check_int, check_real
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.rewards.base import evaluate_reward
@@ -44,12 +44,9 @@ class Target:
                               "wrap a transformers model with bayes_rlhf.CausalLM(model, tokenizer)")
         if not callable(self.reward) and not hasattr(self.reward, "score_batch"):
             raise ConfigError("Target.reward must be f(prompts, completions) or a TokenReward")
-        beta = self.beta
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta <= 0:
-            raise ConfigError(f"beta must be a finite number > 0, got {beta!r}")
-        T = self.max_new_tokens
-        if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {T!r}")
+        # numpy numbers are accepted and stored as the Python numbers they hold
+        object.__setattr__(self, "beta", check_real(self.beta, "beta", low=0.0, low_open=True))
+        object.__setattr__(self, "max_new_tokens", check_int(self.max_new_tokens, "max_new_tokens", 1))
 
     def check_prompt(self, prompt: str) -> list[int]:
         """The prompt's token ids; PromptError if the prior cannot read it faithfully (unknown words)

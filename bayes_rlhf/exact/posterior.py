@@ -19,11 +19,12 @@ from typing import Sequence
 
 import torch
 
+from bayes_rlhf._checks import check_generator, check_int
 from bayes_rlhf.errors import ConfigError, PromptError
 from bayes_rlhf.models.completions import Completions
 
 
-@dataclass
+@dataclass(repr=False)
 class ExactPosterior:
     """The exact posterior over every completion of ``prompt`` (float64 throughout).
 
@@ -48,6 +49,10 @@ class ExactPosterior:
     lm: object = field(repr=False)
     log_probs: torch.Tensor = field(init=False)
     log_z: float = field(init=False)
+
+    def __repr__(self) -> str:
+        return (f"ExactPosterior(prompt={self.prompt!r}, num_completions={self.num_completions}, "
+                f"beta={self.beta:g}, log_z={self.log_z:.6g}, max_new_tokens={self.completion_ids.shape[1]})")
 
     def __post_init__(self):
         log_w = self.prior_log_probs + self.rewards / self.beta
@@ -202,18 +207,25 @@ class ExactPosterior:
 
     # ------------------------------------------------------------------ sampling and summaries
     def sample(self, n: int, generator: torch.Generator | None = None) -> Completions:
-        """n exact posterior samples (inverse CDF on the table; log_probs are posterior)."""
-        if n < 1:
-            raise ConfigError(f"n must be >= 1, got {n}")
+        """n exact posterior samples (inverse CDF on the table; log_probs are posterior).
+
+        Returns ``Completions`` with ``source="exact"`` (usable by ``upper_bound``).
+        """
+        n = check_int(n, "n", 1)
+        check_generator(generator)
         if self._cdf is None:
             self._cdf = self.probs.cumsum(0)
         u = torch.rand(n, generator=generator, dtype=torch.float64) * self._cdf[-1]
         idx = torch.searchsorted(self._cdf, u).clamp(max=self.num_completions - 1)
         return Completions(self.completion_ids[idx], self.mask[idx], self.log_probs[idx],
-                           torch.zeros(n, dtype=torch.long))
+                           torch.zeros(n, dtype=torch.long), source="exact")
 
     def top(self, k: int = 10, by: str = "posterior") -> list[dict]:
-        """The k most probable completions under ``by`` ("posterior" or "prior")."""
+        """The k most probable completions under ``by`` ("posterior" or "prior"); k an integer >= 1.
+
+        Returns at most ``num_completions`` rows, most probable first.
+        """
+        k = check_int(k, "top(k): k", 1)
         if by not in ("posterior", "prior"):
             raise ConfigError(f"by must be 'posterior' or 'prior', got {by!r}")
         key = self.log_probs if by == "posterior" else self.prior_log_probs

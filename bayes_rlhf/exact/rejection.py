@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bayes_rlhf._checks import check_generator, check_int, check_real
 from bayes_rlhf.errors import ConfigError, RewardError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.target import Target
@@ -36,13 +37,16 @@ def exact_rejection_sample(target: Target, prompt: str, n: int, reward_max: floa
     ----------
     reward_max : float
         An upper bound on the reward; a proposal whose reward exceeds it raises ``RewardError``.
+    generator : torch.Generator, optional
+        ``torch.Generator().manual_seed(seed)``; a plain seed is a ``ConfigError``.
     max_proposals : int
         Give up (``ConfigError``) after this many proposals, e.g. when the rate is tiny.
     """
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    if not math.isfinite(reward_max):
-        raise ConfigError(f"reward_max must be finite, got {reward_max}")
+    n = check_int(n, "n", 1)
+    reward_max = check_real(reward_max, "reward_max")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    max_proposals = check_int(max_proposals, "max_proposals", 1)
+    check_generator(generator)
     T = target.max_new_tokens
     kept: list[Completions] = []
     kept_r: list[torch.Tensor] = []
@@ -66,6 +70,6 @@ def exact_rejection_sample(target: Target, prompt: str, n: int, reward_max: floa
     mask = torch.cat([c.mask for c in kept])[:n]
     lp = torch.cat([c.log_probs for c in kept])[:n]
     rate = accepted / proposals
-    samples = Completions(ids, mask, lp, torch.zeros(n, dtype=torch.long))
+    samples = Completions(ids, mask, lp, torch.zeros(n, dtype=torch.long), source="exact")
     return RejectionResult(samples, torch.cat(kept_r)[:n], proposals, rate,
                            math.log(rate) + reward_max / target.beta if accepted else -math.inf)

@@ -21,12 +21,17 @@ class Completions:
         Log-probability of each completion under the model that produced or scored it.
     prompt_index : LongTensor [n]
         Which prompt (in the list the sampler was given) each row continues.
+    source : str
+        Where the rows come from: "model" (drawn from a model, the default), "exact" (exact
+        posterior samples: ``ExactPosterior.sample``, ``exact_rejection_sample``) or "resampled"
+        (SIR draws, only approximately posterior). ``upper_bound`` accepts "exact" only.
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     log_probs: torch.Tensor
     prompt_index: torch.Tensor
+    source: str = "model"
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -38,4 +43,4 @@ class Completions:
 
     def select(self, idx: torch.Tensor) -> "Completions":
         """Rows `idx` (LongTensor [m]) as a new batch."""
-        return Completions(self.ids[idx], self.mask[idx], self.log_probs[idx], self.prompt_index[idx])
+        return Completions(self.ids[idx], self.mask[idx], self.log_probs[idx], self.prompt_index[idx], self.source)

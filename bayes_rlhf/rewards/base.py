@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from bayes_rlhf.errors import RewardError
+from bayes_rlhf.errors import BayesRLHFError, RewardError
 
 
 def reward_name(reward) -> str:
@@ -44,6 +44,8 @@ def _as_tensor(values, n: int, name: str) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         out = values.detach()
     elif isinstance(values, np.ndarray):
+        if not np.issubdtype(values.dtype, np.number):
+            raise RewardError(f"reward {name!r} returned an ndarray of dtype {values.dtype}; return floats")
         out = torch.from_numpy(values)
     elif isinstance(values, (list, tuple)):
         if not all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in values):
@@ -63,20 +65,60 @@ def _as_tensor(values, n: int, name: str) -> torch.Tensor:
     return out
 
 
+# rows re-run one at a time to find the completion a failing reward chokes on (error path only)
+_PROBE_ROWS = 256
+
+
+def _call(reward, lm, prompts: list[str], ids: torch.Tensor, mask: torch.Tensor, texts: list[str] | None):
+    if texts is None:
+        return reward.score_batch(lm, prompts, ids, mask)
+    return reward(prompts, texts)
+
+
+def _failure(reward, name: str, lm, prompts: list[str], ids: torch.Tensor, mask: torch.Tensor,
+             texts: list[str] | None, exc: Exception) -> RewardError:
+    """A RewardError naming the reward and the first completion it fails on (found row by row)."""
+    n = ids.shape[0]
+    first, alone = 0, False
+    for i in range(min(n, _PROBE_ROWS)):
+        try:
+            _call(reward, lm, prompts[i:i + 1], ids[i:i + 1], mask[i:i + 1],
+                  None if texts is None else texts[i:i + 1])
+        except Exception:  # noqa: BLE001 - any failure marks the row; KeyboardInterrupt still stops
+            first, alone = i, True
+            break
+    text = texts[first] if texts is not None else lm.decode(ids[first:first + 1], mask[first:first + 1])[0]
+    where = (f"on completion {first} {text!r} (prompt {prompts[first]!r})" if alone else
+             f"on a batch of {n} completions (the first {min(n, _PROBE_ROWS)} pass one at a time; "
+             f"completion 0 is {text!r}, prompt {prompts[0]!r})")
+    return RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc} {where}; make the reward handle "
+                       "every completion the model can produce (the original error is chained below)")
+
+
 def evaluate_reward(reward, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Rewards (float64 Tensor [n], on CPU) of completions, checked.
 
     ``prompts`` has one prompt per row. Text rewards get decoded completions. -inf is allowed
-    (a hard constraint); NaN and +inf are errors naming the reward.
+    (a hard constraint); NaN and +inf are errors naming the reward. This is the one place rewards
+    are called: a reward that raises becomes a ``RewardError`` naming it and the first completion
+    it fails on, chained to the original exception (a ``BayesRLHFError`` the reward raises itself,
+    and ``KeyboardInterrupt``, pass through unchanged).
     """
     n = ids.shape[0]
     name = reward_name(reward)
+    prompts = list(prompts)
     if hasattr(reward, "score_batch"):
-        values = reward.score_batch(lm, prompts, ids, mask)
+        texts = None
     elif callable(reward):
-        values = reward(list(prompts), lm.decode(ids, mask))
+        texts = lm.decode(ids, mask)
     else:
         raise RewardError(f"reward {name!r} is not callable; pass f(prompts, completions) or a TokenReward")
+    try:
+        values = _call(reward, lm, prompts, ids, mask, texts)
+    except BayesRLHFError:
+        raise
+    except Exception as exc:
+        raise _failure(reward, name, lm, prompts, ids, mask, texts, exc) from exc
     out = _as_tensor(values, n, name).cpu()
     if torch.isnan(out).any():
         i = int(torch.isnan(out).nonzero()[0])

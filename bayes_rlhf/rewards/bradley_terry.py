@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bayes_rlhf.errors import ConfigError, ModelLoadError, RewardError
+from bayes_rlhf._checks import check_int, check_real
+from bayes_rlhf.errors import ModelLoadError, RewardError
 
 
 @dataclass
@@ -58,13 +59,9 @@ class BradleyTerryConfig:
 
     def __post_init__(self):
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ConfigError(f"BradleyTerryConfig.{name} must be an integer >= {low}, got {v!r}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"BradleyTerryConfig.lr must be a finite number > 0, got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
-            raise ConfigError(f"BradleyTerryConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+            setattr(self, name, check_int(getattr(self, name), f"BradleyTerryConfig.{name}", low))
+        self.lr = check_real(self.lr, "BradleyTerryConfig.lr", low=0.0, low_open=True)
+        self.weight_decay = check_real(self.weight_decay, "BradleyTerryConfig.weight_decay", low=0.0)
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from bayes_rlhf._checks import check_int, is_integer
 from bayes_rlhf.errors import ModelLoadError, RewardError
 
 
@@ -29,6 +30,7 @@ class ClassifierReward:
                  include_prompt: bool = False, device=None, batch_size: int = 64, name: str | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        batch_size = check_int(batch_size, "ClassifierReward batch_size", 1)
         if kind not in ("logit", "log_prob"):
             raise RewardError(f"ClassifierReward kind must be 'logit' or 'log_prob', got {kind!r}")
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -44,8 +46,10 @@ class ClassifierReward:
             if label not in l2i:
                 raise RewardError(f"label {label!r} is not one of the classifier's labels {sorted(l2i)}")
             label = int(l2i[label])
-        if not 0 <= label < model.config.num_labels:
-            raise RewardError(f"label {label} out of range for a classifier with {model.config.num_labels} labels")
+        if not is_integer(label) or not 0 <= label < model.config.num_labels:
+            raise RewardError(f"label {label!r} out of range for a classifier with {model.config.num_labels} labels; "
+                              "give a label name or an index in [0, num_labels)")
+        label = int(label)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.tokenizer = model.to(self.device).eval(), tokenizer
         self.label, self.kind, self.include_prompt, self.batch_size = label, kind, include_prompt, batch_size

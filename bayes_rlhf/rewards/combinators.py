@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 
+from bayes_rlhf._checks import is_real
 from bayes_rlhf.errors import RewardError
 from bayes_rlhf.rewards.base import evaluate_reward, reward_name
 
@@ -42,6 +44,9 @@ class WeightedSum:
     def __init__(self, terms: Sequence[tuple[float, object]], name: str | None = None):
         if not terms:
             raise RewardError("WeightedSum needs at least one (weight, reward) pair")
+        for w, _ in terms:
+            if not is_real(w) or not math.isfinite(w):
+                raise RewardError(f"WeightedSum weights must be finite numbers, got {w!r}")
         self.terms = [(float(w), r) for w, r in terms]
         self.name = name or " + ".join(f"{w:g}*{reward_name(r)}" for w, r in self.terms)
 

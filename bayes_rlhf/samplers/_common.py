@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from bayes_rlhf._checks import check_int
 from bayes_rlhf.errors import ConfigError, NoMassError, PromptError, TokenizerMismatchError
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.target import Target
@@ -19,10 +20,8 @@ def check_target(target) -> None:
 
 
 def check_count(value, name: str) -> int:
-    """An integer >= 1 (bools refused)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    """``value`` as a Python int >= 1 (numpy integers accepted, bools refused)."""
+    return check_int(value, name, 1)
 
 
 def as_prompts(target: Target, prompt: str | Sequence[str]) -> list[str]:

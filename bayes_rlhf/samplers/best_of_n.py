@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
@@ -56,8 +57,9 @@ def best_of_n(target: Target, prompt: str | Sequence[str], n: int, num_samples: 
         ``num_samples * P`` rows (equal log-weights 0: best-of-N samples are not reweighted),
         their rewards, and ``log_z`` [P], the importance estimate of log Z from all candidates.
     """
-    check_count(n, "n")
-    check_count(num_samples, "num_samples")
+    n = check_count(n, "n")
+    num_samples = check_count(num_samples, "num_samples")
+    check_generator(generator)
     t0 = time.perf_counter()
     cand = importance_sample(target, prompt, n * num_samples, proposal=proposal, generator=generator,
                              batch_size=batch_size)
@@ -89,7 +91,7 @@ def best_of_n_log_probs(posterior: ExactPosterior, n: int, base_log_probs: torch
     Tensor [K]
         log p_BoN(x), float64; ties in the reward are broken uniformly at random.
     """
-    check_count(n, "n")
+    n = check_count(n, "n")
     lp = (posterior.prior_log_probs if base_log_probs is None else base_log_probs).double()
     if lp.shape != posterior.rewards.shape:
         raise ConfigError(f"base_log_probs must have shape {tuple(posterior.rewards.shape)}, got {tuple(lp.shape)}")
@@ -118,7 +120,7 @@ def best_of_n_kl(posterior: ExactPosterior, n: int) -> float:
 
 def best_of_n_kl_bound(n: int) -> float:
     """The analytic bound KL(p_BoN || pi0) <= log n - (n - 1) / n."""
-    check_count(n, "n")
+    n = check_count(n, "n")
     return math.log(n) - (n - 1) / n
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.completions import Completions
@@ -32,18 +33,22 @@ from bayes_rlhf.target import Target
 
 @dataclass(frozen=True)
 class BoundEstimate:
-    """A Monte Carlo estimate of a bound: mean of ``num`` i.i.d. terms and its standard error."""
+    """A Monte Carlo estimate of a bound: mean of ``num`` i.i.d. terms and its standard error.
+
+    ``side`` is "lower" or "upper" (which side of log Z it bounds), None when built by hand.
+    """
 
     value: float
     stderr: float
     num: int
+    side: str | None = None
 
 
-def _estimate(terms: torch.Tensor) -> BoundEstimate:
+def _estimate(terms: torch.Tensor, side: str) -> BoundEstimate:
     terms = terms.double()
     n = terms.numel()
     se = float(terms.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.inf
-    return BoundEstimate(float(terms.mean()), se, n)
+    return BoundEstimate(float(terms.mean()), se, n, side)
 
 
 def log_z_lower_bound(log_z_estimates: torch.Tensor | list) -> BoundEstimate:
@@ -51,7 +56,7 @@ def log_z_lower_bound(log_z_estimates: torch.Tensor | list) -> BoundEstimate:
     t = torch.as_tensor(log_z_estimates, dtype=torch.float64).reshape(-1)
     if t.numel() < 1 or not torch.isfinite(t).all():
         raise ConfigError("log_z_estimates must be a non-empty set of finite numbers")
-    return _estimate(t)
+    return _estimate(t, "lower")
 
 
 def _single_prompt(target: Target, prompt: str) -> str:
@@ -64,14 +69,15 @@ def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalL
                 num_inner: int = 1, generator: torch.Generator | None = None) -> BoundEstimate:
     """lower_K with K = ``num_inner``, from ``num_samples`` groups of K proposals (K = 1: the ELBO)."""
     check_target(target)
-    check_count(num_samples, "num_samples")
-    check_count(num_inner, "num_inner")
+    num_samples = check_count(num_samples, "num_samples")
+    num_inner = check_count(num_inner, "num_inner")
+    check_generator(generator)
     q = check_proposal_lm(target, proposal)
     prompt = _single_prompt(target, prompt)
     comps = draw_proposals(target, q, [prompt], num_samples * num_inner, generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     terms = torch.logsumexp(log_w.view(num_samples, num_inner), -1) - math.log(num_inner)
-    return _estimate(terms)
+    return _estimate(terms, "lower")
 
 
 def upper_bound(target: Target, prompt: str, posterior_samples: Completions, proposal: CausalLM | None = None,
@@ -81,14 +87,22 @@ def upper_bound(target: Target, prompt: str, posterior_samples: Completions, pro
     Parameters
     ----------
     posterior_samples : Completions
-        Exact samples of pi*(. | prompt) (``ExactPosterior.sample`` or ``exact_rejection_sample``).
+        Exact samples of pi*(. | prompt): ``source="exact"``, as ``ExactPosterior.sample`` and
+        ``exact_rejection_sample`` return them. Approximate samples (SIR, SMC particles, a policy's
+        draws) give no bound at all (their estimate can fall below log Z) and are refused; samples
+        known to be exact from elsewhere can be marked with ``dataclasses.replace(c, source="exact")``.
     """
     check_target(target)
-    check_count(num_inner, "num_inner")
+    num_inner = check_count(num_inner, "num_inner")
+    check_generator(generator)
     q = check_proposal_lm(target, proposal)
     prompt = _single_prompt(target, prompt)
     if not isinstance(posterior_samples, Completions) or len(posterior_samples) < 1:
         raise ConfigError("posterior_samples must be a non-empty Completions of exact posterior samples")
+    if posterior_samples.source != "exact":
+        raise ConfigError(f"posterior_samples have source={posterior_samples.source!r}, not 'exact': an upper "
+                          "bound on log Z needs exact posterior samples (ExactPosterior.sample or "
+                          "exact_rejection_sample); approximate ones (SIR, SMC) can land below log Z")
     if posterior_samples.ids.shape[1] != target.max_new_tokens:
         raise ConfigError(f"posterior_samples have {posterior_samples.ids.shape[1]} columns, the target's "
                           f"max_new_tokens is {target.max_new_tokens}")
@@ -100,11 +114,11 @@ def upper_bound(target: Target, prompt: str, posterior_samples: Completions, pro
     if (log_w_star == -math.inf).any():
         raise ConfigError("a posterior sample has zero target mass: it is not a sample of this target's posterior")
     if num_inner == 1:
-        return _estimate(log_w_star)
+        return _estimate(log_w_star, "upper")
     comps = draw_proposals(target, q, [prompt], m * (num_inner - 1), generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     all_w = torch.cat([log_w_star[:, None], log_w.view(m, num_inner - 1)], dim=1)
-    return _estimate(torch.logsumexp(all_w, -1) - math.log(num_inner))
+    return _estimate(torch.logsumexp(all_w, -1) - math.log(num_inner), "upper")
 
 
 @dataclass(frozen=True)
@@ -130,13 +144,33 @@ class KLSandwich:
         return asdict(self)
 
 
+_ARTICLE = {"lower": "a lower", "upper": "an upper"}
+
+
+def _check_side(arg: str, est, side: str) -> None:
+    """ConfigError unless ``est`` is None or a BoundEstimate bounding log Z from ``side`` (or unlabelled)."""
+    if est is None:
+        return
+    if not isinstance(est, BoundEstimate):
+        raise ConfigError(f"{arg} must be a BoundEstimate (from lower_bound / upper_bound), got {type(est).__name__}")
+    if est.side not in (None, side):
+        helper = "lower_bound or log_z_lower_bound" if side == "lower" else "upper_bound with exact samples"
+        raise ConfigError(f"{arg} is {_ARTICLE[est.side]} bound on log Z where {_ARTICLE[side]} bound is "
+                          f"expected; pass the result of {helper}")
+
+
 def kl_sandwich(elbo: BoundEstimate, eubo: BoundEstimate, log_z_lower: BoundEstimate | None = None,
                 log_z_upper: BoundEstimate | None = None) -> KLSandwich:
     """Combine a proposal's ELBO and EUBO (K = 1) with the best bounds on log Z.
 
     ``log_z_lower`` defaults to the ELBO, ``log_z_upper`` to the EUBO (tighter ones come from
     SMC with many particles, or ``lower_bound``/``upper_bound`` with a larger ``num_inner``).
+    An upper bound must come from ``upper_bound`` with exact posterior samples; an estimate
+    whose ``side`` is the wrong one for its argument is a ConfigError.
     """
+    for arg, est, side in (("elbo", elbo, "lower"), ("eubo", eubo, "upper"), ("log_z_lower", log_z_lower, "lower"),
+                           ("log_z_upper", log_z_upper, "upper")):
+        _check_side(arg, est, side)
     lo = log_z_lower if log_z_lower is not None else elbo
     hi = log_z_upper if log_z_upper is not None else eubo
     if lo.value > hi.value + 3 * math.hypot(lo.stderr, hi.stderr):

@@ -20,10 +20,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bayes_rlhf._checks import check_generator
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers._common import (as_prompts, check_count, check_proposal_lm, check_target,
                                          log_z_per_prompt, prior_log_probs)
+from bayes_rlhf.samplers.resampling import get_resampler
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
@@ -73,7 +75,7 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
     proposal : CausalLM, optional
         Any model sharing the prior's tokenizer (e.g. a fine-tuned policy); default the prior.
     generator : torch.Generator, optional
-        Source of all randomness.
+        Source of all randomness (``torch.Generator().manual_seed(seed)``; a plain seed is a ConfigError).
     batch_size : int
         Rows sampled per call to the proposal.
     progress : bool
@@ -93,8 +95,9 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
         Every proposal of some prompt has zero target mass.
     """
     check_target(target)
-    check_count(num_samples, "num_samples")
-    check_count(batch_size, "batch_size")
+    num_samples = check_count(num_samples, "num_samples")
+    batch_size = check_count(batch_size, "batch_size")
+    check_generator(generator)
     q = check_proposal_lm(target, proposal)
     prompts = as_prompts(target, prompt)
     t0 = time.perf_counter()
@@ -113,8 +116,11 @@ def sampling_importance_resampling(target: Target, prompt: str | Sequence[str], 
     """SIR: ``importance_sample`` with ``num_proposals`` per prompt, then ``num_samples`` draws each.
 
     The draws are approximately pi*-distributed (exactly so as num_proposals -> infinity).
-    Returns ``Completions`` grouped by prompt.
+    Returns ``Completions`` grouped by prompt, ``source="resampled"``: they are not exact posterior
+    samples, so ``upper_bound`` refuses them.
     """
-    check_count(num_samples, "num_samples")
+    num_samples = check_count(num_samples, "num_samples")
+    check_generator(generator)
+    get_resampler(scheme)
     ws = importance_sample(target, prompt, num_proposals, proposal=proposal, generator=generator)
     return ws.resample(num_samples, generator, scheme)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from bayes_rlhf._checks import check_generator, is_real
 from bayes_rlhf.errors import ConfigError, NoMassError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
@@ -29,7 +30,7 @@ from bayes_rlhf.target import Target
 
 
 def _check_log_c(log_c) -> float:
-    if isinstance(log_c, bool) or not isinstance(log_c, (int, float)) or not math.isfinite(log_c):
+    if not is_real(log_c) or not math.isfinite(log_c):
         raise ConfigError(f"log_c must be a finite number (the log of the QRS constant C), got {log_c!r}")
     return float(log_c)
 
@@ -63,8 +64,9 @@ def quasi_rejection_sample(target: Target, prompt: str | Sequence[str], num_prop
     NoMassError
         Every proposal of a prompt has zero target mass, or none was accepted.
     """
-    check_count(num_proposals, "num_proposals")
+    num_proposals = check_count(num_proposals, "num_proposals")
     log_c = _check_log_c(log_c)
+    check_generator(generator)
     t0 = time.perf_counter()
     ws = importance_sample(target, prompt, num_proposals, proposal=proposal, generator=generator,
                            batch_size=batch_size)

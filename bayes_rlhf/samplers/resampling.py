@@ -19,15 +19,18 @@ from typing import Callable
 
 import torch
 
+from bayes_rlhf._checks import check_generator, is_integer
 from bayes_rlhf.errors import ConfigError, NoMassError
 
 Resampler = Callable[[torch.Generator | None, torch.Tensor, int], torch.Tensor]
 
 
-def _weights(log_weights: torch.Tensor, n: int) -> torch.Tensor:
-    """Checked normalised weights (float64 [N], CPU)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+def _weights(generator, log_weights: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """Checked normalised weights (float64 [N], CPU) and n as a Python int."""
+    check_generator(generator)
+    if not is_integer(n) or n < 1:
         raise ConfigError(f"the number of draws n must be an integer >= 1, got {n!r}")
+    n = int(n)
     if log_weights.dim() != 1 or log_weights.numel() == 0:
         raise ConfigError(f"log_weights must be a non-empty 1-D tensor, got shape {tuple(log_weights.shape)}")
     lw = log_weights.detach().double().cpu()
@@ -39,7 +42,7 @@ def _weights(log_weights: torch.Tensor, n: int) -> torch.Tensor:
     if not torch.isfinite(lse):
         raise NoMassError("every log-weight is -inf: no particle has target mass, so there is "
                           "nothing to resample")
-    return torch.exp(lw - lse)
+    return torch.exp(lw - lse), n
 
 
 def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -52,28 +55,28 @@ def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def multinomial(generator: torch.Generator | None, log_weights: torch.Tensor, n: int) -> torch.Tensor:
     """n i.i.d. draws from the normalised weights (LongTensor [n], sorted)."""
-    w = _weights(log_weights, n)
+    w, n = _weights(generator, log_weights, n)
     u = torch.rand(n, generator=generator, dtype=torch.float64).sort().values
     return _inverse_cdf(w, u)
 
 
 def stratified(generator: torch.Generator | None, log_weights: torch.Tensor, n: int) -> torch.Tensor:
     """One uniform draw in each of the n strata [k/n, (k+1)/n) (LongTensor [n], sorted)."""
-    w = _weights(log_weights, n)
+    w, n = _weights(generator, log_weights, n)
     u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
     return _inverse_cdf(w, u)
 
 
 def systematic(generator: torch.Generator | None, log_weights: torch.Tensor, n: int) -> torch.Tensor:
     """One shared uniform offset, n evenly spaced points (LongTensor [n], sorted)."""
-    w = _weights(log_weights, n)
+    w, n = _weights(generator, log_weights, n)
     u = (torch.arange(n, dtype=torch.float64) + torch.rand(1, generator=generator, dtype=torch.float64)) / n
     return _inverse_cdf(w, u)
 
 
 def residual(generator: torch.Generator | None, log_weights: torch.Tensor, n: int) -> torch.Tensor:
     """floor(n w_i) deterministic copies, the rest multinomial on the residuals (LongTensor [n])."""
-    w = _weights(log_weights, n)
+    w, n = _weights(generator, log_weights, n)
     counts = torch.floor(n * w).long()
     rest = n - int(counts.sum())
     idx = torch.repeat_interleave(torch.arange(w.numel()), counts)

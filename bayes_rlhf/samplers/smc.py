@@ -24,6 +24,11 @@ are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t
 increment after the first is 1 and the first is Z: log_Z is exact with zero variance.
 The same holds with the "twisted" proposal q ∝ pi0 psi_t (the incremental weight is then
 sum_v pi0(v | x_<t) psi_t(x_<t, v) / psi_{t-1}(x_<t), whatever token is drawn).
+
+Without a twist (bootstrap) and with a reward that arrives only at the end, every increment
+before a particle ends is 0, the weights stay equal and nothing is resampled: on a model whose
+completions mostly run to T, that is importance sampling with the prior. ``twist="prefix"``
+(the reward on prefixes) or a learned or exact twist is what lets resampling act early.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bayes_rlhf._checks import check_generator, is_real, plain
 from bayes_rlhf.errors import ConfigError, NoMassError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import sample_categorical
@@ -76,14 +82,16 @@ class SMCConfig:
     compact_threshold: float = 0.25
 
     def __post_init__(self):
-        check_count(self.num_particles, "num_particles")
+        object.__setattr__(self, "num_particles", check_count(self.num_particles, "num_particles"))
         e = self.ess_threshold
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not (0 < e <= 1):
+        if not is_real(e) or not (0 < e <= 1):
             raise ConfigError(f"ess_threshold must be in (0, 1], got {e!r}; 0.5 is the usual choice")
         c = self.compact_threshold
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (0 <= c <= 1):
+        if not is_real(c) or not (0 <= c <= 1):
             raise ConfigError(f"compact_threshold must be in [0, 1], got {c!r}; 0.25 is the default "
                               "(1 never drops finished particles' rows)")
+        object.__setattr__(self, "ess_threshold", plain(e))
+        object.__setattr__(self, "compact_threshold", plain(c))
         get_resampler(self.resampling)
 
 
@@ -135,6 +143,18 @@ class SMC:
         self.twist = as_twist(twist, target, self.prompts)
         self.resampler = get_resampler(config.resampling)
         self._q_cache: dict = {}
+
+    def _no_resampling_note(self, counts: torch.Tensor) -> str | None:
+        """Why a run that never resampled some prompt was importance sampling there (None if all resampled)."""
+        idle = int((counts == 0).sum())
+        if idle == 0:
+            return None
+        head = f"no resampling for {idle} of {self.P} prompt(s), so SMC was importance sampling there"
+        if self.twist is None and not self.twisted_proposal:
+            return (f"{head}: without a twist the weights change only when a particle ends, so with a terminal "
+                    "reward they stay equal until the last token. Pass twist='prefix' (the reward on prefixes), "
+                    "a fitted LearnedTwist, or ExactPosterior(s)")
+        return f"{head}: the ESS never fell below ess_threshold * N"
 
     def _check_exact_proposal(self) -> None:
         for p in self.prompts:
@@ -212,6 +232,7 @@ class SMC:
 
     def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
         """Extend every live particle by one token, reweight, and resample where the ESS is low."""
+        check_generator(generator)
         t, alive = state.t, state.alive
         live = torch.nonzero(alive).squeeze(-1)
         logp0 = state.rows.logp(live).double()  # [a, V]; next-token log-probs stay on the model's device
@@ -274,7 +295,8 @@ class SMC:
                     "the constraint, or relax the reward")
             running[p] = log_z[p] + lse - math.log(N)
             ess[p] = kish_ess(log_w[g])
-            if more and state.alive[g].any() and ess[p] < self.config.ess_threshold * N:
+            # relative slack 1e-9: equal weights (ESS = N up to rounding) are never resampled
+            if more and state.alive[g].any() and ess[p] < self.config.ess_threshold * N * (1 - 1e-9):
                 idx[g] = p * N + self.resampler(generator, log_w[g], N)
                 log_z[p] = running[p]
                 log_w[g] = 0.0
@@ -293,6 +315,7 @@ class SMC:
 
     def run(self, generator: torch.Generator | None = None) -> WeightedSamples:
         """All steps until every particle has finished; the final weighted particles."""
+        check_generator(generator)
         t0 = time.perf_counter()
         state, infos, tokens, model_rows = self.init(), [], 0, 0
         for _ in tqdm(range(self.T), desc="smc", disable=not self.config.progress):
@@ -309,7 +332,10 @@ class SMC:
                           torch.stack([i["log_z"] for i in infos]), torch.stack([i["num_alive"] for i in infos]))
         seconds = time.perf_counter() - t0
         info = {"num_particles": N, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-                "model_rows": model_rows}
+                "model_rows": model_rows, "resampling_steps": int(hist.num_resampling_steps.sum())}
+        note = self._no_resampling_note(hist.num_resampling_steps)
+        if note:
+            info["note"] = note
         return WeightedSamples(state.ids, state.mask, state.log_w, state.rewards, log_z, self.group.clone(),
                                tuple(self.prompts), self.target.prior, hist, info)
 
@@ -332,12 +358,21 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposa
         tokens that end, on every token in the prior's support: use a top_k prior on large
         vocabularies). A CausalLM sharing the prior's tokenizer, or exact posteriors (one per
         prompt) whose token posterior pi*(x_t | x_<t) proposes.
-    twist : None, ExactPosterior(s), a prefix reward, or an object with ``log_potential``
-        None: bootstrap with the terminal reward. ExactPosterior: optimal soft-value twist.
-        A reward (text or TokenReward) on prefixes: ``PrefixPotential``. ``LearnedTwist``.
+    twist : None, "prefix", "exact", ExactPosterior(s), a prefix reward, or an object with ``log_potential``
+        None: bootstrap with the terminal reward only. With a reward that arrives only at the end
+        the weights stay equal until particles finish, so bootstrap SMC never resamples on the way
+        and is importance sampling with the prior (``info["resampling_steps"]`` is then 0 and
+        ``info["note"]`` says so); a twist is what makes SMC worth running.
+        "prefix": ``PrefixPotential(target.reward)``, the target's own reward evaluated on
+        prefixes (a heuristic twist; exact only when the reward of a prefix predicts its soft value).
+        "exact": the optimal soft-value twist from enumerating each prompt's posterior (small
+        models only). ExactPosterior(s): the same twist from tables you have. A reward (text or
+        TokenReward) on prefixes: ``PrefixPotential``. ``LearnedTwist`` (``fit_twist``,
+        ``fit_twist_ctl``). Another name is a ``ConfigError``.
     ess_threshold : float in (0, 1]
     resampling : str or callable
     generator : torch.Generator, optional
+        ``torch.Generator().manual_seed(seed)``; anything else (a seed, a numpy Generator) is a ConfigError.
     progress : bool
     compact_threshold : float in [0, 1]
         When finished particles' KV-cache rows are dropped (see ``SMCConfig``); no effect on results.
@@ -347,7 +382,10 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposa
     WeightedSamples
         N * P finished particles with their final weights, ``log_z`` [P] (unbiased in
         exp), ``history`` (per-step ESS, resampling, running log Z) and ``info``
-        (tokens, seconds, tokens_per_second, model_rows: rows the model steps ran, summed over steps).
+        (tokens, seconds, tokens_per_second, model_rows: rows the model steps ran, summed over steps;
+        resampling_steps: resampling events summed over prompts; note: present when some prompt was
+        never resampled, saying why). ``summary()`` gives each prompt's ``num_resampling_steps``.
     """
     config = SMCConfig(num_particles, ess_threshold, resampling, progress, compact_threshold)
+    check_generator(generator)
     return SMC(target, prompt, config, proposal=proposal, twist=twist).run(generator)

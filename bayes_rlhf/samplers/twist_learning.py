@@ -51,6 +51,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bayes_rlhf._checks import check_generator, is_real, plain
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_target
@@ -103,10 +104,8 @@ class CTLConfig:
     progress: bool = False
 
     def __post_init__(self):
-        check_count(self.steps, "steps")
-        check_count(self.num_samples, "num_samples")
-        if self.num_negative is not None:
-            check_count(self.num_negative, "num_negative")
+        for name in ("steps", "num_samples") + (("num_negative",) if self.num_negative is not None else ()):
+            object.__setattr__(self, name, check_count(getattr(self, name), name))
         p = self.positive
         if isinstance(p, str) and p not in POSITIVES:
             raise ConfigError(f"positive={p!r} is not known; use one of {POSITIVES}, a callable "
@@ -119,10 +118,12 @@ class CTLConfig:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}; 1e-2 suits small twists")
         if self.max_grad_norm is not None and not _positive_number(self.max_grad_norm):
             raise ConfigError(f"max_grad_norm must be None or a finite number > 0, got {self.max_grad_norm!r}")
+        object.__setattr__(self, "lr", plain(self.lr))
+        object.__setattr__(self, "max_grad_norm", plain(self.max_grad_norm))
 
 
 def _positive_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+    return is_real(x) and math.isfinite(x) and x > 0
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[s
     steps, num_samples, positive, negative, lr, num_negative, max_grad_norm, progress
         See ``CTLConfig`` (all checked before any sampling).
     generator : torch.Generator, optional
-        Source of all sampling randomness.
+        Source of all sampling randomness (``torch.Generator().manual_seed(seed)``, not a seed).
 
     Returns
     -------
@@ -320,6 +321,7 @@ def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[s
         A bad setting, twist or sample set (names the field). PromptError for bad prompts.
     """
     config = CTLConfig(steps, num_samples, num_negative, positive, negative, lr, max_grad_norm, progress)
+    check_generator(generator)
     check_target(target)
     prompts = as_prompts(target, prompts)
     _check_twist(twist, target)

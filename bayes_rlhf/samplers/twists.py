@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bayes_rlhf._checks import check_generator, is_integer, is_real
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.rewards.base import evaluate_reward
@@ -94,8 +95,8 @@ class PrefixPotential:
     def __init__(self, reward, scale: float = 1.0):
         if not callable(reward) and not hasattr(reward, "score_batch"):
             raise ConfigError("PrefixPotential needs a reward f(prompts, completions) or a TokenReward")
-        if not math.isfinite(scale):
-            raise ConfigError(f"scale must be finite, got {scale}")
+        if not is_real(scale) or not math.isfinite(scale):
+            raise ConfigError(f"scale must be a finite number, got {scale!r}")
         self.reward, self.scale = reward, float(scale)
 
     def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
@@ -115,8 +116,9 @@ class LearnedTwist(nn.Module):
 
     def __init__(self, vocab_size: int, hidden: int = 64):
         super().__init__()
-        if vocab_size < 2 or hidden < 1:
+        if not (is_integer(vocab_size) and is_integer(hidden)) or vocab_size < 2 or hidden < 1:
             raise ConfigError(f"LearnedTwist needs vocab_size >= 2 and hidden >= 1, got {vocab_size}, {hidden}")
+        vocab_size, hidden = int(vocab_size), int(hidden)
         self.embed = nn.Embedding(vocab_size, hidden)
         self.rnn = nn.GRU(hidden, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 1)
@@ -239,8 +241,12 @@ def fit_twist(twist: LearnedTwist, posteriors, steps: int = 300, lr: float = 1e-
     prefixes whose soft value is -inf are left out. Returns the loss per step.
     """
     table = posterior_table(posteriors)
-    if not isinstance(steps, int) or steps < 1 or not lr > 0 or batch_size < 1:
-        raise ConfigError(f"fit_twist needs steps >= 1, lr > 0, batch_size >= 1; got {steps}, {lr}, {batch_size}")
+    if not (is_integer(steps) and steps >= 1 and is_real(lr) and math.isfinite(lr) and lr > 0
+            and is_integer(batch_size) and batch_size >= 1):
+        raise ConfigError(f"fit_twist needs integers steps >= 1 and batch_size >= 1 and a finite lr > 0; got "
+                          f"{steps!r}, {lr!r}, {batch_size!r}")
+    steps, lr, batch_size = int(steps), float(lr), int(batch_size)
+    check_generator(generator)
     data = []
     for post in table.values():
         pids, plen, v, w = exact_prefix_values(post)
@@ -268,11 +274,30 @@ def fit_twist(twist: LearnedTwist, posteriors, steps: int = 300, lr: float = 1e-
     return losses
 
 
+TWIST_NAMES = ("prefix", "exact")
+
+
+def _named_twist(name: str, target, prompts: Sequence[str]):
+    """"prefix": PrefixPotential(target.reward); "exact": ExactTwist from enumerating every prompt."""
+    if name == "prefix":
+        return PrefixPotential(target.reward)
+    if name == "exact":
+        from bayes_rlhf.exact.solve import exact_posterior
+
+        return ExactTwist([exact_posterior(target, p) for p in dict.fromkeys(prompts)])
+    raise ConfigError(f"twist {name!r} is not known; use one of {list(TWIST_NAMES)} ('prefix': the target's "
+                      "reward evaluated on prefixes; 'exact': the optimal twist, enumerating each prompt's "
+                      "posterior, small models only), None, ExactPosterior(s), a prefix reward or a twist object")
+
+
 def as_twist(twist, target, prompts: Sequence[str]):
-    """None, a twist object, ExactPosterior(s) (-> ExactTwist) or a prefix reward (-> PrefixPotential)."""
+    """None, a name (``TWIST_NAMES``), a twist object, ExactPosterior(s) (-> ExactTwist) or a prefix
+    reward (-> PrefixPotential)."""
     if twist is None:
         return None
-    if isinstance(twist, (ExactPosterior, list, tuple, dict)):
+    if isinstance(twist, str):
+        twist = _named_twist(twist, target, prompts)
+    elif isinstance(twist, (ExactPosterior, list, tuple, dict)):
         twist = ExactTwist(twist)
     elif not hasattr(twist, "log_potential"):
         if callable(twist) or hasattr(twist, "score_batch"):

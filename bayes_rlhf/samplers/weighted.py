@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bayes_rlhf._checks import check_generator, check_int
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.completions import Completions
 
@@ -168,12 +169,13 @@ class WeightedSamples:
                  scheme: str = "multinomial") -> Completions:
         """Sampling-importance-resampling: ``num_samples`` equally weighted draws per prompt.
 
-        Returns ``Completions`` grouped by prompt (log_probs are zeros: the draws are unweighted).
+        Returns ``Completions`` grouped by prompt (log_probs are zeros: the draws are unweighted),
+        with ``source="resampled"``: approximate posterior draws, not exact ones.
         """
         from bayes_rlhf.samplers.resampling import get_resampler
 
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        num_samples = check_int(num_samples, "num_samples", 1)
+        check_generator(generator)
         resampler = get_resampler(scheme)
         picked = []
         for p in range(self.num_prompts):
@@ -181,11 +183,20 @@ class WeightedSamples:
             picked.append(r[resampler(generator, self.log_weights[r], num_samples)])
         idx = torch.cat(picked)
         return Completions(self.ids[idx], self.mask[idx], torch.zeros(idx.numel(), dtype=torch.float64),
-                           self.prompt_index[idx])
+                           self.prompt_index[idx], source="resampled")
 
     def summary(self) -> list[dict]:
-        """Plain floats per prompt: log Z estimate, ESS, self-normalised E[r], sample count."""
+        """Plain floats per prompt: log Z estimate, ESS, self-normalised E[r], sample count, ``info``.
+
+        With an SMC ``history``, also ``num_resampling_steps`` of that prompt (0: the run was plain
+        importance sampling for it; see ``smc``).
+        """
         ess, er = self.ess, self.mean_reward
-        return [{"prompt": self.prompts[p], "log_z": float(self.log_z[p]), "ess": float(ess[p]),
-                 "mean_reward": float(er[p]), "num_samples": int(self.rows(p).numel()), **self.info}
-                for p in range(self.num_prompts)]
+        rows = []
+        for p in range(self.num_prompts):
+            row = {"prompt": self.prompts[p], "log_z": float(self.log_z[p]), "ess": float(ess[p]),
+                   "mean_reward": float(er[p]), "num_samples": int(self.rows(p).numel())}
+            if self.history is not None:
+                row["num_resampling_steps"] = int(self.history.num_resampling_steps[p])
+            rows.append({**row, **self.info})
+        return rows

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
 
+from bayes_rlhf._checks import is_integer, is_real, plain
 from bayes_rlhf.errors import ConfigError
 
 OBJECTIVE_NAMES = ("rloo", "ppo", "dpg", "distill", "vargrad", "grpo")
@@ -150,6 +151,7 @@ class TrainerConfig:
         _pos(self, "lr")
         if len(self.adam_betas) != 2 or not all(_is_num(b) and 0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"TrainerConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        self.adam_betas = tuple(plain(b) for b in self.adam_betas)
         _num(self, "weight_decay", 0.0)
         if self.max_grad_norm is not None:
             _pos(self, "max_grad_norm")
@@ -164,6 +166,7 @@ class TrainerConfig:
         _choice(self, "distill_source", ("exact", "rejection", "given"))
         if self.reward_max is not None and not (_is_num(self.reward_max) and math.isfinite(self.reward_max)):
             raise ConfigError(f"TrainerConfig.reward_max must be a finite number or None, got {self.reward_max!r}")
+        self.reward_max = plain(self.reward_max)
         if self.objective == "distill" and self.distill_source == "rejection" and self.reward_max is None:
             raise ConfigError("TrainerConfig.reward_max must be set (an upper bound of the reward) when "
                               "distill_source='rejection'")
@@ -222,20 +225,23 @@ class TrainerConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+# numpy numbers pass as Python ones (bools do not) and are stored as Python numbers, so the
+# config serialises and fingerprints exactly as if the user had typed them
+_is_num = is_real
 
 
 def _int(cfg, name: str, low: int) -> None:
     v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+    if not is_integer(v) or v < low:
         raise ConfigError(f"TrainerConfig.{name} must be an integer >= {low}, got {v!r}")
+    setattr(cfg, name, int(v))
 
 
 def _pos(cfg, name: str) -> None:
     v = getattr(cfg, name)
     if not _is_num(v) or not math.isfinite(v) or v <= 0:
         raise ConfigError(f"TrainerConfig.{name} must be a finite number > 0, got {v!r}")
+    setattr(cfg, name, plain(v))
 
 
 def _num(cfg, name: str, low: float, high: float = math.inf) -> None:
@@ -243,6 +249,7 @@ def _num(cfg, name: str, low: float, high: float = math.inf) -> None:
     if not _is_num(v) or not math.isfinite(v) or not low <= v <= high:
         rng = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
         raise ConfigError(f"TrainerConfig.{name} must be a number {rng}, got {v!r}")
+    setattr(cfg, name, plain(v))
 
 
 def _choice(cfg, name: str, options) -> None:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +98,37 @@ def test_hard_constraint_zeroes_mass(gpt2_lm):
     # Z = prior mass of the allowed set
     assert math.isclose(math.exp(post.log_z), float(post.prior_log_probs[~has_w0].exp().sum()), rel_tol=1e-12)
     assert post.prior_mean_reward == -math.inf and post.mean_reward == 0.0
+
+
+@pytest.mark.parametrize("k", [-1, 0, 2.5, "3", True, None])
+def test_top_refuses_bad_k(gpt2_post, k):
+    with pytest.raises(br.ConfigError, match="k must be an integer >= 1"):
+        gpt2_post.top(k)
+
+
+def test_top_by_and_numpy_k(gpt2_post):
+    with pytest.raises(br.ConfigError, match="by must be"):
+        gpt2_post.top(3, by="likelihood")
+    assert gpt2_post.top(np.int64(3)) == gpt2_post.top(3)
+    assert gpt2_post.top(3, by="prior")[0]["prior"] == float(gpt2_post.prior_log_probs.exp().max())
+    assert len(gpt2_post.top(10 ** 6)) == gpt2_post.num_completions  # k beyond the table: every row
+
+
+def test_repr_is_a_one_line_summary(gpt2_post):
+    r = repr(gpt2_post)
+    assert "\n" not in r and "tensor" not in r and len(r) < 200
+    for part in (f"prompt={gpt2_post.prompt!r}", f"num_completions={gpt2_post.num_completions}",
+                 f"beta={gpt2_post.beta:g}", "log_z=", f"max_new_tokens={gpt2_post.completion_ids.shape[1]}"):
+        assert part in r
+    assert math.isclose(float(r.split("log_z=")[1].split(",")[0]), gpt2_post.log_z, rel_tol=1e-5)
+
+
+def test_sample_checks_and_marks_samples_exact(gpt2_post):
+    for n in (0, -2, 1.5, True):
+        with pytest.raises(br.ConfigError, match="n must be an integer >= 1"):
+            gpt2_post.sample(n)
+    with pytest.raises(br.ConfigError, match=r"torch\.Generator\(\)\.manual_seed"):
+        gpt2_post.sample(4, 123)
+    a = gpt2_post.sample(5, torch.Generator().manual_seed(0))
+    b = gpt2_post.sample(np.int64(5), torch.Generator().manual_seed(0))
+    assert torch.equal(a.ids, b.ids) and a.source == "exact" and a.select(torch.tensor([0, 2])).source == "exact"

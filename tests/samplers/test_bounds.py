@@ -58,3 +58,35 @@ def test_bad_input(mild_target, mild_post):
     bad = br.Target(prior=mild_target.prior, reward=mild_target.reward, beta=1.5, max_new_tokens=3)
     with pytest.raises(ConfigError, match="max_new_tokens"):
         upper_bound(bad, PROMPT, mild_post.sample(5, g))
+
+
+def test_upper_bound_needs_exact_samples(mild_target, mild_post):
+    g = torch.Generator().manual_seed(2)
+    sir = br.sampling_importance_resampling(mild_target, PROMPT, 64, 32, generator=g)
+    assert sir.source == "resampled"
+    with pytest.raises(ConfigError, match="source='resampled', not 'exact'"):
+        upper_bound(mild_target, PROMPT, sir, generator=g)
+    drawn = mild_target.prior.sample(PROMPT, 8, mild_target.max_new_tokens, g)
+    with pytest.raises(ConfigError, match="source='model'"):
+        upper_bound(mild_target, PROMPT, drawn, generator=g)
+    # exact rejection samples are exact; and the estimate is an upper bound (3 SE slack)
+    reward_max = 2.0 * mild_target.max_new_tokens
+    rej = br.exact_rejection_sample(mild_target, PROMPT, 200, reward_max=reward_max, generator=g).samples
+    assert rej.source == "exact"
+    up = upper_bound(mild_target, PROMPT, rej, num_inner=4, generator=g)
+    assert up.side == "upper" and up.value > mild_post.log_z - 3 * up.stderr
+
+
+def test_kl_sandwich_refuses_bounds_on_the_wrong_side(mild_target, mild_post):
+    g = torch.Generator().manual_seed(3)
+    elbo = lower_bound(mild_target, PROMPT, 64, generator=g)
+    eubo = upper_bound(mild_target, PROMPT, mild_post.sample(64, g), generator=g)
+    assert elbo.side == "lower" and eubo.side == "upper"
+    with pytest.raises(ConfigError, match="eubo is a lower bound"):
+        kl_sandwich(elbo, elbo)
+    with pytest.raises(ConfigError, match="log_z_lower is an upper bound"):
+        kl_sandwich(elbo, eubo, log_z_lower=eubo)
+    with pytest.raises(ConfigError, match="BoundEstimate"):
+        kl_sandwich(elbo, eubo, log_z_upper=1.0)
+    s = kl_sandwich(elbo, eubo, log_z_lower_bound([elbo.value]), eubo)
+    assert s.log_z_lower <= s.log_z_upper

@@ -166,3 +166,53 @@ def test_bad_input(mild_target, mild_post, gpt2_post):
     target = br.Target(prior=mild_target.prior, reward=never, beta=1.0, max_new_tokens=3)
     with pytest.raises(NoMassError, match="no mass where the proposal looked"):
         smc(target, PROMPT, 8, generator=g)
+
+
+@pytest.fixture(scope="module")
+def terminal_target():
+    """No EOS (every completion runs to T = 3): the reward arrives only at the last token."""
+    lm = tiny_lm("gpt2", vocab_size=8, seed=0)
+    lm.eos_token_id = None
+    return br.Target(prior=lm, reward=first_word_reward(), beta=1.5, max_new_tokens=3)
+
+
+def test_bootstrap_with_terminal_reward_is_importance_sampling_and_says_so(terminal_target):
+    # ess_threshold = 1 resamples whenever the weights differ; bootstrap weights never do before T
+    ws = smc(terminal_target, [PROMPT, "w3"], 16, ess_threshold=1.0, generator=torch.Generator().manual_seed(0))
+    assert bool(ws.mask.all())
+    assert ws.info["resampling_steps"] == 0 and int(ws.history.resampled.sum()) == 0
+    assert "importance sampling" in ws.info["note"] and "twist='prefix'" in ws.info["note"]
+    assert [row["num_resampling_steps"] for row in ws.summary()] == [0, 0]
+    # the final weights are the importance weights r / beta of prior samples
+    assert torch.allclose(ws.log_weights, ws.rewards / terminal_target.beta, atol=1e-12)
+
+
+def test_twist_prefix_by_name_resamples_and_stays_unbiased(terminal_target):
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    # the prefix reward differs between particles once one has drawn w0: with 64 particles some do
+    named = smc(terminal_target, PROMPT, 64, twist="prefix", ess_threshold=1.0, generator=g())
+    built = smc(terminal_target, PROMPT, 64, twist=PrefixPotential(terminal_target.reward), ess_threshold=1.0,
+                generator=g())
+    assert torch.equal(named.ids, built.ids) and torch.equal(named.log_z, built.log_z)
+    assert named.info["resampling_steps"] > 0 and "note" not in named.info
+    assert named.summary()[0]["num_resampling_steps"] == named.info["resampling_steps"]
+    # E[exp(log_z)] = Z: the mean of exp(log_z - log Z) over R = 200 runs is 1 within 3 run-SE
+    post = br.exact_posterior(terminal_target, PROMPT)
+    R = 200
+    ws = smc(terminal_target, [PROMPT] * R, 8, twist="prefix", ess_threshold=1.0, generator=g())
+    z = torch.exp(ws.log_z - post.log_z)
+    assert abs(float(z.mean()) - 1.0) < 3 * float(z.std() / math.sqrt(R))
+
+
+def test_twist_exact_by_name_matches_the_posterior_twist(mild_target, mild_post):
+    a = smc(mild_target, [PROMPT, PROMPT], 8, twist="exact", generator=torch.Generator().manual_seed(5))
+    b = smc(mild_target, [PROMPT, PROMPT], 8, twist=mild_post, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)
+    # with the exact proposal too, log Z is exact (zero variance)
+    c = smc(mild_target, PROMPT, 8, twist="exact", proposal=mild_post, generator=torch.Generator().manual_seed(5))
+    assert abs(float(c.log_z[0]) - mild_post.log_z) < 1e-10
+
+
+def test_unknown_twist_name_refused(mild_target):
+    with pytest.raises(ConfigError, match="twist 'optimal' is not known.*'prefix'"):
+        smc(mild_target, PROMPT, 4, twist="optimal", generator=torch.Generator().manual_seed(0))
