@@ -12,62 +12,35 @@ Primitives::
     lm.score(prompt, ids, mask)            # [n, T] per-token log-probs of given completions
     lm.sample(prompt, n, T, generator)     # ancestral sampling over the same step primitive
 
-``top_k`` optionally truncates the prior to its k most likely tokens at every step (renormalised),
-so that a real LM's posterior can be enumerated exactly over the truncated support.
+Two kinds of truncation:
+
+- ``top_k`` truncates the model's own next-token distribution to its k most likely tokens
+  (renormalised), so that a real LM's posterior can be enumerated over the truncated support;
+- ``support=prior`` (a CausalLM with ``top_k``) restricts this model's distribution to the
+  *prior's* top-k set S(prefix) and renormalises: the semantics of a policy trained against a
+  truncated target, whose completions must stay where pi0 (and so pi*) has mass. Every primitive
+  then runs the prior beside the model (its state travels in ``LMState.support``).
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import os
-import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError
 
-from bayes_rlhf.errors import ConfigError, ModelLoadError, PromptError
+from bayes_rlhf.errors import ConfigError, PromptError, TokenizerMismatchError
+from bayes_rlhf.models.cache import LMState, _fork_cache, _select_cache, cache_argument, forward_with_cache
 from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.models.text import encode_known, short
 
-
-def _select_cache(cache, idx: torch.Tensor):
-    """A new cache holding rows ``idx`` of ``cache``; the input cache is left untouched."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    new.reorder_cache(idx)
-    return new
-
-
-def _fork_cache(cache):
-    """A shallow copy that a forward pass may extend without changing ``cache``."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    return new
-
-
-@dataclass(frozen=True)
-class LMState:
-    """The state of n partial sequences: KV cache, attention mask [n, L], next positions [n]."""
-
-    cache: object
-    attention_mask: torch.Tensor
-    positions: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return self.attention_mask.shape[0]
-
-    def reindex(self, idx: torch.Tensor) -> "LMState":
-        """Rows ``idx`` (LongTensor [m], repeats allowed) as a new state; no recomputation."""
-        idx = idx.to(self.attention_mask.device)
-        return LMState(_select_cache(self.cache, idx), self.attention_mask[idx], self.positions[idx])
+__all__ = ["CausalLM", "LMState", "load_model", "sample_categorical", "cache_argument", "forward_with_cache",
+           "_fork_cache", "_select_cache"]
 
 
 class CausalLM:
-    """A causal language model with its tokenizer, device, dtype and optional top-k truncation.
+    """A causal language model with its tokenizer, device, dtype and optional truncation.
 
     Parameters
     ----------
@@ -79,17 +52,23 @@ class CausalLM:
         Where and in what precision to run. Defaults: CUDA when available, the model's dtype.
     top_k : int, optional
         Truncate every next-token distribution to its k most likely tokens (renormalised).
+    support : CausalLM, optional
+        A top-k model (the prior of a truncated target) whose support this model is restricted to.
+    source : str, optional
+        Where the weights came from (path or hub id); set by ``from_pretrained``.
     """
 
-    def __init__(self, model, tokenizer, *, device=None, dtype=None, top_k: int | None = None):
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
+    def __init__(self, model, tokenizer, *, device=None, dtype=None, top_k: int | None = None,
+                 support: "CausalLM | None" = None, source: str | None = None):
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
         self.model.eval()
         self.tokenizer = tokenizer
         self.top_k = top_k
+        self.source = source
         self.device = torch.device(device)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         eos = tokenizer.eos_token_id
@@ -99,58 +78,71 @@ class CausalLM:
         self.eos_token_id: int | None = eos if eos is None or eos < self.vocab_size else None
         pad = tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else (self.eos_token_id if self.eos_token_id is not None else 0)
+        self.support = self._check_support(support)
+
+    def _check_support(self, support):
+        if support is None:
+            return None
+        if not isinstance(support, CausalLM) or support.top_k is None:
+            raise ConfigError("support must be a CausalLM with top_k set (the truncated prior), got "
+                              f"{support if not isinstance(support, CausalLM) else 'a CausalLM without top_k'}")
+        if support.support is not None:
+            raise ConfigError("a support model must not itself be restricted to another support")
+        if not self.same_tokenizer(support):
+            raise TokenizerMismatchError("the support model's tokenizer differs from this model's; restrict a "
+                                         "policy to the support of the prior it was fine-tuned from")
+        return support
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device=None, dtype=None,
-                        top_k: int | None = None, trust_remote_code: bool = False, **kwargs) -> "CausalLM":
+                        top_k: int | None = None, trust_remote_code: bool = False, support="auto",
+                        **kwargs) -> "CausalLM":
         """Load a model and tokenizer from a local directory or a hub id.
 
-        ``trust_remote_code`` stays off unless you pass True. Extra keyword arguments go to
+        ``trust_remote_code`` stays off unless you pass True. Weights are read from safetensors
+        only. ``support``: ``"auto"`` restores the support restriction a policy checkpoint records
+        in ``support.json`` (loading the prior it names), a CausalLM restricts to that model's
+        top-k support, None loads the plain model. Extra keyword arguments go to
         ``AutoModelForCausalLM.from_pretrained`` (e.g. ``gguf_file=...``).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from bayes_rlhf.models.loading import load_pretrained, read_support, support_prior
 
         name = str(name_or_path)
-        looks_local = os.path.sep in name or name.startswith(".") or Path(name).suffix != ""
-        if looks_local and not Path(name).exists():
-            raise ModelLoadError(f"model path {name!r} does not exist; give an existing directory "
-                                 "holding config.json and weights, or a hub id such as 'gpt2'")
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        if Path(name).is_dir():
-            _check_weight_files(Path(name), kwargs.get("gguf_file"))
-        if "gguf_file" not in kwargs:
-            kwargs.setdefault("use_safetensors", True)  # never unpickle weights
-        tok_kwargs = {k: v for k, v in kwargs.items() if k == "gguf_file"}
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **tok_kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                name, trust_remote_code=trust_remote_code, dtype=dtype, **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
-            raise ModelLoadError(f"could not load a causal LM from {name!r}: {type(exc).__name__}: {exc}. "
-                                 "Give a local directory with config.json, safetensors weights and tokenizer "
-                                 "files (a truncated or corrupted model.safetensors reads as a header error: "
-                                 "save it again), or a hub id that is cached when offline") from exc
-        return cls(model, tokenizer, device=device, dtype=dtype, top_k=top_k)
+        record = read_support(Path(name)) if support == "auto" and Path(name).is_dir() else None
+        tokenizer, model = load_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        if support == "auto":
+            support = None if record is None else support_prior(record, name, device, dtype)
+        return cls(model, tokenizer, device=device, dtype=dtype, top_k=top_k, support=support, source=name)
 
     def with_top_k(self, top_k: int | None) -> "CausalLM":
         """The same model and tokenizer with another truncation (shares weights)."""
-        return CausalLM(self.model, self.tokenizer, device=self.device, top_k=top_k)
+        return CausalLM(self.model, self.tokenizer, device=self.device, top_k=top_k, support=self.support,
+                        source=self.source)
+
+    def with_support(self, support: "CausalLM | None") -> "CausalLM":
+        """The same model restricted to ``support``'s top-k support (None: unrestricted); shares weights."""
+        return CausalLM(self.model, self.tokenizer, device=self.device, top_k=self.top_k, support=support,
+                        source=self.source)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write model (safetensors) and tokenizer atomically to ``directory``."""
+        """Write model (safetensors) and tokenizer atomically to ``directory``; with a support
+        restriction also ``support.json`` naming the prior and k (see ``bayes_rlhf.models.loading``)."""
         from bayes_rlhf.io import atomic_dir
+        from bayes_rlhf.models.loading import write_support
 
         with atomic_dir(directory) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-        directory = Path(directory)
-        return directory
+            if self.support is not None:
+                write_support(tmp, self)
+        return Path(directory)
 
     def same_tokenizer(self, other: "CausalLM") -> bool:
         """True when ``other`` maps every token to the same id and has the same EOS."""
@@ -164,7 +156,7 @@ class CausalLM:
         """Prompt token ids with the tokenizer's own defaults (BOS if it adds one)."""
         if not isinstance(prompt, str):
             raise PromptError(f"a prompt must be a str, got {type(prompt).__name__}")
-        ids = self._encode_known(prompt, add_special_tokens=True, what="prompt")
+        ids = encode_known(self.tokenizer, prompt, add_special_tokens=True, what="prompt")
         if not ids:
             bos = self.tokenizer.bos_token_id
             if bos is None:
@@ -178,7 +170,7 @@ class CausalLM:
 
         Returns ids LongTensor [n, T] and mask BoolTensor [n, T].
         """
-        rows = [self._encode_known(t, add_special_tokens=False, what="completion") for t in texts]
+        rows = [encode_known(self.tokenizer, t, add_special_tokens=False, what="completion") for t in texts]
         return self._pad_rows(rows, max_new_tokens)
 
     @property
@@ -198,25 +190,10 @@ class CausalLM:
         n_ctx = self.context_length
         if n_ctx is not None and len(ids) + max_new_tokens > n_ctx:
             raise PromptError(
-                f"prompt {_short(prompt)} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
+                f"prompt {short(prompt)} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
                 f"{len(ids) + max_new_tokens} positions, past this model's context of {n_ctx}. Shorten the "
                 f"prompt or lower max_new_tokens to at most {max(n_ctx - len(ids), 0)}")
         return ids
-
-    def _encode_known(self, text: str, *, add_special_tokens: bool, what: str) -> list[int]:
-        """Token ids of ``text``; PromptError naming the words the tokenizer maps to its unknown token
-        (encoding them as <unk> would silently condition on another text)."""
-        unk = self.tokenizer.unk_token_id
-        ids = list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-        if unk is None or unk not in ids:
-            return ids
-        words = [w for w in _unknown_words(self.tokenizer, text, unk) if w != self.tokenizer.unk_token]
-        if not words:  # the text spells the unknown (or padding) token itself
-            return ids
-        raise PromptError(f"the {what} {_short(text)} has word(s) this tokenizer does not know: "
-                          f"{', '.join(repr(w) for w in words)} (they would be read as "
-                          f"{self.tokenizer.unk_token!r}); use words from the model's vocabulary "
-                          "(check case and spelling)")
 
     def _pad_rows(self, rows: list[list[int]], T: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
@@ -253,13 +230,16 @@ class CausalLM:
         return ids.to(self.device), att.to(self.device)
 
     # ------------------------------------------------------------------ distributions
-    def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """Next-token log-probs [..., V] from logits, in >= float32, with top-k truncation."""
+    def log_softmax(self, logits: torch.Tensor, support_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token log-probs [..., V] from logits, in >= float32, with top-k truncation and,
+        given the support model's log-probs [..., V], restricted to where they are finite."""
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         if self.top_k is not None and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
+        if support_log_probs is not None:
+            logits = logits.masked_fill(~torch.isfinite(support_log_probs), float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache=None):
@@ -280,8 +260,9 @@ class CausalLM:
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             logits, cache = self._forward(ids, att, pos)
-        state = LMState(cache, att, pos[:, -1] + 1)
-        logp = self.log_softmax(logits)
+        support, support_lp = self.support.start(prompts) if self.support is not None else (None, None)
+        state = LMState(cache, att, pos[:, -1] + 1, support)
+        logp = self.log_softmax(logits, support_lp)
         if num_per_prompt != 1:
             idx = torch.arange(len(prompts), device=self.device).repeat_interleave(num_per_prompt)
             state, logp = state.reindex(idx), logp[idx]
@@ -296,13 +277,20 @@ class CausalLM:
         att = torch.cat([state.attention_mask, state.attention_mask.new_ones(tokens.shape[0], 1)], dim=1)
         with torch.no_grad():
             logits, cache = self._forward(tokens, att, state.positions.view(-1, 1), _fork_cache(state.cache))
-        return LMState(cache, att, state.positions + 1), self.log_softmax(logits)
+        support, support_lp = (self.support.step(state.support, tokens.view(-1)) if self.support is not None
+                               else (None, None))
+        return LMState(cache, att, state.positions + 1, support), self.log_softmax(logits, support_lp)
 
     # ------------------------------------------------------------------ scoring and sampling
-    def token_log_probs(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs [n, T] of completions (0 at padding), differentiable.
+    def sequence_forward(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor, *,
+                         model: torch.nn.Module | None = None, hidden_states: bool = False):
+        """One differentiable pass over prompt + completion.
 
-        ``prompts`` is one prompt for every row or a list of n prompts.
+        Returns per-token log-probs [n, T] (0 at padding) and, with ``hidden_states``, the last
+        hidden state at the positions that predict each completion token [n, T, H] (else None).
+        ``prompts`` is one prompt for every row or a list of n prompts; ``model`` replaces
+        ``self.model`` in the pass (e.g. accelerate's wrapped module). With a support restriction the
+        support model is run too (without gradient) and its top-k sets mask the logits.
         """
         n, T = ids.shape
         plist = self._as_prompt_list(prompts)
@@ -313,11 +301,26 @@ class CausalLM:
         full = torch.cat([p_ids, ids], dim=1)
         att = torch.cat([p_att, mask.long()], dim=1)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=full, attention_mask=att, position_ids=pos, use_cache=False).logits
+        out = (self.model if model is None else model)(input_ids=full, attention_mask=att, position_ids=pos,
+                                                       use_cache=False, output_hidden_states=hidden_states)
         P = p_ids.shape[1]
-        logp = self.log_softmax(logits[:, P - 1: P - 1 + T])
-        tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return tok.masked_fill(~mask, 0.0)
+        window = slice(P - 1, P - 1 + T)
+        support_lp = None
+        if self.support is not None:
+            with torch.no_grad():
+                s_logits = self.support.model(input_ids=full, attention_mask=att, position_ids=pos,
+                                              use_cache=False).logits
+            support_lp = self.support.log_softmax(s_logits[:, window])
+        logp = self.log_softmax(out.logits[:, window], support_lp)
+        tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
+        return tok, (out.hidden_states[-1][:, window] if hidden_states else None)
+
+    def token_log_probs(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token log-probs [n, T] of completions (0 at padding), differentiable.
+
+        ``prompts`` is one prompt for every row or a list of n prompts.
+        """
+        return self.sequence_forward(prompts, ids, mask)[0]
 
     def score(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor,
               batch_size: int = 256) -> torch.Tensor:
@@ -368,78 +371,6 @@ class CausalLM:
         return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index)
 
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def _check_weight_files(directory: Path, gguf_file: str | None) -> None:
-    """Refuse, before loading anything, a directory whose weights exist only as pickles: unpickling
-    can execute code, so only safetensors (or a GGUF file given by name) are read."""
-    if gguf_file is not None or any(directory.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-    if pickles:
-        raise ModelLoadError(
-            f"{str(directory)!r} holds weights only as pickle files ({', '.join(pickles)}); bayes_rlhf "
-            "reads safetensors only, because loading a pickle can run arbitrary code. If you trust the "
-            "file, convert it once: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir) "
-            "writes model.safetensors")
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
-def _unknown_words(tokenizer, text: str, unk: int) -> list[str]:
-    """The pieces of ``text`` that encode to ``unk``: by character offsets with a fast tokenizer,
-    else word by word."""
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk and b > a]
-    except (NotImplementedError, ValueError, TypeError):
-        spans = []
-    if not spans:
-        spans = [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
-    seen: dict[str, None] = {}
-    for w in spans:
-        seen.setdefault(w.strip() or w, None)
-    return list(seen) or [text]
-
-
-def cache_argument(model) -> str:
-    """The name under which ``model``'s forward takes a KV cache: ``cache`` (transformers >= 5.24)
-    or ``past_key_values`` (older 5.x, removed in 5.40). Read once from the forward's signature."""
-    forward = type(model).forward
-    name = _CACHE_ARGUMENT.get(forward)
-    if name is None:
-        inner = model
-        while True:  # peft and DDP wrappers take **kwargs: read the wrapped model's signature
-            if hasattr(inner, "get_base_model"):
-                inner = inner.get_base_model()
-            elif isinstance(getattr(inner, "module", None), torch.nn.Module):
-                inner = inner.module
-            else:
-                break
-        params = inspect.signature(type(inner).forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        _CACHE_ARGUMENT[forward] = name
-    return name
-
-
-_CACHE_ARGUMENT: dict = {}
-
-
-def forward_with_cache(model, input_ids, attention_mask, position_ids, cache=None):
-    """One cached forward of any transformers causal LM: last-position logits [n, V] and the cache.
-
-    Passes the cache under the argument name the installed transformers supports (see
-    ``cache_argument``) and reads it back from the output under either name.
-    """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, **{cache_argument(model): cache})
-    new_cache = out["cache"] if "cache" in out else out["past_key_values"]
-    return out.logits[:, -1], new_cache
-
-
 def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``."""
     probs = torch.exp(log_probs.double())
@@ -455,7 +386,7 @@ def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator | Non
 
 
 def load_model(name_or_path: str | os.PathLike, device=None, dtype=None, top_k: int | None = None,
-               trust_remote_code: bool = False, **kwargs) -> CausalLM:
+               trust_remote_code: bool = False, support="auto", **kwargs) -> CausalLM:
     """Load a ``CausalLM`` from a local directory or hub id (see ``CausalLM.from_pretrained``)."""
     return CausalLM.from_pretrained(name_or_path, device=device, dtype=dtype, top_k=top_k,
-                                    trust_remote_code=trust_remote_code, **kwargs)
+                                    trust_remote_code=trust_remote_code, support=support, **kwargs)

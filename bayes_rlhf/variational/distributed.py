@@ -125,7 +125,8 @@ class AccelerateBackend(LocalBackend):
         prior = target.prior
         if prior.device == self.device:
             return target
-        moved = CausalLM(prior.model.to(self.device), prior.tokenizer, device=self.device, top_k=prior.top_k)
+        moved = CausalLM(prior.model.to(self.device), prior.tokenizer, device=self.device, top_k=prior.top_k,
+                         source=prior.source)
         return dataclasses.replace(target, prior=moved)
 
     def prepare(self, model, value_head, optimizer):

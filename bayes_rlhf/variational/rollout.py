@@ -24,7 +24,12 @@ from bayes_rlhf.models.completions import Completions
 
 
 def make_policy(prior: CausalLM, config) -> CausalLM:
-    """A trainable copy of the prior (its own weights; the prior is never changed)."""
+    """A trainable copy of the prior (its own weights; the prior is never changed).
+
+    Against a top-k-truncated prior the policy is restricted to the prior's support S(prefix):
+    its own logits on S, renormalised (``CausalLM(support=prior)``), so that every completion it
+    draws has prior (and posterior) mass.
+    """
     model = copy.deepcopy(prior.model)
     if config.lora_rank > 0:
         try:
@@ -36,7 +41,8 @@ def make_policy(prior: CausalLM, config) -> CausalLM:
             torch.manual_seed(config.seed)
             model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                                                      target_modules="all-linear", lora_dropout=0.0))
-    policy = CausalLM(model, prior.tokenizer, device=prior.device, top_k=prior.top_k)
+    support = prior if prior.top_k is not None else None
+    policy = CausalLM(model, prior.tokenizer, device=prior.device, support=support, source=prior.source)
     policy.model.eval()  # no dropout: the sampled and the differentiated policy are the same
     return policy
 
@@ -45,7 +51,7 @@ def merged(policy: CausalLM) -> CausalLM:
     """The policy with LoRA adapters merged into plain transformers weights (no-op otherwise)."""
     if hasattr(policy.model, "merge_and_unload"):
         return CausalLM(policy.model.merge_and_unload(), policy.tokenizer, device=policy.device,
-                        top_k=policy.top_k)
+                        top_k=policy.top_k, support=policy.support, source=policy.source)
     return policy
 
 
@@ -72,22 +78,12 @@ def forward(lm: CausalLM, prompts: Sequence[str], ids: torch.Tensor, mask: torch
     ``prompts`` has one prompt per row. Values are V(s_t): the head on the hidden state that
     predicts token t. ``model`` replaces ``lm.model`` in the pass (accelerate's wrapped module).
     """
-    T = ids.shape[1]
-    p_ids, p_att = lm._prompt_batch(list(prompts))
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
-    full = torch.cat([p_ids, ids], dim=1)
-    att = torch.cat([p_att, mask.long()], dim=1)
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
     with autocast_for(lm, bf16):
-        out = (lm.model if model is None else model)(input_ids=full, attention_mask=att, position_ids=pos,
-                                                     use_cache=False, output_hidden_states=value_head is not None)
-    P = p_ids.shape[1]
-    logp = lm.log_softmax(out.logits[:, P - 1: P - 1 + T])
-    tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
+        tok, h = lm.sequence_forward(list(prompts), ids, mask, model=model, hidden_states=value_head is not None)
     values = None
     if value_head is not None:
-        h = out.hidden_states[-1][:, P - 1: P - 1 + T]
-        values = value_head(h.detach().to(next(value_head.parameters()).dtype)).squeeze(-1).masked_fill(~mask, 0.0)
+        values = value_head(h.detach().to(next(value_head.parameters()).dtype)).squeeze(-1)
+        values = values.masked_fill(~mask.to(values.device), 0.0)
     return tok, values
 
 

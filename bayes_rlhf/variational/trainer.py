@@ -171,7 +171,8 @@ class _Run:
         model = self.backend.unwrap(self.train_model)
         policy = self.policy
         if model is not policy.model:
-            policy = CausalLM(model, policy.tokenizer, device=policy.device, top_k=policy.top_k)
+            policy = CausalLM(model, policy.tokenizer, device=policy.device, top_k=policy.top_k,
+                              support=policy.support, source=policy.source)
         return rollout.merged(policy)
 
 

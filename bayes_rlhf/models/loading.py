@@ -1,0 +1,124 @@
+"""Loading checkpoints safely, and the record of a policy's support restriction.
+
+    load_pretrained(name)          tokenizer + model from a directory or hub id; safetensors only
+    write_support(dir, lm)         support.json beside a policy restricted to a prior's top-k support
+    read_support(dir)              that record, or None
+
+A policy trained against a top-k-truncated target lives on the prior's support S(prefix) (its
+logits restricted to S and renormalised). ``support.json`` names the prior and k so that
+``load_model(dir)`` gives back the same distribution::
+
+    {"format": 1, "prior": "<path, hub id or 'default'>", "top_k": k}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from bayes_rlhf.errors import ModelLoadError
+
+SUPPORT_FILE = "support.json"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, **kwargs):
+    """(tokenizer, model) from a local directory or a hub id; ModelLoadError when that fails.
+
+    Weights are read from safetensors only (or a GGUF file named by ``gguf_file=``): a directory
+    holding only pickles is refused before anything is read, since unpickling can run code.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = os.path.sep in name or name.startswith(".") or Path(name).suffix != ""
+    if looks_local and not Path(name).exists():
+        raise ModelLoadError(f"model path {name!r} does not exist; give an existing directory "
+                             "holding config.json and weights, or a hub id such as 'gpt2'")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if Path(name).is_dir():
+        _check_weight_files(Path(name), kwargs.get("gguf_file"))
+    if "gguf_file" not in kwargs:
+        kwargs.setdefault("use_safetensors", True)  # never unpickle weights
+    tok_kwargs = {k: v for k, v in kwargs.items() if k == "gguf_file"}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype,
+                                                     **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise ModelLoadError(f"could not load a causal LM from {name!r}: {type(exc).__name__}: {exc}. "
+                             "Give a local directory with config.json, safetensors weights and tokenizer "
+                             "files (a truncated or corrupted model.safetensors reads as a header error: "
+                             "save it again), or a hub id that is cached when offline") from exc
+    return tokenizer, model
+
+
+def _check_weight_files(directory: Path, gguf_file: str | None) -> None:
+    """Refuse a directory whose weights exist only as pickles (before loading anything)."""
+    if gguf_file is not None or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"{str(directory)!r} holds weights only as pickle files ({', '.join(pickles)}); bayes_rlhf "
+            "reads safetensors only, because loading a pickle can run arbitrary code. If you trust the "
+            "file, convert it once: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir) "
+            "writes model.safetensors")
+
+
+def source_name(lm) -> str | None:
+    """How to load ``lm``'s weights again: 'default' for the embedded model, else its path or hub id."""
+    from bayes_rlhf.models.default_model import DEFAULT_DIR
+
+    source = getattr(lm, "source", None)
+    if source is None:
+        return None
+    if Path(source).exists() and Path(source).resolve() == Path(DEFAULT_DIR).resolve():
+        return "default"
+    return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+def write_support(directory: Path, lm) -> None:
+    """Write ``support.json`` for a policy restricted to ``lm.support``'s top-k support."""
+    record = {"format": 1, "prior": source_name(lm.support), "top_k": lm.support.top_k}
+    (directory / SUPPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_support(directory: Path) -> dict | None:
+    """The support record of a checkpoint directory, or None when it has none."""
+    path = Path(directory) / SUPPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("top_k"), int) or record["top_k"] < 1:
+            raise ValueError("top_k must be an integer >= 1")
+    except (ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{str(path)!r} is not a valid support record ({exc}); it should read "
+                             '{"format": 1, "prior": PATH, "top_k": K}. Delete it to load the plain '
+                             "checkpoint") from exc
+    return record
+
+
+def support_prior(record: dict, directory, device, dtype):
+    """Load the prior a support record names (with its top-k); ModelLoadError if it cannot be found."""
+    from bayes_rlhf.models.causal_lm import CausalLM
+    from bayes_rlhf.models.default_model import DEFAULT_DIR
+
+    prior = record.get("prior")
+    if prior is None:
+        raise ModelLoadError(f"the checkpoint at {str(directory)!r} is restricted to a prior's top-"
+                             f"{record['top_k']} support, but its support.json does not say which prior; "
+                             "pass load_model(dir, support=prior_lm), or support=None for the plain model")
+    path = DEFAULT_DIR if prior == "default" else prior
+    try:
+        return CausalLM.from_pretrained(path, device=device, dtype=dtype, top_k=record["top_k"], support=None)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"the checkpoint at {str(directory)!r} is restricted to the top-{record['top_k']} "
+                             f"support of the prior {prior!r}, which could not be loaded ({exc}); pass "
+                             "load_model(dir, support=prior_lm), or support=None for the plain model") from exc
