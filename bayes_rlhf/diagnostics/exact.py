@@ -1,7 +1,10 @@
 """Exact comparison of a policy q with the enumerated posterior pi*.
 
 All sums run over the posterior's table; q's mass outside it (``q_outside``) makes
-KL(q || pi*) infinite and counts fully in the total variation::
+KL(q || pi*) and KL(q || pi0) infinite, leaves E_q[r] undefined (NaN: the reward of completions
+outside the table is not known; a partial sum is never reported) and counts fully in the total
+variation. To compare such a policy on the target's support, restrict it first
+(``policy.with_support(prior)``)::
 
     KL(q || pi*)  = sum_x q log(q / pi*)
     KL(pi* || q)  = sum_x pi* log(pi* / q)
@@ -96,5 +99,9 @@ def compare(policy: CausalLM | torch.Tensor, posterior: ExactPosterior, batch_si
     finite_r = torch.isfinite(r)
     mean_r = float((q[finite_r] * r[finite_r]).sum()) if not bool((pos & ~finite_r).any()) else -math.inf
     kl_q0 = float((q[pos] * (lq[pos] - posterior.prior_log_probs[pos])).sum())
+    if q_outside > 0:  # q puts mass where pi0 has none: no partial sums
+        mean_r, kl_q0 = math.nan, math.inf
+    # divergences are >= 0: a float64 sum of about -1e-16 is rounding, reported as 0
+    kl_qp, kl_pq, kl_q0 = (0.0 if v < 0 else v for v in (kl_qp, kl_pq, kl_q0))  # NaN stays NaN
     objective = mean_r - posterior.beta * kl_q0 if q_outside == 0 else -math.inf
     return Comparison(kl_qp, kl_pq, tv, objective, posterior.optimal_objective, mean_r, kl_q0, q_outside)

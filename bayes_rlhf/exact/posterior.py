@@ -55,6 +55,13 @@ class ExactPosterior:
                 f"beta={self.beta:g}, log_z={self.log_z:.6g}, max_new_tokens={self.completion_ids.shape[1]})")
 
     def __post_init__(self):
+        # the table is the prior's whole (truncated) space: renormalise in float64 so that float32
+        # rounding (masses summing to 1 + 4e-9) does not show up as a negative KL or a shifted log Z
+        l0 = self.prior_log_probs.double()
+        total = float(torch.logsumexp(l0, 0))
+        if abs(total) < 1e-4:
+            l0 = l0 - total
+        self.prior_log_probs = l0
         log_w = self.prior_log_probs + self.rewards / self.beta
         self.log_z = float(torch.logsumexp(log_w, 0))
         if not math.isfinite(self.log_z):
@@ -186,8 +193,10 @@ class ExactPosterior:
 
     @property
     def kl_to_prior(self) -> float:
-        """KL(pi* || pi0) = E_pi*[r] / beta - log Z (nats)."""
-        return self.mean_reward / self.beta - self.log_z
+        """KL(pi* || pi0) = E_pi*[r] / beta - log Z (nats), summed in float64 (>= 0)."""
+        p = self.probs
+        keep = p > 0
+        return max(0.0, float((p[keep] * (self.log_probs[keep] - self.prior_log_probs[keep])).sum()))
 
     @property
     def entropy(self) -> float:

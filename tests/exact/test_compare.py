@@ -45,3 +45,27 @@ def test_tokenizer_mismatch(gpt2_post):
     other = tiny_lm("gpt2", vocab_size=9, seed=0)
     with pytest.raises(br.TokenizerMismatchError):
         br.compare(other, gpt2_post)
+
+
+def test_mass_outside_support_reports_no_partial_sums(gpt2_lm, reward):
+    # q (untruncated) has mass outside the top-3 table: E_q[r] is unknown and KL(q || pi0) is
+    # infinite, not the partial sums over the table (which once printed as a negative "KL").
+    post = br.exact_posterior(br.Target(gpt2_lm.with_top_k(3), reward, 0.7, 3), "w1")
+    c = br.compare(gpt2_lm, post)
+    assert math.isnan(c.mean_reward) and c.kl_q_prior == math.inf and c.objective == -math.inf
+    restricted = br.compare(gpt2_lm.with_support(post.lm), post)
+    assert restricted.q_outside == 0 and math.isfinite(restricted.kl_q_posterior)
+    assert restricted.kl_q_prior >= 0 and math.isfinite(restricted.mean_reward)
+
+
+def test_float32_rounding_of_the_prior_is_not_a_negative_kl(gpt2_post):
+    import torch
+
+    # a float32 table whose masses sum to about 1 + 4e-9, and a reward that tilts nothing
+    l0 = gpt2_post.prior_log_probs.float()
+    l0 = l0 - torch.logsumexp(l0.double(), 0).float() + 4e-9
+    flat = br.ExactPosterior(gpt2_post.prompt, gpt2_post.completion_ids, gpt2_post.mask, l0,
+                             torch.zeros_like(gpt2_post.rewards), 1.0, gpt2_post.lm)
+    assert flat.prior_log_probs.dtype == torch.float64
+    assert flat.kl_to_prior == 0.0 or 0.0 < flat.kl_to_prior < 1e-12
+    assert abs(flat.log_z) < 1e-12
