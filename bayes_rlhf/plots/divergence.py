@@ -1,5 +1,5 @@
-"""Figures about distances to pi*: the reward-KL frontier, log Z against particles, importance
-weight diagnostics, and KL to pi* over training. Data in, ``Figure`` out; nothing is estimated here.
+"""Figures about distances to pi*: log Z against particles, importance weight diagnostics, and
+curves over training (KL to pi*, objective). The reward-KL frontier is in ``plots.frontier``. Data in, ``Figure`` out; nothing is estimated here.
 """
 
 from __future__ import annotations
@@ -21,40 +21,6 @@ def _arr(x, name: str) -> np.ndarray:
 
 
 @paper_style
-def plot_frontier(points: Sequence, title: str | None = None) -> Figure:
-    """E[r] against KL(q || pi0) for ``FrontierPoint``-like objects (label, kind, kl, reward).
-
-    Posterior points (kind 'posterior') are joined into the exact frontier; best-of-N exact
-    points and their analytic bounds are joined by dotted lines; policies and samplers are
-    labelled markers.
-    """
-    if not points:
-        raise ConfigError("no frontier points to plot")
-    fig, (ax,) = new_figure(width=5.6, height=4.0)
-    post = sorted((p for p in points if p.kind == "posterior"), key=lambda p: p.kl)
-    if post:
-        ax.plot([p.kl for p in post], [p.reward for p in post], "-", color=COLORS["posterior"],
-                label="exact posterior $\\pi^*_\\beta$", zorder=2)
-    bon = sorted((p for p in points if p.kind == "best_of_n"), key=lambda p: p.n)
-    bnd = sorted((p for p in points if p.kind == "best_of_n_bound"), key=lambda p: p.n)
-    if bon:
-        ax.plot([p.kl for p in bon], [p.reward for p in bon], "o-", color=COLORS["best_of_n"],
-                label="best-of-N (exact)", zorder=3)
-    if bnd:
-        ax.plot([p.kl for p in bnd], [p.reward for p in bnd], "o--", mfc="none", color=COLORS["best_of_n"],
-                label="best-of-N (KL bound $\\log N - (N-1)/N$)", zorder=3)
-    others = [p for p in points if p.kind not in ("posterior", "best_of_n", "best_of_n_bound")]
-    for i, p in enumerate(others):
-        marker = "*" if p.kind == "policy" else "X"
-        ax.plot([p.kl], [p.reward], marker, ms=12, color=CYCLE[i % len(CYCLE)], label=p.label, zorder=4)
-    ax.set_xlabel("KL(q || $\\pi_0$) [nats]")
-    ax.set_ylabel("expected reward E$_q$[r]")
-    ax.set_title(title or "Reward-KL frontier")
-    ax.legend(loc="lower right")
-    return fig
-
-
-@paper_style
 def plot_log_z(num_particles: Sequence[int], estimates: Mapping[str, Sequence[float]],
                stderrs: Mapping[str, Sequence[float]] | None = None, exact_log_z: float | None = None,
                title: str | None = None) -> Figure:
@@ -73,21 +39,23 @@ def plot_log_z(num_particles: Sequence[int], estimates: Mapping[str, Sequence[fl
     n = _arr(num_particles, "num_particles")
     if not estimates:
         raise ConfigError("no log Z estimates to plot")
-    fig, (ax,) = new_figure()
+    fig, (ax,) = new_figure(width=6.2)
     m = len(estimates)
     for i, (label, vals) in enumerate(estimates.items()):
         v = _arr(vals, label)
         c = CYCLE[i % len(CYCLE)]
-        x = n * 1.06 ** (i - (m - 1) / 2)  # series side by side on the log axis
+        x = n * 1.1 ** (i - (m - 1) / 2)  # series side by side on the log axis
         if v.ndim == 2:
             for j in range(v.shape[1]):
-                ax.plot(x, v[:, j], "o", color=c, alpha=0.5, ms=3, label=label if j == 0 else None)
+                ax.plot(x, v[:, j], "o", color=c, alpha=0.55, ms=4, label=label if j == 0 else None)
             continue
         err = None if not stderrs or label not in stderrs else _arr(stderrs[label], label)
         ax.errorbar(x, v, yerr=err, fmt="o-", color=c, capsize=3, label=label)
     if exact_log_z is not None:
         ax.axhline(exact_log_z, color="k", ls="--", lw=1.2, label="exact log Z")
     ax.set_xscale("log")
+    ax.set_xticks(n, [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in n])
+    ax.minorticks_off()
     ax.set_xlabel("number of particles")
     ax.set_ylabel("log Z [nats]")
     ax.set_title(title or "log Z estimates and bounds")
@@ -98,25 +66,40 @@ def plot_log_z(num_particles: Sequence[int], estimates: Mapping[str, Sequence[fl
 @paper_style
 def plot_weight_diagnostics(labels: Sequence[str], ess_fraction: Sequence[float], khat: Sequence[float],
                             title: str | None = None) -> Figure:
-    """Kish ESS / n and PSIS k-hat per proposal, with the k-hat thresholds 0.5, 0.7 and 1."""
+    """Kish ESS / n and PSIS k-hat per proposal (horizontal bars), with the k-hat thresholds.
+
+    A k-hat below -1 (bounded weights; -inf when every weight is equal) is drawn as a hatched
+    bar cut at -1 with its value written beside it; NaN is marked 'n/a'. The k-hat axis extends
+    to the largest value, so no bar is cut above.
+    """
     e, k = _arr(ess_fraction, "ess_fraction"), _arr(khat, "khat")
     if not (len(labels) == len(e) == len(k)):
         raise ConfigError("labels, ess_fraction and khat must have the same length")
-    fig, (a1, a2) = new_figure(ncols=2, width=4.2)
-    x = np.arange(len(labels))
-    a1.bar(x, e, color=COLORS["posterior"])
-    a1.set_ylim(0, 1.05)
-    a1.set_ylabel("Kish ESS / n")
-    shown = np.where(np.isnan(k), 0.0, np.clip(k, -1.0, 1.2))  # k < -1 (bounded weights) drawn at -1
-    a2.bar(x, shown, color=[_khat_colour(v) for v in k])
+    fig, (a1, a2) = new_figure(ncols=2, width=4.0, height=max(2.4, 1.1 + 0.32 * len(labels)))
+    y = np.arange(len(labels))
+    a1.barh(y, e, color=COLORS["posterior"])
+    a1.set_xlim(0, 1.02)
+    a1.set_xlabel("Kish ESS / n")
+    cut = ~np.isnan(k) & (k < -1.0)
+    shown = np.where(np.isnan(k), 0.0, np.maximum(k, -1.0))
+    bars = a2.barh(y, shown, color=[_khat_colour(v) for v in k])
+    for i in np.flatnonzero(cut):
+        bars[i].set_alpha(0.35)
+        value = "−∞" if np.isneginf(k[i]) else f"{k[i]:.2f}".replace("-", "−")
+        a2.text(-0.5, y[i], f"$\\hat k$ = {value}", va="center", ha="center", fontsize=8)
     for i in np.flatnonzero(np.isnan(k)):
-        a2.text(x[i], 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="#555555")
+        a2.text(0.04, y[i], "n/a", va="center", ha="left", fontsize=8, color="#555555")
     for t, ls in ((0.5, ":"), (0.7, "--"), (1.0, "-")):
-        a2.axhline(t, color="k", ls=ls, lw=1, label=f"k = {t}")
-    a2.set_ylabel("PSIS $\\hat k$")
-    a2.legend(loc="upper left")
+        a2.axvline(t, color="k", ls=ls, lw=1, label=f"$\\hat k$ = {t}")
+    finite = k[np.isfinite(k)]
+    a2.set_xlim(-1.05, max(1.3, float(finite.max()) + 0.1 if finite.size else 1.3))
+    a2.set_xlabel("PSIS $\\hat k$ (pale: below −1, cut)" if cut.any() else "PSIS $\\hat k$")
+    a2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    a1.set_yticks(y, list(labels))
+    a2.set_yticks(y, [""] * len(labels))
     for ax in (a1, a2):
-        ax.set_xticks(x, list(labels), rotation=20, ha="right")
+        ax.set_ylim(len(labels) - 0.5, -0.5)  # first label on top
+        ax.grid(axis="y", visible=False)
     fig.suptitle(title or "Importance weight diagnostics")
     return fig
 
@@ -125,6 +108,45 @@ def _khat_colour(k: float) -> str:
     if np.isnan(k):
         return "#bbbbbb"
     return "#2ca02c" if k < 0.5 else "#ffbf00" if k < 0.7 else "#d62728"
+
+
+def _draw_series(ax, s: np.ndarray, series: Mapping[str, Sequence[float]], first_colour: int = 0) -> None:
+    for i, (label, vals) in enumerate(series.items()):
+        v = _arr(vals, label)
+        if v.shape != s.shape:
+            raise ConfigError(f"series {label!r} has {v.size} values for {s.size} steps")
+        shown = np.isfinite(v)  # series evaluated every k steps are NaN in between: join their points
+        sparse = shown.sum() < 0.5 * shown.size
+        ax.plot(s[shown], v[shown], "o-" if sparse else "-", ms=4, color=CYCLE[(first_colour + i) % len(CYCLE)],
+                label=label, lw=1.8 if sparse else 1.2)
+
+
+@paper_style
+def plot_training_panels(steps: Sequence[float], panels: Sequence[tuple], title: str | None = None) -> Figure:
+    """One axes per panel of curves over training steps, so exact and noisy series are not mixed.
+
+    Parameters
+    ----------
+    steps : [m]
+    panels : sequence of (title, ylabel, {label: [m]})
+        Series given NaN where not evaluated are drawn through their evaluated points.
+    """
+    s = _arr(steps, "steps")
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        raise ConfigError("no training series to plot")
+    fig, axes = new_figure(ncols=len(panels), width=4.0, height=3.3)
+    colour = 0
+    for ax, (name, ylabel, series) in zip(axes, panels):
+        _draw_series(ax, s, series, colour)
+        colour += len(series)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 @paper_style
@@ -136,13 +158,7 @@ def plot_training(steps: Sequence[float], series: Mapping[str, Sequence[float]],
     if not series:
         raise ConfigError("no training series to plot")
     fig, (ax,) = new_figure()
-    for i, (label, vals) in enumerate(series.items()):
-        v = _arr(vals, label)
-        if v.shape != s.shape:
-            raise ConfigError(f"series {label!r} has {v.size} values for {s.size} steps")
-        shown = np.isfinite(v)  # series evaluated every k steps are NaN in between: join their points
-        sparse = shown.sum() < 0.5 * shown.size
-        ax.plot(s[shown], v[shown], "o-" if sparse else "-", ms=4, color=CYCLE[i % len(CYCLE)], label=label)
+    _draw_series(ax, s, series)
     for label, val in (references or {}).items():
         ax.axhline(val, color="k", ls="--", lw=1.2, label=label)
     if log_y:

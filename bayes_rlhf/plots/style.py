@@ -27,6 +27,26 @@ PAPER_RC = {
 COLORS = {"prior": "#7f7f7f", "posterior": "#1f77b4", "policy": "#d62728", "best_of_n": "#2ca02c",
           "best_of_n_bound": "#2ca02c", "sampler": "#9467bd", "bound": "#ff7f0e"}
 CYCLE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e")
+#: Roles recognised from the first word of a series label ("prior π0", "exact posterior π*", ...).
+_ROLE_WORDS = {"prior": "prior", "posterior": "posterior", "exact": "posterior", "pi*": "posterior",
+               "π*": "posterior"}
+
+
+def colour_for(label: str, index: int) -> str:
+    """The role colour of ``label`` (a prior or posterior series), else ``CYCLE[index]``.
+
+    Give ``index`` as the position of the series among the non-role series, so that the same
+    policy gets the same colour in every figure of a report.
+    """
+    words = str(label).lower().split()
+    role = _ROLE_WORDS.get(words[0]) if words else None
+    return COLORS[role] if role else CYCLE[index % len(CYCLE)]
+
+
+def is_role(label: str) -> bool:
+    """True when ``colour_for`` gives ``label`` a role colour (prior or posterior)."""
+    words = str(label).lower().split()
+    return bool(words) and words[0] in _ROLE_WORDS
 
 
 def paper_style(fn):
