@@ -19,7 +19,6 @@ to RUN_DIR/figures/ as PDF and PNG; the HTML embeds the PNGs (or links them with
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 import os
@@ -36,49 +35,24 @@ from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, po
 from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, TableLM, load_run, save_run
 from bayes_rlhf.diagnostics.sampled import position_kl
 from bayes_rlhf.errors import ConfigError
-from bayes_rlhf.plots import (plot_frontier, plot_log_z, plot_reward_histograms, plot_token_distributions, plot_training,
-                              plot_weight_diagnostics, save_figure)
+from bayes_rlhf.io import umask_permissions
+from bayes_rlhf.plots import (TokenLabels, plot_frontier, plot_log_z, plot_reward_histograms, plot_token_distributions,
+                              plot_training_panels, plot_weight_diagnostics)
+from bayes_rlhf.report_html import CSS, Figures, listing, table, vertical
 
 __all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run", "TableLM"]
 
 DEFAULT_BEST_OF_N = (1, 4, 16, 64)
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td.t{text-align:left;font-family:monospace}figure{display:inline-block;margin:0.5em}
-img{max-width:520px}figcaption{font-size:0.85em;color:#555}h2{border-bottom:1px solid #ddd}"""
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if math.isfinite(v) else str(v)
-    return html.escape(str(v))
-
-
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f'<td class="{"t" if isinstance(r[c], str) else ""}">{_fmt(r[c])}</td>'
-                                    for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-class _Figures:
-    """Saves figures under RUN_DIR/figures and returns their HTML."""
-
-    def __init__(self, run_dir: Path, embed: bool):
-        self.dir, self.embed = run_dir / "figures", embed
-
-    def add(self, fig, name: str, caption: str) -> str:
-        pdf, png = save_figure(fig, self.dir / name)
-        if self.embed:
-            src = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-        else:
-            src = f"figures/{png.name}"
-        return (f'<figure><img src="{src}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)} '
-                f'(<a href="figures/{pdf.name}">PDF</a>)</figcaption></figure>')
+_HISTORY_PANELS = (  # (title, ylabel, {column: legend label}); columns a history lacks are skipped
+    ("Distance to the posterior $\\pi^*$", "KL [nats]",
+     {"kl_q_posterior": "KL(q || $\\pi^*$), exact", "kl_posterior_q": "KL($\\pi^*$ || q), exact",
+      "kl_q_posterior_est": "KL(q || $\\pi^*$), sandwich estimate",
+      "kl_posterior_q_est": "KL($\\pi^*$ || q), sandwich estimate", "kl_sandwich": "EUBO − ELBO"}),
+    ("Objective and reward (per-batch estimates)", "reward units",
+     {"objective": "objective J = E[r] − β KL(q || $\\pi_0$)", "mean_reward": "mean reward E$_q$[r]"}),
+    ("KL to the prior (per-batch estimate)", "KL [nats]", {"kl_prior": "KL(q || $\\pi_0$), one batch"}),
+)
 
 
 def _table_next_token(log_q: torch.Tensor, post, prefix: list[int]) -> torch.Tensor:
@@ -91,14 +65,16 @@ def _table_next_token(log_q: torch.Tensor, post, prefix: list[int]) -> torch.Ten
     return mass / mass.sum() if float(mass.sum()) > 0 else mass
 
 
-def _position_rows(run: Run, post, i: int) -> list[dict]:
-    rows = []
+def _position_table(run: Run, post, i: int) -> str:
+    """Expected per-token KL at each position, one column per policy and direction, and their sums."""
+    cols = {}
     for label, lq in run.policies.items():
-        fwd, rev = position_kl(lq[i], post), position_kl(lq[i], post, "reverse")
-        for t in range(fwd.numel()):
-            rows.append({"policy": label, "position": t, "KL(pi* || q) at t": float(fwd[t]),
-                         "KL(q || pi*) at t": float(rev[t])})
-    return rows
+        cols[f"{label}: KL(π* ‖ q) at t"] = position_kl(lq[i], post).tolist()
+        cols[f"{label}: KL(q ‖ π*) at t"] = position_kl(lq[i], post, "reverse").tolist()
+    T = len(next(iter(cols.values())))
+    rows = [{"position t": str(t + 1), **{c: max(v[t], 0.0) for c, v in cols.items()}} for t in range(T)]
+    rows.append({"position t": "sum (= the KL above)", **{c: max(sum(v), 0.0) for c, v in cols.items()}})
+    return table(rows)
 
 
 def _sampler_points(run: Run, post, i: int) -> list[FrontierPoint]:
@@ -123,9 +99,10 @@ def _frontier_points(post, policies: dict, i: int, betas, best_of_n) -> list[Fro
     grid = sorted(set(betas if betas is not None else
                       torch.logspace(-1.3, 1.3, 25, dtype=torch.float64).tolist()) | {float(post.beta)})
     pts = posterior_frontier(post, grid)
-    pts.append(FrontierPoint("prior $\\pi_0$", "sampler", 0.0, post.prior_mean_reward))
-    pts.append(FrontierPoint(f"$\\pi^*$ ($\\beta$={post.beta:g})", "policy", post.kl_to_prior, post.mean_reward))
-    pts += [policy_point(lq[i], post, label=label) for label, lq in policies.items()]
+    pts.append(FrontierPoint("prior $\\pi_0$", "prior", 0.0, post.prior_mean_reward))
+    pts.append(FrontierPoint(f"$\\pi^*$ at the run's $\\beta$ = {post.beta:g}", "target", post.kl_to_prior,
+                             post.mean_reward))
+    pts += [policy_point(lq[i], post, label=f"policy {label}") for label, lq in policies.items()]
     if best_of_n:
         try:
             pts += best_of_n_points(post, best_of_n)
@@ -134,63 +111,149 @@ def _frontier_points(post, policies: dict, i: int, betas, best_of_n) -> list[Fro
     return pts
 
 
-def _prompt_section(run: Run, i: int, figs: _Figures, betas, best_of_n) -> str:
-    post = run.posteriors[i]
-    title = html.escape(repr(post.prompt))
-    parts = [f"<h2>Prompt {i}: {title}</h2>", "<h3>Summary</h3>",
-             _table([{k: v for k, v in post.summary().items() if k != "prompt"}]),
-             "<h3>Most probable completions under the posterior</h3>", _table(post.top(10))]
-    comps = [{"policy": label, **compare(lq[i], post).as_dict()} for label, lq in run.policies.items()]
-    if comps:
-        parts += ["<h3>Policies against the exact posterior (nats)</h3>", _table(comps)]
-    points = _frontier_points(post, run.policies, i, betas, best_of_n) + _sampler_points(run, post, i)
-    parts.append(figs.add(plot_frontier(points),
-                          f"frontier_{i}", "Reward-KL frontier (KL in nats)"))
-    hist = {"prior": (post.rewards, post.prior_log_probs.exp()), "posterior": (post.rewards, post.probs)}
-    hist.update({label: (post.rewards, lq[i].exp()) for label, lq in run.policies.items()})
-    parts.append(figs.add(plot_reward_histograms(hist), f"rewards_{i}", "Reward distributions"))
-    if run.policies:
-        parts += ["<h3>Expected per-token KL by position (exact; sums to the totals above)</h3>",
-                  _table(_position_rows(run, post, i))]
-    tokens = [str(t) for t in post.lm.tokenizer.convert_ids_to_tokens(list(range(post.lm.vocab_size)))]
-    first = post.token_posterior([])
+def _frontier_caption(points, fig, grid) -> str:
+    kinds = {p.kind for p in points}
+    parts = [f"Exact reward–KL frontier of π*_β for β from {min(grid):.2g} to {max(grid):.2g} (blue curve)",
+             "π* at the run's β (black ring)", "the prior π₀ (grey square)"]
+    policies = [p.label.removeprefix("policy ") for p in points if p.kind == "policy"]
+    if policies:
+        parts.append(f"policy {listing(policies)} (exact, stars)")
+    if "best_of_n" in kinds:
+        ns = [str(p.n) for p in points if p.kind == "best_of_n"]
+        parts.append(f"best-of-N for N = {', '.join(ns)} (exact, green; dashed: its KL bound)")
+    samplers = [p.label.removesuffix(" (empirical)") for p in points if p.kind == "sampler"]
+    if samplers:
+        parts.append(f"sampler {listing(samplers)} (hollow markers: the weighted empirical distribution of the "
+                     "draws, whose plug-in KL to π₀ is biased upwards)")
+    text = "; ".join(parts) + ". KL in nats."
+    if len(fig.axes) == 3:  # plot_frontier zoomed: main, overview, legend
+        text += " The left panel is zoomed on the marked points; the right one shows the whole curve."
+    return text
+
+
+def _token_figures(run: Run, post, i: int, figs: "Figures") -> list[str]:
+    """Next-token distributions after the empty prefix and after pi*'s most probable first token."""
+    labels = TokenLabels(post.lm.tokenizer, post.lm.vocab_size)
     prefixes = [[]]
-    top = int(first.argmax())
+    top = int(post.token_posterior([]).argmax())
     if post.completion_ids.shape[1] > 1 and top != post.lm.eos_token_id:
         prefixes.append([top])
+    drawn = listing(["the exact posterior π*", "the prior π₀"] + [f"policy {p}" for p in run.policies])
+    out = []
     for j, prefix in enumerate(prefixes):
-        dists = {"posterior": post.token_posterior(prefix), "prior": post.token_prior(prefix)}
-        dists.update({label: _table_next_token(lq[i], post, prefix) for label, lq in run.policies.items()})
-        shown = post.lm.decode(torch.tensor([prefix]), torch.ones(1, len(prefix), dtype=torch.bool))[0]
-        parts.append(figs.add(plot_token_distributions(tokens, dists, prefix=shown), f"tokens_{i}_{j}",
-                              f"Next token after {shown!r}: exact posterior, prior and policies"))
+        dists = {"exact posterior $\\pi^*$": post.token_posterior(prefix), "prior $\\pi_0$": post.token_prior(prefix)}
+        dists.update({f"policy {label}": _table_next_token(lq[i], post, prefix) for label, lq in run.policies.items()})
+        shown = "".join(labels[t] for t in prefix)
+        where = (f"the first completion token after the prompt {_prompt_text(post.prompt)}" if not prefix else
+                 f"the token after the completion prefix “{shown}” (the posterior's most probable first token)")
+        fig = plot_token_distributions(labels, dists, prefix=shown)
+        out.append(figs.add(fig, f"tokens_{i}_{j}", f"Next-token distribution of {where} under {drawn}."
+                            + _token_notes(fig, shown)))
+    return out
+
+
+def _token_notes(fig, prefix: str) -> str:
+    """What the caption must say about a token figure: visible spaces, the pooled 'other' bar."""
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    notes = [" Spaces are shown as ␣."] if any("␣" in t for t in ticks + [prefix]) else []
+    if ticks and ticks[-1].startswith("other ("):
+        notes.append(f" The hatched bar '{ticks[-1]}' pools the remaining tokens (below 0.5% under every "
+                     "distribution, or beyond the 12 most probable).")
+    return "".join(notes)
+
+
+def _prompt_text(prompt: str) -> str:
+    return repr(prompt) if prompt else "'' (the empty prompt)"
+
+
+def _prompt_section(run: Run, i: int, figs: "Figures", betas, best_of_n) -> str:
+    post = run.posteriors[i]
+    parts = [f"<h2>Prompt {i}: {html.escape(_prompt_text(post.prompt))}</h2>"]
+    tables = [vertical({"exact posterior π*": {k: v for k, v in post.summary().items() if k != "prompt"}},
+                        "quantity (nats; rewards in their units)")]
+    comps = {label: compare(lq[i], post).as_dict() for label, lq in run.policies.items()}
+    if comps:
+        tables.append(vertical(comps, "policy q against π* (exact)"))
+    parts.append('<div class="tables">' + "".join(tables) + "</div>")
+    parts += ["<h3>Most probable completions under the posterior</h3>", table(post.top(10))]
+    points = _frontier_points(post, run.policies, i, betas, best_of_n) + _sampler_points(run, post, i)
+    fig = plot_frontier(points)
+    grid = [p.beta for p in points if p.kind == "posterior"]
+    parts.append(figs.add(fig, f"frontier_{i}", _frontier_caption(points, fig, grid)))
+    hist = {"prior $\\pi_0$": (post.rewards, post.prior_log_probs.exp()),
+            "exact posterior $\\pi^*$": (post.rewards, post.probs)}
+    hist.update({f"policy {label}": (post.rewards, lq[i].exp()) for label, lq in run.policies.items()})
+    drawn = listing(["the prior π₀", "the exact posterior π*"] + [f"policy {p}" for p in run.policies])
+    levels = torch.unique(post.rewards[torch.isfinite(post.rewards)]).numel()
+    how = ("bars at each reward value; values below probability 0.001 under all of them at either end of the "
+           "range are not drawn" if levels <= 25 else "step histograms of 30 bins")
+    side = [figs.add(plot_reward_histograms(hist), f"rewards_{i}", f"Exact reward distribution under {drawn} "
+                     f"(every completion of the table weighted by its probability; {how}).")]
+    if run.policies:
+        side.append("<div><h3>Expected per-token KL by position (exact, nats)</h3>"
+                    + _position_table(run, post, i) + "</div>")
+    parts.append('<div class="tables">' + "".join(side) + "</div>")
+    parts += _token_figures(run, post, i, figs)
     return "\n".join(parts)
 
 
-def _run_sections(run: Run, figs: _Figures) -> str:
-    parts = []
-    for label, rows in run.histories.items():
-        steps = [r.get("step", j) for j, r in enumerate(rows)]
-        kl_cols = sorted({k for r in rows for k, v in r.items() if "kl" in k.lower() and isinstance(v, (int, float))})
-        if not kl_cols:
-            continue
-        series = {k: [math.nan if r.get(k) is None else float(r[k]) for r in rows] for k in kl_cols}
-        parts.append(figs.add(plot_training(steps, series, ylabel="KL [nats]"), f"training_{_safe(label)}",
-                              f"Training run {label}: KL columns over steps"))
+def _history_panels(rows: list[dict]) -> list[tuple]:
+    """(title, ylabel, {legend name: values per step}) for each ``_HISTORY_PANELS`` entry the history has."""
+    panels = []
+    for title, ylabel, names in _HISTORY_PANELS:
+        series = {name: [math.nan if r.get(col) is None else float(r[col]) for r in rows]
+                  for col, name in names.items() if any(isinstance(r.get(col), (int, float)) for r in rows)}
+        if series:
+            panels.append((title, ylabel, series))
+    return panels
+
+
+def _history_figure(label: str, rows: list[dict], figs: "Figures") -> str:
+    panels = _history_panels(rows)
+    if not panels:
+        return ""
+    titles = [t.replace("$\\pi^*$", "π*") for t, _, _ in panels]
+    notes = []
+    if any("exact" in name for _, _, series in panels for name in series):
+        notes.append("Exact KLs are computed from the enumerated tables at evaluated steps (dots), averaged over "
+                     "the evaluation prompts.")
+    if any("per-batch" in t for t in titles):
+        notes.append("Per-batch estimates come from one batch of samples and are noisy.")
+    return figs.add(plot_training_panels([r.get("step", j) for j, r in enumerate(rows)], panels),
+                    f"training_{_safe(label)}", f"Training run {label}, left to right: " + "; ".join(titles) + ". "
+                    + " ".join(notes))
+
+
+def _run_sections(run: Run, figs: "Figures") -> str:
+    parts = [_history_figure(label, rows, figs) for label, rows in run.histories.items()]
+    parts = (["<h2>Training</h2>"] if any(parts) else []) + parts
     study = run.summary.get("extra", {}).get("log_z_vs_particles")
     if study:
-        parts += [f"<h2>log Z against the number of particles (prompt {html.escape(repr(study['prompt']))})</h2>",
+        parts += [f"<h2>log Z against the number of particles (prompt {html.escape(_prompt_text(study['prompt']))})"
+                  "</h2>",
                   figs.add(plot_log_z(study["num_particles"], study["estimates"], exact_log_z=study["exact_log_z"],
                                       title="log Z estimates of repeated runs"),
-                           "log_z_particles", "log Z estimates of repeated runs; dashed: exact log Z")]
-    rows = [{"sampler": label, "prompt": i, **d} for label, info in run.summary["samples"].items()
-            for i, d in enumerate(info["diagnostics"])]
+                           "log_z_particles", "log Z estimates of repeated runs (one dot per run; series side by "
+                           "side at each number of particles); dashed: the exact log Z.")]
+    exact = [p.log_z for p in run.posteriors]
+    rows = []
+    for label, info in run.summary["samples"].items():
+        for i, d in enumerate(info["diagnostics"]):
+            row = {"sampler": label, "prompt": i, **{k: v for k, v in d.items() if k != "log_z"}}
+            row["khat"] = float(row["khat"])  # saved as the string '-inf' when every weight is equal
+            if "log_z" in d:
+                row["log Ẑ (estimate)"] = float(d["log_z"])
+            row["exact log Z"] = exact[i] if i < len(exact) else math.nan
+            rows.append(row)
     if rows:
-        names = [f"{r['sampler']} [{r['prompt']}]" for r in rows]
-        parts += ["<h2>Samplers: importance weights</h2>", _table(rows),
+        names = [f"{r['sampler']}, prompt {r['prompt']}" for r in rows]
+        parts += ["<h2>Samplers: importance weights</h2>", table(rows),
                   figs.add(plot_weight_diagnostics(names, [float(r["ess_fraction"]) for r in rows],
-                                                   [float(r["khat"]) for r in rows]),
-                           "weights", "Kish ESS / n and PSIS k-hat (thresholds 0.5, 0.7, 1)")]
+                                                   [r["khat"] for r in rows]),
+                           "weights", "Kish ESS / n (left) and PSIS k̂ (right; dotted, dashed, solid: 0.5, 0.7, 1) "
+                           "of each sampler's importance weights, per prompt."
+                           + (" A k̂ below −1 (bounded weights) is drawn pale, cut at −1, with its value written."
+                              if any(r["khat"] < -1 for r in rows) else ""))]
     return "\n".join(parts)
 
 
@@ -217,21 +280,24 @@ def write_report(run_dir: str | os.PathLike, *, betas: Sequence[float] | None = 
         Show a progress bar over prompts.
     """
     run = load_run(run_dir)
-    figs = _Figures(run.path, embed_figures)
+    figs = Figures(run.path, embed_figures)
     s = run.summary
     head = (f"<h1>bayes_rlhf report</h1><p>Run <code>{html.escape(str(run.path))}</code>, created "
-            f"{html.escape(s['created'])}; beta = {s['beta']:g}, max_new_tokens = {s['max_new_tokens']}, "
-            f"{len(run.posteriors)} prompt(s), policies: {html.escape(', '.join(run.policies) or 'none')}. "
-            "All divergences in nats. The InferenceData file is "
+            f"{html.escape(s['created'])}: posterior π*(x | c) ∝ π₀(x | c) exp(r(c, x) / β) with "
+            f"β = {s['beta']:g}, "
+            f"completions of at most {s['max_new_tokens']} tokens, {len(run.posteriors)} prompt(s), "
+            f"policies: {html.escape(', '.join(run.policies) or 'none')}. Every divergence and entropy is exact "
+            "(from the enumerated table) unless marked as an estimate, in nats. The InferenceData file is "
             '<a href="inference_data.nc">inference_data.nc</a>.</p>')
     sections = [_prompt_section(run, i, figs, betas, best_of_n)
                 for i in tqdm(range(len(run.posteriors)), desc="report", disable=not progress)]
     sections.append(_run_sections(run, figs))
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>bayes_rlhf report</title>"
-           f"<style>{_CSS}</style></head><body>{head}{''.join(sections)}</body></html>")
+           f"<style>{CSS}</style></head><body>{head}{''.join(sections)}</body></html>")
     out = run.path / "report.html"
     fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".html", dir=run.path)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(doc)
+    umask_permissions(Path(tmp))  # mkstemp makes the file private; published files get the umask's mode
     os.replace(tmp, out)
     return out

@@ -1,5 +1,6 @@
 """Figures about distances to pi*: log Z against particles, importance weight diagnostics, and
-curves over training (KL to pi*, objective). The reward-KL frontier is in ``plots.frontier``. Data in, ``Figure`` out; nothing is estimated here.
+curves over training (KL to pi*, objective). The reward-KL frontier is in ``plots.frontier``.
+Data in, ``Figure`` out; nothing is estimated here.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 import torch
 from bpe_model import bpe_lm, word_id
 from figure_checks import (assert_human_legend, assert_inside_limits, assert_pdf_text, assert_ticks_apart,
-                           drawn_axes, legend_texts)
+                           drawn_axes, legend_texts, pdf_text)
 from matplotlib.figure import Figure
 
 import bayes_rlhf as br
@@ -205,7 +205,8 @@ def test_token_bars_drop_empty_tokens_and_pool_the_rest(bpe, tmp_path):
     tok, V = bpe.tokenizer, bpe.vocab_size
     ids = {w: word_id(tok, w) for w in (" a", " made", " cake", " –")}
     post = torch.zeros(V, dtype=torch.float64)
-    post[[ids[" a"], ids[" made"], ids[" cake"], ids[" –"]]] = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    post[[ids[" a"], ids[" made"], ids[" cake"], ids[" –"]]] = torch.tensor([0.5, 0.3, 0.15, 0.05],
+                                                                            dtype=torch.float64)
     prior = torch.full((V,), 0.0, dtype=torch.float64)
     prior[[ids[" a"], ids[" made"], ids[" cake"]]] = torch.tensor([0.6, 0.2, 0.1], dtype=torch.float64)
     prior[0] = 0.1  # EOS has mass under the prior only
@@ -247,3 +248,23 @@ def test_legend_checks_catch_column_names():
     with pytest.raises(AssertionError):
         assert_inside_limits(fig)
     assert np.isfinite(fig.axes[0].get_ylim()).all()
+
+
+@pytest.mark.slow
+def test_report_figures_for_a_subword_vocabulary(bpe, tmp_path):
+    from bayes_rlhf.report import save_run, write_report
+
+    tok = bpe.tokenizer
+    cake = word_id(tok, " cake")
+    reward = br.TokenReward(lambda ids, mask: ((ids == cake) & mask).sum(-1).double(), name="cakes")
+    post = br.exact_posterior(br.Target(bpe, reward, 1.0, 2), "she")
+    save_run(tmp_path / "run", [post], policies={"tempered": [torch.log_softmax(0.5 * post.log_probs, 0)]})
+    page = write_report(tmp_path / "run", betas=[0.5, 1.0, 2.0], best_of_n=None, embed_figures=False)
+    text = page.read_text(encoding="utf-8")
+    assert "Spaces are shown as ␣" in text and '<td class="t m"> a cake</td>' in text  # the space kept
+    figures = tmp_path / "run" / "figures"
+    for name in ("tokens_0_0.pdf", "tokens_0_1.pdf"):
+        if assert_pdf_text(figures / name, ["␣a", "␣made", "␣cake"]):
+            data = pdf_text(figures / name)
+            assert "Ġ" not in data and "!" not in data  # no raw piece; '!' (mass 1e-15) is not drawn
+
