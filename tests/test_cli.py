@@ -1,4 +1,5 @@
-"""The bayes-rlhf command: demo and exact write their outputs; bad input writes nothing."""
+"""The bayes-rlhf command: demo and exact write their outputs; bad input writes nothing; every
+subcommand reads --model, --reward, --beta and --max-new-tokens the same way."""
 
 import json
 import subprocess
@@ -6,7 +7,10 @@ import sys
 
 import pytest
 
-from bayes_rlhf.cli import main
+from bayes_rlhf.cli import build_parser, main
+from bayes_rlhf.errors import RewardError
+from bayes_rlhf.rewards.spec import parse_reward
+from tests.test_run_folders import refused
 
 
 def test_demo_writes_summary(tmp_path, capsys):
@@ -29,6 +33,26 @@ def test_demo_writes_summary(tmp_path, capsys):
 
     assert az.from_netcdf(out / "inference_data.nc").groups()
     assert not list(tmp_path.glob(".demo*")) and not list(out.glob(".run.*"))  # no temporaries
+    # the trained policy is saved as a plain transformers checkpoint, and said so
+    assert "policy/" in text
+    from bayes_rlhf.models import load_model
+
+    policy = load_model(out / "policy")
+    assert policy.vocab_size == summary["vocab_size"]
+    # a demo with other settings is refused before any work and leaves the folder as it was
+    refused(capsys, ["demo", "--out", str(out), "--seed", "1"], out, "other settings (seed 0 -> 1)")
+
+
+@pytest.mark.slow
+def test_demo_twice_replaces_its_own_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--particles", "16", "--train-steps", "2"]
+    assert main(argv) == 0
+    (out / "stale.txt").write_text("x")
+    assert main(argv) == 0 and not (out / "stale.txt").exists() and (out / "policy" / "config.json").exists()
+    assert main([*argv[:-1], "0"]) == 2  # fewer training steps: another demo
+    assert main([*argv[:-1], "0", "--overwrite"]) == 0 and not (out / "policy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 
 
 def test_exact_command(tmp_path, capsys):
@@ -56,7 +80,79 @@ def test_bad_input_writes_nothing(tmp_path, capsys, args, message):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def _defaults(command: str) -> dict:
+    args = build_parser().parse_args([command, *({"evaluate": ["--policy", "p"]}.get(command, []))])
+    return vars(args)
+
+
+def test_one_vocabulary():
+    import importlib
+
+    from bayes_rlhf.commands import _common
+
+    dm = importlib.import_module("bayes_rlhf.models.default_model")  # the module, not the function
+    assert (_common.DEFAULT_BETA, _common.DEFAULT_MAX_NEW_TOKENS) == (dm.DEFAULT_BETA, dm.DEFAULT_MAX_NEW_TOKENS)
+    exact, evaluate, demo = _defaults("exact"), _defaults("evaluate"), _defaults("demo")
+    for key in ("model", "reward", "beta", "max_new_tokens", "top_k", "dtype", "prompt", "overwrite"):
+        assert exact[key] == evaluate[key], key
+    assert (exact["model"], exact["reward"], exact["beta"], exact["max_new_tokens"]) == ("default", "sentiment", 1.0, 4)
+    assert (demo["beta"], demo["max_new_tokens"]) == (1.0, 4) and demo["out"] == "demo_out"
+
+
+def rescaled_reward(prompts, completions):
+    """A reward named module:function on the command line."""
+    return [2.0 * len(c) for c in completions]
+
+
+def make_reward(lm):
+    """A reward factory, named factory:module:function."""
+    def reward(prompts, completions):
+        return [float(len(lm.tokenizer(c, add_special_tokens=False)["input_ids"])) for c in completions]
+    return reward
+
+
+@pytest.mark.parametrize("command", [["exact"], ["evaluate", "--policy", "p"]])
+def test_bad_reward_spec_refused_before_loading(capsys, command):
+    assert main([*command, "--reward", "regex:(", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bayes-rlhf {command[0]}: error: bad regular expression"), err
+
+
+def test_reward_specs_mean_one_thing(default):
+    lm, _ = default
+    assert parse_reward("tests.test_cli:rescaled_reward", lm) is rescaled_reward  # the function is the reward
+    r = parse_reward("factory:tests.test_cli:make_reward", lm)
+    assert r is not make_reward and r([""], ["the movie"]) == [2.0]
+    assert parse_reward("length", lm).name == "length"
+    for spec, match in [("tests.test_cli:nope", "could not import"), ("no_such_module:f", "could not import"),
+                        ("math:pi", "not a callable reward"), ("factory:nonsense", "package.module:function"),
+                        ("bogus", "unknown reward spec"), (3, "must be a string")]:
+        with pytest.raises(RewardError, match=match):
+            parse_reward(spec, lm)
+
+
+def test_evaluate_speaks_the_same_vocabulary(tmp_path, default, capsys):
+    lm, _ = default
+    lm.save_pretrained(tmp_path / "policy")  # the prior itself as the policy: KL(q || pi0) = 0
+    mean = {}
+    for reward in ("length", "tests.test_cli:rescaled_reward", "factory:tests.test_cli:make_reward"):
+        assert main(["evaluate", "--policy", str(tmp_path / "policy"), "--model", "default", "--reward", reward,
+                     "--prompt", "the food is", "--max-new-tokens", "2"]) == 0, reward
+        header, row = capsys.readouterr().out.splitlines()[:2]
+        values = dict(zip(header.split("\t")[1:], map(float, row.split("\t")[1:])))
+        assert values["kl_q_prior"] == pytest.approx(0.0, abs=1e-6)  # float32 log-probs, 6 digits printed
+        mean[reward] = values["mean_reward"]
+    # E_pi0[number of tokens] is in (1, 2] with T = 2; the factory's reward counts the text's tokens
+    # (EOS not among them); the module:function reward (2 x characters) is used as it is
+    assert 1.0 < mean["length"] <= 2.0
+    assert 0.5 < mean["factory:tests.test_cli:make_reward"] <= mean["length"]
+    assert mean["tests.test_cli:rescaled_reward"] > 2 * mean["length"]
+    assert not list(tmp_path.glob("*/run.json"))  # without --out nothing is written
+    refused(capsys, ["evaluate", "--policy", str(tmp_path / "policy"), "--reward", "nonsense",
+                     "--prompt", "the food is"], tmp_path / "policy", "unknown reward spec")
+
+
 def test_help_has_examples():
-    for cmd in ("demo", "exact"):
+    for cmd in ("demo", "exact", "train", "evaluate", "report"):
         res = subprocess.run([sys.executable, "-m", "bayes_rlhf.cli", cmd, "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "example" in res.stdout

@@ -82,9 +82,10 @@ def target_settings(args) -> dict:
 def load_target(args):
     """The prior --model names and the Target of --reward, --beta, --max-new-tokens; prompts checked."""
     from bayes_rlhf.models.causal_lm import load_model
-    from bayes_rlhf.rewards.spec import parse_reward
+    from bayes_rlhf.rewards.spec import check_spec, parse_reward
     from bayes_rlhf.target import Target
 
+    check_spec(args.reward)  # before loading anything
     lm = load_model(model_path(args.model), dtype=args.dtype, top_k=args.top_k)
     target = Target(lm, parse_reward(args.reward, lm), args.beta, args.max_new_tokens)
     for prompt in prompts_of(args):

@@ -151,11 +151,12 @@ def train_from_config(source, out, overwrite: bool = False) -> dict:
     from bayes_rlhf.commands._common import model_path
     from bayes_rlhf.io import claim_out
     from bayes_rlhf.models.causal_lm import load_model
-    from bayes_rlhf.rewards.spec import parse_reward
+    from bayes_rlhf.rewards.spec import check_spec, parse_reward
     from bayes_rlhf.target import Target
     from bayes_rlhf.variational.distributed import is_main_process
 
     cfg = load_config(source)
+    check_spec(cfg["target"]["reward"])
     t, out = cfg["target"], Path(out)
     settings, defaults = _settings(cfg, _trainer_config(cfg, out, True))  # field errors before loading anything
     folder = claim_out(out, "train", settings, overwrite=overwrite, defaults=defaults)

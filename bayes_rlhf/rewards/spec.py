@@ -33,10 +33,30 @@ _KINDS = {"contains", "regex", "classifier", "bradley_terry", "factory"}
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def parse_reward(spec: str, lm):
-    """A reward object for ``spec`` (see the module docstring); RewardError for an unknown spec."""
+def check_spec(spec) -> None:
+    """RewardError now, before any model is loaded, for a spec of no known form or a function that
+    cannot be imported (``parse_reward`` builds the reward once the prior is loaded)."""
     if not isinstance(spec, str):
         raise RewardError(f"a reward spec must be a string such as 'sentiment', got {spec!r}")
+    kind, _, arg = spec.partition(":")
+    if kind == "regex" and arg:
+        try:
+            re.compile(arg)
+        except re.error as exc:
+            raise RewardError(f"bad regular expression {arg!r}: {exc}") from exc
+    if spec in ("sentiment", "length") or (kind in _KINDS - {"factory"} and arg):
+        return
+    if kind == "factory" and arg:
+        _import(arg, spec)
+    elif kind not in _KINDS and _DOTTED.fullmatch(kind) and arg.isidentifier():
+        _import(spec, spec)
+    else:
+        raise RewardError(f"unknown reward spec {spec!r}; use one of: {SPEC_HELP}")
+
+
+def parse_reward(spec: str, lm):
+    """A reward object for ``spec`` (see the module docstring); RewardError for an unknown spec."""
+    check_spec(spec)
     kind, _, arg = spec.partition(":")
     if spec == "sentiment":
         from bayes_rlhf.models.default_model import POSITIVE, sentiment_reward
@@ -47,30 +67,24 @@ def parse_reward(spec: str, lm):
         return sentiment_reward(lm)
     if spec == "length":
         return TokenReward(lambda ids, mask: mask.sum(-1).to(torch.float64), name="length")
-    if kind == "contains" and arg:
+    if kind == "contains":
         return _named(lambda p, c: [float(x.count(arg)) for x in c], f"contains[{arg}]")
-    if kind == "regex" and arg:
-        try:
-            pattern = re.compile(arg)
-        except re.error as exc:
-            raise RewardError(f"bad regular expression {arg!r}: {exc}") from exc
+    if kind == "regex":
+        pattern = re.compile(arg)
         return _named(lambda p, c: [1.0 if pattern.search(x) else 0.0 for x in c], f"regex[{arg}]")
-    if kind == "classifier" and arg:
+    if kind == "classifier":
         from bayes_rlhf.rewards.classifier import ClassifierReward
 
         path, _, label = arg.rpartition(":") if arg.count(":") else (arg, "", "1")
         label = int(label) if label.isdigit() else label
         return ClassifierReward(path or arg, label=label)
-    if kind == "bradley_terry" and arg:
+    if kind == "bradley_terry":
         from bayes_rlhf.rewards.bradley_terry import BradleyTerryReward
 
         return BradleyTerryReward.load(arg, device=lm.device)
-    if kind == "factory" and arg:
-        factory = _import(arg, spec)
-        return factory(lm)
-    if kind not in _KINDS and _DOTTED.fullmatch(kind) and arg.isidentifier():
-        return _import(spec, spec)
-    raise RewardError(f"unknown reward spec {spec!r}; use one of: {SPEC_HELP}")
+    if kind == "factory":
+        return _import(arg, spec)(lm)
+    return _import(spec, spec)
 
 
 def _import(path: str, spec: str):

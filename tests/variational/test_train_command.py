@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from bayes_rlhf.cli import main
 from bayes_rlhf.commands.train import load_config, train_from_config
-from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.errors import ConfigError, OutputDirError
+from tests.test_run_folders import refused, tree_hash
 
 TOML = """
 [target]
@@ -53,6 +55,35 @@ def test_train_command_writes_run_and_resumes(tmp_path, capsys):
     assert again["steps"] == 6
     rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert "steps = 6" in (out / "config.toml").read_text()
+    # the report of a train folder is that of its exact/ run directory
+    assert main(["report", str(out)]) == 0 and (out / "exact" / "report.html").exists()
+    assert "exact/report.html" in capsys.readouterr().out
+    # another config is refused before anything is loaded, leaving the folder (config.toml too) as it was
+    before = tree_hash(out)
+    cfg.write_text(TOML.replace("steps = 4", "steps = 6").replace("beta = 1.0", "beta = 0.5"))
+    with pytest.raises(OutputDirError, match=r"other settings \(target.beta 1.0 -> 0.5\)"):
+        train_from_config(cfg, out)
+    refused(capsys, ["train", "--config", str(cfg), "--out", str(out)], out, "target.beta 1.0 -> 0.5")
+    assert tree_hash(out) == before
+    # --overwrite trains afresh beside it and swaps the new run in
+    cfg.write_text(TOML.replace("beta = 1.0", "beta = 0.5").replace("steps = 4", "steps = 3"))
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--overwrite"]) == 0
+    rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["step"] for r in rows] == [1, 2, 3] and summary["beta"] == 0.5
+    assert summary["trainer"]["checkpoint_dir"] == str(out / "checkpoints")  # not the staging folder's
+    assert "beta = 0.5" in (out / "config.toml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run.toml"]
+    assert json.loads((out / "exact" / "summary.json").read_text())["beta"] == 0.5
+
+
+def test_report_of_a_train_folder_without_exact_says_what_to_do(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TOML.replace("exact = true", "exact = false").replace("steps = 4", "steps = 1"))
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 0 and not (out / "exact").exists()
+    refused(capsys, ["report", str(out)], out, "[evaluate] exact = true")
 
 
 @pytest.mark.parametrize("text,match", [
@@ -62,6 +93,17 @@ def test_train_command_writes_run_and_resumes(tmp_path, capsys):
     ("[target]\nprompts = ['a']\n[trainer]\nlr = -1.0\n", "TrainerConfig.lr"),
     ("[target]\nprompts = ['a']\n[extras]\n", "extras"),
     ("[target\n", "not valid TOML"),
+    ("[target]\nprompts = ['a']\n[evaluate]\nexact = 'yes'\n", "exact must be true or false"),
+    ("[target]\nprompts = ['a', 3]\n", "list of strings"),
+    ("[target]\nprompts = ['a']\nbeta = '1'\n", "beta must be a finite number > 0"),
+    ("[target]\nprompts = ['a']\nbeta = 0\n", "beta must be a finite number > 0"),
+    ("[target]\nprompts = ['a']\nmax_new_tokens = 2.5\n", "max_new_tokens must be an integer"),
+    ("[target]\nprompts = ['a']\ntop_k = true\n", "top_k must be an integer"),
+    ("[target]\nprompts = ['a']\ndtype = 'int8'\n", "dtype must be one of"),
+    ("[target]\nprompts = ['a']\nmodel = 3\n", "model must be a string"),
+    ("[target]\nprompts = ['a']\nreward = ['sentiment']\n", "reward must be a string"),
+    ("target = 3\n", "target must be a table"),
+    ("[target]\nprompts = ['a']\n[trainer]\nsteps = 'many'\n", "TrainerConfig.steps"),
 ])
 def test_bad_config_files(tmp_path, text, match):
     path = tmp_path / "bad.toml"
@@ -69,6 +111,17 @@ def test_bad_config_files(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         train_from_config(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_through_the_cli_leaves_out_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = tmp_path / "bad.toml"
+    path.write_text("[target]\nprompts = ['a']\n[evaluate]\nexact = 'yes'\n")
+    refused(capsys, ["train", "--config", str(path), "--out", str(out)], out, "[evaluate] exact must be true or false")
+    path.write_text("[target]\nprompts = ['the movie was']\n")  # a good config onto a foreign folder
+    refused(capsys, ["train", "--config", str(path), "--out", str(out)], out, "not written by bayes-rlhf (notes.txt)")
 
 
 def test_missing_config_file(tmp_path):
