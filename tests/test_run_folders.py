@@ -180,6 +180,8 @@ def test_foreign_folder_refused(tmp_path, capsys):
     d.mkdir()
     (d / "chapter1.tex").write_text("precious")
     refused(capsys, [*EXACT, "--out", str(d)], d, "1 file(s) not written by bayes-rlhf (chapter1.tex)")
+    f = d / "chapter1.tex"
+    refused(capsys, [*EXACT, "--out", str(f)], f, f"--out {f} is a file, not a folder")
 
 
 @pytest.mark.parametrize("argv", [["demo"], EXACT, ["evaluate", "--policy", "p"], ["train", "--config", "CFG"]])
