@@ -99,21 +99,12 @@ def plot_curves(results: dict, post):
 
 
 def plot_policies_on_frontier(results: dict, post, title: str):
-    """The exact frontier of pi*_beta' near beta (KL(pi*_beta' || pi0), E[r]), each policy a star, pi* a dot."""
+    """The exact frontier of pi*_beta' near beta (KL(pi*_beta' || pi0), E[r]), each policy a star, pi* a ring."""
     front = posterior_frontier(post, beta_grid(post.beta / 3, post.beta * 6, 40))
     front.append(FrontierPoint("prior (beta = inf)", "posterior", 0.0, post.prior_mean_reward))
     pts = [policy_point(policy, post, label=label) for label, (policy, _, _) in results.items()]
-    fig = plot_frontier(front + pts, title=title)
-    with matplotlib.rc_context(PAPER_RC):
-        ax = fig.axes[0]  # zoom on the policies: the frontier beyond twice their KL is out of view
-        right = 2.0 * max([p.kl for p in pts] + [post.kl_to_prior])
-        seen = [p.reward for p in front if p.kl <= right] + [p.reward for p in pts]
-        ax.set_xlim(0.0, right)
-        ax.set_ylim(min(seen) - 0.05, max(seen) + 0.05)
-        ax.plot([post.kl_to_prior], [post.mean_reward], "o", color="k", ms=7, zorder=5,
-                label=f"$\\pi^*$ (beta = {post.beta:g})")
-        ax.legend(loc="lower right", fontsize=8)
-    return fig
+    pts.append(FrontierPoint(f"$\\pi^*$ (beta = {post.beta:g})", "target", post.kl_to_prior, post.mean_reward))
+    return plot_frontier(front + pts, title=title)  # zooms on the policies and pi* when the curve runs far
 
 
 def write_table(rows: list[dict], out: Path) -> None:

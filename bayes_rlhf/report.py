@@ -69,11 +69,11 @@ def _position_table(run: Run, post, i: int) -> str:
     """Expected per-token KL at each position, one column per policy and direction, and their sums."""
     cols = {}
     for label, lq in run.policies.items():
-        cols[f"{label}: KL(π* ‖ q) at t"] = position_kl(lq[i], post).tolist()
-        cols[f"{label}: KL(q ‖ π*) at t"] = position_kl(lq[i], post, "reverse").tolist()
+        cols[f"{label}: KL(π* ‖ q)"] = position_kl(lq[i], post).tolist()
+        cols[f"{label}: KL(q ‖ π*)"] = position_kl(lq[i], post, "reverse").tolist()
     T = len(next(iter(cols.values())))
     rows = [{"position t": str(t + 1), **{c: max(v[t], 0.0) for c, v in cols.items()}} for t in range(T)]
-    rows.append({"position t": "sum (= the KL above)", **{c: max(sum(v), 0.0) for c, v in cols.items()}})
+    rows.append({"position t": "sum = total KL (nats)", **{c: max(sum(v), 0.0) for c, v in cols.items()}})
     return table(rows)
 
 
@@ -190,7 +190,7 @@ def _prompt_section(run: Run, i: int, figs: "Figures", betas, best_of_n) -> str:
     side = [figs.add(plot_reward_histograms(hist), f"rewards_{i}", f"Exact reward distribution under {drawn} "
                      f"(every completion of the table weighted by its probability; {how}).")]
     if run.policies:
-        side.append("<div><h3>Expected per-token KL by position (exact, nats)</h3>"
+        side.append("<div><h3>Expected KL per token position t</h3>"
                     + _position_table(run, post, i) + "</div>")
     parts.append('<div class="tables">' + "".join(side) + "</div>")
     parts += _token_figures(run, post, i, figs)
