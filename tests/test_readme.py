@@ -13,8 +13,10 @@ def test_readme_snippets_run(tmp_path):
     code = code.replace('"runs/', f'"{tmp_path}/')
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
-    # the last SMC in the README uses the exact twist and proposal: its log Z is exact
-    assert abs(float(scope["ws"].log_z[0]) - scope["post"].log_z) < 1e-9
+    # the last SMC in the README uses the exact twist and proposal: its log Z is exact up to the
+    # default model's float32 rounding (the table's prior is renormalised in float64, each SMC step
+    # by the model's float32 softmax: they differ by ~1e-7 over 4 tokens; 1e-6 is ~10x that)
+    assert abs(float(scope["ws"].log_z[0]) - scope["post"].log_z) < 1e-6
     assert (tmp_path / "eval" / "report.html").exists()
 
 
