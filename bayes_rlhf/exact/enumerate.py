@@ -1,39 +1,52 @@
 """Enumerate every completion of a prompt by walking the prefix tree over a re-indexed KV cache.
 
-Pseudocode (depth-first over chunks of at most ``batch_size`` prefixes, so memory is bounded
-by ``T * batch_size`` cached rows whatever the size of the tree)::
+Pseudocode (depth-first over chunks of at most B prefixes, B chosen so that the stack's KV
+caches fit ``memory_budget``, see ``budget.py``)::
 
     state, logp = lm.start(prompt)                   # one forward for the prompt
-    push node(prefixes=[()], state, logp)
+    push expand(root)
     while stack:
-        node = top of stack
-        take the next <= batch_size (prefix, token) children of node that do not end
-        child_state = lm.step(node.state.reindex(parent_rows), tokens)   # one batched forward
-        emit the children of the new node that end (EOS, or length T) as leaves
-        push the new node if it has children that continue
+        node = top of stack                           # popped when its last chunk is taken
+        take the next <= B (row, token) children of node that do not end
+        state', logits = forward(node.state.reindex(rows), tokens)   # one batched forward
+        push expand(new node)
+
+    expand(node): the kept next tokens of each row (top-k indices and values of the logits,
+        or the whole vocabulary), their log-probs from those values alone; emit the children
+        that end (EOS, or length T) as leaves; keep the others as the node's children
 
 Each internal prefix is run through the model exactly once, one token at a time, and each
-leaf's log-probability is the sum of the per-step log-probs along its path.
+leaf's log-probability is the sum of the per-step log-probs along its path. With top-k, a
+step touches the vocabulary only in the model's last layer and one ``topk``; everything after
+works on the k kept entries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from bayes_rlhf.errors import SpaceTooLargeError
+from bayes_rlhf.errors import ConfigError, SpaceTooLargeError
+from bayes_rlhf.exact.budget import (DEFAULT_MEMORY_BUDGET, available_memory, config_cache_bytes, gib,
+                                     plan_batch, state_cache_bytes, table_bytes, walk_bytes)
+from bayes_rlhf.exact.leaves import Leaves, lexicographic_order
 from bayes_rlhf.models.causal_lm import CausalLM, LMState
 
-DEFAULT_MAX_COMPLETIONS = 1 << 22
+__all__ = ["enumerate_completions", "count_completions", "check_space", "kept_tokens", "lexicographic_order",
+           "DEFAULT_MAX_COMPLETIONS", "DEFAULT_MEMORY_BUDGET", "Leaves"]
+
+# None: the size guard compares the table's bytes with the memory available (see check_space)
+DEFAULT_MAX_COMPLETIONS: int | None = None
 
 
 def count_completions(branching: int, T: int, has_eos: bool) -> tuple[int, int]:
     """(leaves, internal prefixes) of a full tree with ``branching`` tokens per step.
 
     With an EOS among them, a completion ends at EOS (b-1 ways to continue) or at length T.
-    Returns upper bounds when some tokens have zero probability.
+    Internal prefixes include the empty one (the prompt). Returns upper bounds when some
+    tokens have zero probability.
     """
     b = branching - 1 if has_eos else branching
     leaves = sum(b ** (t - 1) for t in range(1, T + 1)) if has_eos else 0
@@ -42,175 +55,200 @@ def count_completions(branching: int, T: int, has_eos: bool) -> tuple[int, int]:
     return leaves, internal
 
 
-def check_space(lm: CausalLM, T: int, max_completions: int) -> tuple[int, int]:
-    """Refuse, before any work, a space with more than ``max_completions`` completions."""
-    branching = min(lm.top_k or lm.vocab_size, lm.vocab_size)
+def _branching(lm: CausalLM) -> int:
+    return min(lm.top_k or lm.vocab_size, lm.vocab_size)
+
+
+def check_space(lm: CausalLM, T: int, max_completions: int | None = DEFAULT_MAX_COMPLETIONS, *,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, batch_size: int = 2048,
+                prompt_len: int = 16) -> tuple[int, int]:
+    """Refuse, before any work, a space whose table would not fit in memory.
+
+    With ``max_completions=None`` the estimate of the bytes needed (the table and the posterior
+    built from it, ``budget.table_bytes``, or the walk's caches if larger) is compared with the
+    memory available now; an explicit ``max_completions`` replaces that by a count. Returns
+    (upper bound on the completions, upper bound on the internal prefixes).
+    """
+    branching = _branching(lm)
     # with top-k truncation EOS may fall outside the k kept tokens: bound by k^T leaves
     exact_count = branching == lm.vocab_size and lm.eos_token_id is not None
     leaves, internal = count_completions(branching, T, exact_count)
-    if leaves > max_completions:
+    hint = ("Lower max_new_tokens, truncate the prior with top_k (load_model(..., top_k=k))")
+    if max_completions is not None:
+        if leaves > max_completions:
+            raise SpaceTooLargeError(
+                f"the completion space has up to {leaves:,} completions ({branching} tokens per step, "
+                f"max_new_tokens={T}), more than max_completions={max_completions:,}. {hint}, or raise "
+                "max_completions if memory allows (see bayes_rlhf.exact.budget.table_bytes).")
+        return leaves, internal
+    cache = config_cache_bytes(lm)
+    walk = memory_budget if cache is None else min(memory_budget, walk_bytes(
+        batch_size, T, cache, prompt_len, 4 * lm.vocab_size, [branching ** d for d in range(T)]))
+    need = max(table_bytes(leaves, T), walk + 32 * leaves)
+    avail = available_memory()
+    if need > avail:
         raise SpaceTooLargeError(
             f"the completion space has up to {leaves:,} completions ({branching} tokens per step, "
-            f"max_new_tokens={T}), more than max_completions={max_completions:,}. Lower "
-            "max_new_tokens, truncate the prior with top_k (load_model(..., top_k=k)), or raise "
-            "max_completions if memory allows (about 100 bytes per completion).")
+            f"max_new_tokens={T}); its table needs about {gib(need)} of memory and {gib(avail)} is "
+            f"available. {hint}, free memory, or pass max_completions=N to set the limit yourself.")
     return leaves, internal
+
+
+def kept_tokens(lm: CausalLM, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next tokens the (truncated) prior keeps, row by row, and their log-probs.
+
+    ``logits`` [n, V] (log-probs work too: the result is shift-invariant). With ``lm.top_k = k``
+    only the k largest entries per row are used (``topk`` indices and values, renormalised in
+    float64); a row whose k-th and (k+1)-th values tie keeps every tied token, as
+    ``CausalLM.log_softmax`` does. Returns rows [m], tokens [m], log-probs [m] (float64), on
+    CPU, ordered by row then token id; tokens of probability zero are left out.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    n, V = logits.shape
+    k = lm.top_k
+    if k is None or k >= V:
+        lp = torch.log_softmax(logits.double(), dim=-1).cpu()
+        return _flatten(lp, torch.arange(V).expand(n, V))
+    vals, toks = torch.topk(logits, k + 1, dim=-1)
+    tie = (vals[:, k] == vals[:, k - 1]).cpu()
+    kth = vals[:, k - 1]
+    toks, order = toks[:, :k].sort(dim=-1)
+    vals = vals[:, :k].gather(-1, order).double()
+    lp = (vals - torch.logsumexp(vals, dim=-1, keepdim=True)).cpu()
+    rows, toks, lp = _flatten(lp, toks.cpu())
+    if not bool(tie.any()):
+        return rows, toks, lp
+    keep = ~tie[rows]  # rows with a tie at the k-th value: every token >= the k-th value, densely
+    tied = torch.nonzero(tie).squeeze(-1)
+    sub = logits[tied.to(logits.device)].double()
+    dense = torch.log_softmax(sub.masked_fill(sub < kth[tied.to(kth.device), None].double(), float("-inf")), -1)
+    r, t, l = _flatten(dense.cpu(), torch.arange(V).expand(tied.numel(), V))
+    rows, toks, lp = torch.cat([rows[keep], tied[r]]), torch.cat([toks[keep], t]), torch.cat([lp[keep], l])
+    order = torch.argsort(rows * V + toks)
+    return rows[order], toks[order], lp[order]
+
+
+def _flatten(lp: torch.Tensor, toks: torch.Tensor):
+    """(rows, tokens, log-probs) of the finite entries of lp [n, k] with token ids toks [n, k]."""
+    finite = torch.isfinite(lp)
+    if bool(finite.all()):
+        n, k = lp.shape
+        return torch.arange(n).repeat_interleave(k), toks.reshape(-1), lp.reshape(-1)
+    rows, cols = torch.nonzero(finite, as_tuple=True)
+    return rows, toks[rows, cols], lp[rows, cols]
 
 
 @dataclass
 class _Node:
     depth: int
-    state: LMState
-    rows: torch.Tensor      # [m] parent row of each continuing child
-    tokens: torch.Tensor    # [m] token of each continuing child
-    prefix: torch.Tensor    # [n, depth] prefix ids of the node's rows
-    prefix_lp: torch.Tensor  # [n] float64 log-prob of each prefix
-    logp: torch.Tensor      # [n, V] float64 next-token log-probs of each row
+    state: LMState | None    # KV cache of the node's n rows
+    prefix: torch.Tensor     # [n, depth] prefix ids of the node's rows
     key: torch.Tensor | None  # [n] int64 lexicographic key of each prefix (None: too long for int64)
+    rows: torch.Tensor       # [m] row of each continuing child
+    tokens: torch.Tensor     # [m] token of each continuing child
+    child_lp: torch.Tensor   # [m] float64 log-prob of each continuing child's prefix
     offset: int = 0
 
 
-@dataclass
-class Leaves:
-    """Leaves accumulated chunk by chunk, assembled once, in lexicographic order, by ``tensors``.
-
-    Each leaf carries an integer key (its tokens + 1 as digits in base V + 1, padded with zeros
-    on the right) when T digits fit in int64, so ordering them is one argsort of K integers.
-    """
-
-    T: int
-    pad_id: int
-    base: int
-    chunks: list = field(default_factory=list)  # (prefix [m, d-1], tokens [m], log-probs [m], keys [m])
-
-    @property
-    def keyed(self) -> bool:
-        return self.T * self.base.bit_length() < 63
-
-    def add(self, prefix: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor, key: torch.Tensor | None) -> None:
-        if key is not None:
-            key = (key * self.base + tokens + 1) * self.base ** (self.T - prefix.shape[1] - 1)
-        self.chunks.append((prefix, tokens, lp, key))
-
-    def tensors(self):
-        """ids [K, T] (a transposed view of a contiguous [T, K] table), mask [K, T], log-probs [K]."""
-        if not self.chunks:
-            raise SpaceTooLargeError("the prior gives no completion positive probability")
-        lengths = torch.cat([torch.full((t.shape[0],), p.shape[1] + 1, dtype=torch.long)
-                             for p, t, _, _ in self.chunks])
-        lp = torch.cat([c[2] for c in self.chunks])
-        K = lp.shape[0]
-        order = _sort_keys(torch.cat([c[3] for c in self.chunks]), lengths == self.T) if self.keyed \
-            else torch.arange(K)
-        pos = torch.empty(K, dtype=torch.long)
-        pos[order] = torch.arange(K)
-        cols = torch.empty((self.T, K), dtype=torch.long)
-        offset = 0
-        for prefix, tokens, _, _ in self.chunks:  # write each leaf straight to its sorted place
-            where = pos[offset: offset + tokens.shape[0]]
-            d = prefix.shape[1]
-            if d:
-                cols[:d, where] = prefix.t()
-            cols[d, where] = tokens
-            if d + 1 < self.T:
-                cols[d + 1:, where] = self.pad_id
-            offset += tokens.shape[0]
-        ids, lengths, lp = cols.t(), lengths[order], lp[order]
-        mask = torch.arange(self.T)[None, :] < lengths[:, None]
-        if not self.keyed:
-            order = lexicographic_order(ids, mask, self.base - 1)
-            ids, mask, lp = ids[order], mask[order], lp[order]
-        return ids, mask, lp
-
-
-def _sort_keys(keys: torch.Tensor, full_length: torch.Tensor) -> torch.Tensor:
-    """argsort of leaf keys [K], exploiting the walk's order.
-
-    The depth-first walk emits full-length leaves already in lexicographic order; only the leaves
-    ended by EOS (emitted when their parent is expanded) are out of place. Sort those alone and
-    merge them in; fall back to a full sort if the full-length run is not sorted.
-    """
-    main = torch.nonzero(full_length).squeeze(-1)
-    early = torch.nonzero(~full_length).squeeze(-1)
-    main_keys = keys[main]
-    if main_keys.numel() > 1 and not bool((main_keys[1:] >= main_keys[:-1]).all()):
-        return torch.argsort(keys)
-    early_sorted = early[torch.argsort(keys[early])]
-    early_pos = torch.searchsorted(main_keys, keys[early_sorted]) + torch.arange(early.numel())
-    is_early = torch.zeros(keys.numel(), dtype=torch.bool)
-    is_early[early_pos] = True
-    order = torch.empty_like(keys)
-    order[early_pos] = early_sorted
-    order[~is_early] = main
-    return order
-
-
-def _expand(lm: CausalLM, depth: int, T: int, state: LMState, logp: torch.Tensor, prefix: torch.Tensor,
-            prefix_lp: torch.Tensor, key: torch.Tensor | None, leaves: Leaves) -> _Node | None:
+def _expand(lm: CausalLM, depth: int, T: int, state: LMState | None, logits: torch.Tensor,
+            prefix: torch.Tensor, prefix_lp: torch.Tensor, key: torch.Tensor | None,
+            leaves: Leaves) -> _Node | None:
     """Emit the ending children of a node as leaves; return the node if some children continue."""
-    logp = logp.double().cpu()
-    finite = torch.isfinite(logp)
-    ends = torch.zeros_like(finite)
+    rows, toks, lp = kept_tokens(lm, logits)
+    child_lp = prefix_lp[rows] + lp
     if depth + 1 == T:
-        ends[:] = True
-    elif lm.eos_token_id is not None:
-        ends[:, lm.eos_token_id] = True
-    child_lp = prefix_lp[:, None] + logp
-    rows, toks = torch.nonzero(finite & ends, as_tuple=True)
-    if rows.numel():
-        leaves.add(prefix[rows], toks, child_lp[rows, toks], None if key is None else key[rows])
-    rows, toks = torch.nonzero(finite & ~ends, as_tuple=True)
+        leaves.add(prefix, rows, toks, child_lp, key)
+        return None
+    if lm.eos_token_id is not None:
+        ends = toks == lm.eos_token_id
+        if bool(ends.any()):
+            leaves.add(prefix, rows[ends], toks[ends], child_lp[ends], key)
+            go = ~ends
+            rows, toks, child_lp = rows[go], toks[go], child_lp[go]
     if rows.numel() == 0:
         return None
-    return _Node(depth, state, rows, toks, prefix, prefix_lp, logp, key)
+    return _Node(depth, state, prefix, key, rows, toks, child_lp)
+
+
+def _step(lm: CausalLM, state: LMState, tokens: torch.Tensor) -> tuple[LMState, torch.Tensor]:
+    """One token per row; returns the new state and the raw logits [n, V].
+
+    Like ``CausalLM.step`` but without the log-softmax over the vocabulary, and it extends
+    ``state``'s cache in place (the walk passes a freshly re-indexed state it owns). A model
+    restricted to another's support (``lm.support``) takes ``CausalLM.step``, whose log-probs
+    are masked to the support's top-k sets (``kept_tokens`` reads log-probs as logits).
+    """
+    if lm.support is not None:
+        return lm.step(state, tokens)
+    tokens = tokens.to(lm.device).view(-1, 1)
+    att = torch.cat([state.attention_mask, state.attention_mask.new_ones(tokens.shape[0], 1)], dim=1)
+    with torch.no_grad():
+        logits, cache = lm._forward(tokens, att, state.positions.view(-1, 1), state.cache)
+    return LMState(cache, att, state.positions + 1), logits
+
+
+def walk_batch_size(lm: CausalLM, state: LMState, T: int, batch_size: int, memory_budget: int) -> int:
+    """Rows per forward of the walk from the prompt's state (see ``budget.plan_batch``)."""
+    return plan_batch(batch_size, memory_budget, T, state_cache_bytes(state), state.attention_mask.shape[1],
+                      lm.vocab_size * max(4, lm.dtype.itemsize), _branching(lm))
 
 
 def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2048,
-                          max_completions: int = DEFAULT_MAX_COMPLETIONS, progress: bool = False):
+                          max_completions: int | None = DEFAULT_MAX_COMPLETIONS, progress: bool = False,
+                          memory_budget: int = DEFAULT_MEMORY_BUDGET):
     """Every completion of ``prompt`` with positive prior probability, and its log-probability.
+
+    Parameters
+    ----------
+    batch_size : int
+        At most this many prefixes per forward pass.
+    max_completions : int, optional
+        Refuse spaces with more completions; by default (None) refuse those whose table would
+        not fit in the memory available (``check_space``).
+    memory_budget : int
+        Bytes for the walk's KV caches and logits; fewer rows per forward when they would not fit.
 
     Returns ``(ids [K, T], mask [K, T], log_probs [K])`` sorted lexicographically by token id
     (a completion that ended comes before its extensions), log-probs in float64 on CPU.
     """
-    _, internal = check_space(lm, T, max_completions)
+    if batch_size < 1 or memory_budget < 1:
+        raise ConfigError(f"batch_size and memory_budget must be >= 1, got {batch_size}, {memory_budget}")
+    prompt_len = len(lm.encode_prompt(prompt))
+    _, internal = check_space(lm, T, max_completions, memory_budget=memory_budget, batch_size=batch_size,
+                              prompt_len=prompt_len)
     leaves = Leaves(T, lm.pad_id, lm.vocab_size + 1)
     state, logp = lm.start(prompt)
-    root_key = torch.zeros(1, dtype=torch.long) if leaves.keyed else None
+    B = walk_batch_size(lm, state, T, batch_size, memory_budget)
+    key = torch.zeros(1, dtype=torch.long) if leaves.keyed else None
     root = _expand(lm, 0, T, state, logp, torch.zeros((1, 0), dtype=torch.long),
-                   torch.zeros(1, dtype=torch.float64), root_key, leaves)
+                   torch.zeros(1, dtype=torch.float64), key, leaves)
     stack = [root] if root is not None else []
     bar = tqdm(total=internal, desc="enumerating prefixes", unit="prefix", disable=not progress)
+    bar.update(1)  # the prompt, the tree's root
     while stack:
         node = stack[-1]
-        if node.offset >= node.rows.numel():
+        s = node.offset
+        node.offset += B
+        rows, toks = node.rows[s: s + B], node.tokens[s: s + B]
+        chunk_state = node.state.reindex(rows)
+        if node.offset >= node.rows.numel():  # last chunk: the node's own cache can go now
             stack.pop()
-            continue
-        sl = slice(node.offset, node.offset + batch_size)
-        node.offset += batch_size
-        rows, toks = node.rows[sl], node.tokens[sl]
-        child_state, child_logp = lm.step(node.state.reindex(rows), toks)
+            node.state = None
+        child_state, logits = _step(lm, chunk_state, toks)
+        del chunk_state
+        depth = node.depth + 1
+        if depth + 1 == T:  # a last-depth node only emits leaves: drop its cache before the next forward
+            child_state = None
         prefix = torch.cat([node.prefix[rows], toks[:, None]], dim=1)
-        prefix_lp = node.prefix_lp[rows] + node.logp[rows, toks]
         key = None if node.key is None else node.key[rows] * leaves.base + toks + 1
-        child = _expand(lm, node.depth + 1, T, child_state, child_logp, prefix, prefix_lp, key, leaves)
+        child = _expand(lm, depth, T, child_state, logits, prefix,
+                        node.child_lp[s: s + B], key, leaves)
         bar.update(rows.numel())
         if child is not None:
             stack.append(child)
+    if bar.total != bar.n:  # the count is an upper bound when the tree is smaller (top-k, zeros)
+        bar.total = bar.n
+        bar.refresh()
     bar.close()
     return leaves.tensors()
-
-
-def lexicographic_order(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Permutation sorting completions by token ids, position 0 first; padding sorts first."""
-    T = ids.shape[1]
-    base = vocab_size + 1
-    if T * (base.bit_length()) < 63:  # one integer key per row (Horner), one sort
-        key = torch.zeros(ids.shape[0], dtype=torch.long)
-        for col in range(T):
-            key = key * base + torch.where(mask[:, col], ids[:, col] + 1, 0)
-        return torch.argsort(key)
-    key_ids = torch.where(mask, ids + 1, torch.zeros_like(ids))
-    order = torch.arange(ids.shape[0])
-    for col in range(T - 1, -1, -1):  # least significant column first, stable sorts
-        order = order[torch.sort(key_ids[order, col], stable=True).indices]
-    return order
