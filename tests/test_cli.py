@@ -138,7 +138,8 @@ def test_evaluate_speaks_the_same_vocabulary(tmp_path, default, capsys):
     for reward in ("length", "tests.test_cli:rescaled_reward", "factory:tests.test_cli:make_reward"):
         assert main(["evaluate", "--policy", str(tmp_path / "policy"), "--model", "default", "--reward", reward,
                      "--prompt", "the food is", "--max-new-tokens", "2"]) == 0, reward
-        header, row = capsys.readouterr().out.splitlines()[:2]
+        reading, header, row = capsys.readouterr().out.splitlines()[:3]
+        assert reading.startswith("q = the checkpoint")
         values = dict(zip(header.split("\t")[1:], map(float, row.split("\t")[1:])))
         assert values["kl_q_prior"] == pytest.approx(0.0, abs=1e-6)  # float32 log-probs, 6 digits printed
         mean[reward] = values["mean_reward"]

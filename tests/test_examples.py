@@ -25,7 +25,8 @@ def test_exact_posterior_example(capsys):
 def test_smc_example():
     runs, post = load("smc_sampling").main(["--particles", "64"])
     twisted = runs["SMC, exact twist + proposal"]
-    assert math.isclose(float(twisted.log_z[0]), post.log_z, abs_tol=1e-9)  # zero variance
+    # zero variance, up to the float32 default model's rounding (see tests/test_readme.py)
+    assert math.isclose(float(twisted.log_z[0]), post.log_z, abs_tol=1e-6)
 
 
 @pytest.mark.slow

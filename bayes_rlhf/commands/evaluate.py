@@ -8,6 +8,14 @@ mean for ``bayes-rlhf exact`` (see ``bayes_rlhf.commands._common``). For each pr
     log q = the policy's log-probs on post's table
     print compare(log q, post)          # KL both ways, TV, objective vs beta log Z
 and with ``--out DIR`` a run directory (save_run) and its HTML report.
+
+Against a top-k-truncated prior (``--top-k K``) a checkpoint is read on the target's support by
+default (``--policy-support target``): its logits restricted to the prior's top-k set at every
+prefix and renormalised, which is how bayes_rlhf trains against such a target. Two readings are
+printed, labelled: the restricted policy's KLs, TV and objective, and the plain checkpoint's mass
+outside the support (``plain_q_outside``). ``--policy-support own`` reads the checkpoint as it
+records itself (``support.json`` of a bayes_rlhf policy, else plain), ``none`` as plain
+transformers reads it (KL(q || pi*) is then infinite whenever that mass is > 0).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ Without --model the prior is the embedded default model (with its demo prompts u
 builds the reward from the prior is named factory:mypkg.rewards:make_reward (make_reward(lm))."""
 
 FIELDS = ("kl_q_posterior", "kl_posterior_q", "total_variation", "objective", "optimal_objective",
-          "mean_reward", "kl_q_prior", "q_outside")
+          "mean_reward", "kl_q_prior", "q_outside", "plain_q_outside")
+SUPPORTS = ("target", "own", "none")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -34,6 +43,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                                           "and reward (KL both ways, TV, RL objective), in nats.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="checkpoint directory of the policy (model + tokenizer)")
+    p.add_argument("--policy-support", choices=SUPPORTS, default="target",
+                   help="with --top-k: read the policy restricted to the target's support and renormalised "
+                        "(target, the default), as its support.json says (own), or plain (none)")
     add_model_args(p)
     add_target_args(p)
     add_out_args(p, None, "write a run directory and report.html here")
@@ -53,19 +65,46 @@ def evaluate(args):
     prompts = prompts_of(args)
     target = load_target(args)
     prior = target.prior
-    policy = load_model(args.policy)
-    if not policy.same_tokenizer(prior):
+    for p in prompts:
+        target.check_prompt(p)
+    plain = load_model(args.policy, support=None)
+    if not plain.same_tokenizer(prior):
         raise TokenizerMismatchError(f"the policy at {args.policy} has another tokenizer than the prior "
-                                     f"(vocab {policy.vocab_size} vs {prior.vocab_size}, EOS {policy.eos_token_id} vs "
+                                     f"(vocab {plain.vocab_size} vs {prior.vocab_size}, EOS {plain.eos_token_id} vs "
                                      f"{prior.eos_token_id}); evaluate it against the model it was fine-tuned from")
+    policy = _read_policy(args, plain, prior)
     posteriors, tables, comparisons = [], [], []
     for prompt in prompts:
         post = exact_posterior(target, prompt)
         lq = table_log_probs(policy, post)
+        plain_outside = lq if policy is plain else table_log_probs(plain, post)
         posteriors.append(post)
         tables.append(lq)
-        comparisons.append(compare(lq, post))
+        comparisons.append(compare(lq, post).as_dict() | {"plain_q_outside": compare(plain_outside, post).q_outside})
     return posteriors, {"policy": tables}, comparisons
+
+
+def _read_policy(args, plain, prior):
+    """The checkpoint read as ``--policy-support`` says (see the module docstring)."""
+    from bayes_rlhf.models import load_model
+
+    support = getattr(args, "policy_support", "target")
+    if support == "none" or (support == "target" and prior.top_k is None):
+        return plain
+    if support == "target":
+        return plain.with_support(prior)
+    return load_model(args.policy)
+
+
+def _reading(args) -> str:
+    if args.top_k is None:
+        return "q = the checkpoint as saved (the target is untruncated); nats"
+    how = {"target": f"restricted to the target's support (the prior's top-{args.top_k} at every prefix) and "
+                     "renormalised",
+           "own": "as its support.json records it (plain if it has none)",
+           "none": "plain, as transformers reads it"}[getattr(args, "policy_support", "target")]
+    return (f"q = the checkpoint {how}; plain_q_outside = the plain checkpoint's mass outside the "
+            "target's support; nats")
 
 
 def run(args) -> int:
@@ -74,9 +113,9 @@ def run(args) -> int:
 
     folder = claim(args, "evaluate", target_settings(args) | {"policy": str(args.policy)})
     posteriors, policies, comparisons = evaluate(args)
+    print(_reading(args))
     print("prompt\t" + "\t".join(FIELDS))
-    for post, c in zip(posteriors, comparisons):
-        d = c.as_dict()
+    for post, d in zip(posteriors, comparisons):
         print(repr(post.prompt) + "\t" + "\t".join(f"{d[f]:.6g}" for f in FIELDS))
     if folder is not None:
         from bayes_rlhf.report import save_run, write_report

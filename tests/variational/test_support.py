@@ -95,3 +95,30 @@ def test_support_must_be_truncated_and_share_the_tokenizer(truncated):
         lm.with_support(lm)
     with pytest.raises(br.TokenizerMismatchError):
         tiny_lm("llama", vocab_size=12, seed=4).with_support(prior)
+
+
+def _evaluate(capsys, *args):
+    from bayes_rlhf.cli import main
+
+    assert main(["evaluate", *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header, row = lines[-2].split("\t"), lines[-1].split("\t")
+    return lines[0], dict(zip(header[1:], map(float, row[1:])))
+
+
+def test_evaluate_reads_a_checkpoint_on_the_target_support(truncated, tmp_path, capsys):
+    prior_dir, prior, target, post = truncated
+    policy, _ = br.train_policy(target, [PROMPT], br.TrainerConfig(steps=5, lr=1e-2, seed=0))
+    ckpt = policy.save_pretrained(tmp_path / "policy")
+    common = ["--policy", str(ckpt), "--model", str(prior_dir), "--top-k", "3", "--prompt", PROMPT,
+              "--reward", "length", "--beta", "0.5", "--max-new-tokens", "3"]
+    reading, on_support = _evaluate(capsys, *common)
+    assert "restricted to the target's support" in reading
+    assert on_support["q_outside"] == 0 and 0 <= on_support["kl_q_posterior"] < float("inf")
+    assert on_support["kl_q_prior"] >= 0 and on_support["plain_q_outside"] > 0.01
+    _, own = _evaluate(capsys, *common, "--policy-support", "own")  # support.json names the same prior
+    assert own["kl_q_posterior"] == pytest.approx(on_support["kl_q_posterior"], abs=1e-9)
+    reading, plain = _evaluate(capsys, *common, "--policy-support", "none")
+    assert "plain" in reading and plain["kl_q_posterior"] == float("inf")
+    assert plain["q_outside"] == pytest.approx(on_support["plain_q_outside"])
+    assert plain["kl_q_prior"] == float("inf") and plain["mean_reward"] != plain["mean_reward"]  # NaN, no partial sum
