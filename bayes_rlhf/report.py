@@ -3,18 +3,20 @@
 Reads what ``save_run`` wrote (see ``bayes_rlhf.diagnostics.run_dir`` for the layout), and for
 each prompt draws and tabulates::
 
-    summary      log Z, E[r] under prior and posterior, KL(pi* || pi0), entropies
+    summary      log Z, E[r] under prior and posterior, KL(pi* || pi0), entropies (one row each)
+    comparisons  exact KL both ways, TV and objective of each policy (one column per policy)
     top          the most probable completions under pi*, with prior probabilities and rewards
-    frontier     exact E[r] vs KL(. || pi0) over a beta grid (one enumeration, re-tilted),
-                 the run's pi*, every policy, best-of-N when available
-    rewards      reward histograms under prior, posterior and each policy
-    tokens       next-token distributions after the empty prefix and after the posterior's
-                 most probable first token: prior, posterior, policies
+    frontier     exact E[r] vs KL(. || pi0) over a beta grid (one enumeration, re-tilted), the
+                 run's pi*, the prior, every policy, best-of-N and the saved samplers; zoomed on
+                 the marked points with an overview of the whole curve
+    rewards      reward distributions under prior, posterior and each policy
     positions    exact expected per-token KL (both ways) at each position, per policy
-    comparisons  exact KL both ways, TV and objective of each policy
-and, once per run, training curves and importance-weight diagnostics. Figures are written
+    tokens       next-token distributions after the empty prefix and after the posterior's
+                 most probable first token: prior, posterior, policies (readable token text)
+and, once per run, training curves (exact KLs apart from per-batch estimates) and
+importance-weight diagnostics. Every caption says what its figure draws. Figures are written
 to RUN_DIR/figures/ as PDF and PNG; the HTML embeds the PNGs (or links them with
-``embed_figures=False``).
+``embed_figures=False``). Cell formatting and tables are in ``bayes_rlhf.report_html``.
 """
 
 from __future__ import annotations
