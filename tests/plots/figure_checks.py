@@ -70,15 +70,23 @@ def assert_ticks_apart(fig: Figure) -> None:
                     assert not a.overlaps(b), f"tick labels overlap in {ax.get_title()!r}"
 
 
+def pdf_text(pdf: Path) -> str | None:
+    """The text ``pdftotext`` reads in a PDF; None when poppler-utils is not installed."""
+    tool = shutil.which("pdftotext")
+    if tool is None:
+        return None
+    return subprocess.run([tool, str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
 def assert_pdf_text(pdf: Path, strings) -> bool:
     """Fonts of a PDF figure are embedded TrueType (pdf.fonttype 42), never Type 3 outlines, and
     ``pdftotext`` finds each of ``strings`` in it; False when pdftotext is not installed."""
     data = pdf.read_bytes()
     assert b"/FontFile2" in data and b"/Type3" not in data
-    tool = shutil.which("pdftotext")
-    if tool is None:  # poppler-utils absent: only the font check ran
+    text = pdf_text(pdf)
+    if text is None:  # poppler-utils absent: only the font check ran
         return False
-    text = "".join(subprocess.run([tool, str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split())
+    text = "".join(text.split())
     for s in strings:  # compared without white space: pdftotext splits words where glyphs are spaced
         assert "".join(s.split()) in text, f"{s!r} is not text in {pdf.name}: {text[:300]!r}"
     return True
