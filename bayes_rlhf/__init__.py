@@ -7,8 +7,8 @@ from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, Fro
                                     compare, forward_kl, importance_log_z, load_inference_data, policy_point,
                                     position_kl, posterior_frontier, psis_khat, reverse_kl, save_inference_data,
                                     to_inference_data, token_kl, weight_diagnostics)
-from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMassError, PromptError,
-                               RewardError, SpaceTooLargeError, TokenizerMismatchError)
+from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMassError, OutputDirError,
+                               PromptError, RewardError, SpaceTooLargeError, TokenizerMismatchError)
 from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, exact_rejection_sample
 from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, default_model, load_model
 from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
@@ -64,5 +64,5 @@ __all__ = [
     "load_inference_data", "save_run", "load_run", "write_report", "RunDirError", "plots",
     # errors
     "BayesRLHFError", "ConfigError", "ModelLoadError", "PromptError", "RewardError",
-    "SpaceTooLargeError", "TokenizerMismatchError", "NoMassError", "EmptySamplesError",
+    "SpaceTooLargeError", "TokenizerMismatchError", "NoMassError", "OutputDirError", "EmptySamplesError",
 ]
