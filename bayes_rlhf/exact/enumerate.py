@@ -23,6 +23,7 @@ works on the k kept entries.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -99,16 +100,17 @@ def kept_tokens(lm: CausalLM, logits: torch.Tensor) -> tuple[torch.Tensor, torch
 
     ``logits`` [n, V] (log-probs work too: the result is shift-invariant). With ``lm.top_k = k``
     only the k largest entries per row are used (``topk`` indices and values, renormalised in
-    float64); a row whose k-th and (k+1)-th values tie keeps every tied token, as
-    ``CausalLM.log_softmax`` does. Returns rows [m], tokens [m], log-probs [m] (float64), on
+    float64), and a row whose k-th and (k+1)-th values tie keeps every tied token, as
+    ``CausalLM.log_softmax`` does; without, the whole row is normalised in the logits' precision
+    (float32 at least), as ``CausalLM.log_softmax`` does. Returns rows [m], tokens [m], log-probs [m] (float64), on
     CPU, ordered by row then token id; tokens of probability zero are left out.
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     n, V = logits.shape
     k = lm.top_k
-    if k is None or k >= V:
-        lp = torch.log_softmax(logits.double(), dim=-1).cpu()
+    if k is None or k >= V:  # the whole vocabulary, in the model's precision as CausalLM.log_softmax
+        lp = torch.log_softmax(logits, dim=-1).double().cpu()
         return _flatten(lp, torch.arange(V).expand(n, V))
     vals, toks = torch.topk(logits, k + 1, dim=-1)
     tie = (vals[:, k] == vals[:, k - 1]).cpu()
@@ -131,11 +133,10 @@ def kept_tokens(lm: CausalLM, logits: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def _flatten(lp: torch.Tensor, toks: torch.Tensor):
     """(rows, tokens, log-probs) of the finite entries of lp [n, k] with token ids toks [n, k]."""
-    finite = torch.isfinite(lp)
-    if bool(finite.all()):
+    if math.isfinite(float(lp.sum())):  # log-probs are <= 0: the sum is finite iff every entry is
         n, k = lp.shape
         return torch.arange(n).repeat_interleave(k), toks.reshape(-1), lp.reshape(-1)
-    rows, cols = torch.nonzero(finite, as_tuple=True)
+    rows, cols = torch.nonzero(torch.isfinite(lp), as_tuple=True)
     return rows, toks[rows, cols], lp[rows, cols]
 
 

@@ -5,14 +5,17 @@ repeated per leaf), and for each leaf its row in the node, its last token and it
 Full-length leaves (d + 1 = T) are emitted by the depth-first walk already in lexicographic
 order; leaves ended by EOS before T ("early" leaves, at most one per internal prefix) are not,
 and are merged in. With integer keys (tokens + 1 as digits in base V + 1, zero-padded on the
-right; they fit int64 when T digits do), assembly is::
+right; they fit int64 when T digits do), assembly works on units, a unit being a parent prefix
+of full leaves (its block of leaves) or one early leaf::
 
-    main_keys = parent_key[row] * base + token + 1             # sorted, one per full leaf
-    early     = sort(early keys);  pos_e = searchsorted(main_keys, early) + arange(E)
-    parent    = global parent row of each table row             # early rows: their own rows
-    ids[:, j] = parent_table[j][parent]   (j < T - 1);  ids[:, T-1] = last tokens merged
+    parent_keys = keys of the full leaves' parents, increasing     # N of them, not K
+    early       = sort(early keys);  at = searchsorted(parent_keys * base, early) + arange(E)
+    units       = parents with the early leaves inserted at ``at``;  sizes: leaves per parent, 1
+    unit        = repeat_interleave(arange(U), sizes)              # the unit of each table row
+    ids[:, j]   = unit_table[j][unit]  (j < T - 1);   last tokens, log-probs: scattered around
+                                                                   # the early leaves' rows
 
-so each output column is written once, in order, straight from the small parent table.
+so each output column is written once, in order, from a table of U rows.
 Without keys the table is built in emission order and sorted column by column.
 """
 
@@ -58,18 +61,10 @@ class Leaves:
         early = self._early_rows()
         if not self.keyed:
             return self._sorted_by_columns(early)
-        main_keys = self._main_keys()
-        if main_keys is None:  # not expected: the walk emits full-length leaves in order
+        units = self._units(early)
+        if units is None:  # not expected: the walk emits full-length leaves in order
             return self._sorted_by_columns(early)
-        e_keys = early[3]
-        order = torch.argsort(e_keys)
-        e_ids, e_len, e_lp = early[0][order], early[1][order], early[2][order]
-        E, Km = e_keys.numel(), main_keys.numel()
-        pos_e = torch.searchsorted(main_keys, e_keys[order]) + torch.arange(E)
-        is_main = torch.ones(Km + E, dtype=torch.bool)
-        is_main[pos_e] = False
-        del main_keys
-        return self._write(is_main, pos_e, e_ids, e_len, e_lp)
+        return self._write(*units)
 
     # ------------------------------------------------------------------ pieces
     def _early_rows(self):
@@ -91,46 +86,59 @@ class Leaves:
             return torch.zeros((0, T), dtype=torch.long), empty, torch.zeros(0, dtype=torch.float64), empty
         return torch.cat(ids), torch.cat(lens), torch.cat(lps), (torch.cat(keys) if keys else None)
 
-    def _main_keys(self) -> torch.Tensor | None:
-        """Keys [Km] of the full-length leaves in emission order; None if they are not increasing."""
-        out = torch.empty(sum(c[1].numel() for c in self.main), dtype=torch.long)
-        s = 0
-        for _, rows, tokens, _, key in self.main:
-            m = rows.numel()
-            torch.index_select(key, 0, rows, out=out[s: s + m])
-            out[s: s + m].mul_(self.base).add_(tokens + 1)
-            s += m
-        if out.numel() > 1 and not bool((out[1:] > out[:-1]).all()):
-            return None
-        return out
+    def _units(self, early):
+        """The table as a sequence of units in lexicographic order: each parent prefix of the main
+        chunks (a block of its leaves) and each early leaf (a block of one).
 
-    def _write(self, is_main, pos_e, e_ids, e_len, e_lp):
-        """Fill the [T, K] columns: main leaves where ``is_main``, early rows at ``pos_e``."""
-        T, K = self.T, is_main.numel()
-        n_par = sum(c[0].shape[0] for c in self.main)
-        # parent table, column-major: the main chunks' prefixes, then the early rows
-        table = torch.empty((max(T - 1, 0), n_par + e_ids.shape[0]), dtype=torch.long)
-        parent = torch.empty(K, dtype=torch.long)
-        buf = torch.empty(K - e_ids.shape[0], dtype=torch.long)
-        s = off = 0
-        for prefix, rows, _, _, _ in self.main:
-            n, m = prefix.shape[0], rows.numel()
-            table[:, off: off + n] = prefix.t()
-            torch.add(rows, off, out=buf[s: s + m])
-            s, off = s + m, off + n
-        table[:, n_par:] = e_ids[:, : T - 1].t()
-        parent.masked_scatter_(is_main, buf)
-        parent[pos_e] = torch.arange(n_par, n_par + e_ids.shape[0])
-        cols = torch.empty((T, K), dtype=torch.long)
-        for j in range(T - 1):
-            torch.index_select(table[j], 0, parent, out=cols[j])
-        del parent, table
-        lp = torch.empty(K, dtype=torch.float64)
+        A full leaf q + v sorts before an early leaf e exactly when its parent q does (they differ
+        within e's length), so merging needs the N parent keys only, not the K leaf keys. Returns
+        (unit table [T-1, U], unit sizes [U], early unit positions [E], early rows sorted), or None
+        when the parents are not in increasing order.
+        """
+        e_ids, e_len, e_lp, e_keys = early
+        par_keys = torch.cat([c[4] for c in self.main]) if self.main else torch.zeros(0, dtype=torch.long)
+        if par_keys.numel() > 1 and not bool((par_keys[1:] > par_keys[:-1]).all()):
+            return None
+        sizes = torch.cat([torch.bincount(c[1], minlength=c[0].shape[0]) for c in self.main]) if self.main \
+            else torch.zeros(0, dtype=torch.long)
+        order = torch.argsort(e_keys)
+        e_ids, e_len, e_lp = e_ids[order], e_len[order], e_lp[order]
+        E, N = e_ids.shape[0], par_keys.numel()
+        upos = torch.searchsorted(par_keys * self.base, e_keys[order]) + torch.arange(E)
+        is_par = torch.ones(N + E, dtype=torch.bool)
+        is_par[upos] = False
+        unit_sizes = torch.ones(N + E, dtype=torch.long)
+        unit_sizes.masked_scatter_(is_par, sizes)
+        table = torch.empty((self.T - 1, N + E), dtype=torch.long)
         if self.main:
-            torch.cat([c[2] for c in self.main], out=buf)
-            cols[T - 1].masked_scatter_(is_main, buf)
-            lp.masked_scatter_(is_main, torch.cat([c[3] for c in self.main]))
-        del buf
+            table[:, is_par] = torch.cat([c[0] for c in self.main]).t()
+        table[:, upos] = e_ids[:, : self.T - 1].t()
+        return table, unit_sizes, is_par, upos, e_ids, e_len, e_lp
+
+    def _write(self, table, unit_sizes, is_par, upos, e_ids, e_len, e_lp):
+        """Fill the [T, K] columns from the units: one gather per prefix column; the last tokens
+        and log-probs of each main chunk scattered into its span of rows, around early leaves."""
+        T, K = self.T, int(unit_sizes.sum())
+        end = torch.cumsum(unit_sizes, 0)
+        pos_e = end[upos] - 1  # table row of each early leaf
+        # the span of table rows of each main chunk: from its first parent's block to its last's
+        par_units = torch.nonzero(is_par).squeeze(-1)
+        n = torch.tensor([c[0].shape[0] for c in self.main], dtype=torch.long)
+        last = torch.cumsum(n, 0) - 1
+        spans = zip((end - unit_sizes)[par_units[last - n + 1]].tolist(), end[par_units[last]].tolist())
+        del end, par_units
+        cols = torch.empty((T, K), dtype=torch.long)
+        if T > 1:
+            unit = torch.repeat_interleave(torch.arange(unit_sizes.numel()), unit_sizes, output_size=K)
+            for j in range(T - 1):
+                torch.index_select(table[j], 0, unit, out=cols[j])
+            del unit
+        is_main = torch.ones(K, dtype=torch.bool)
+        is_main[pos_e] = False
+        lp = torch.empty(K, dtype=torch.float64)
+        for (a, b), (_, _, tokens, chunk_lp, _) in zip(spans, self.main):
+            cols[T - 1, a:b].masked_scatter_(is_main[a:b], tokens)
+            lp[a:b].masked_scatter_(is_main[a:b], chunk_lp)
         cols[T - 1, pos_e] = e_ids[:, T - 1]
         lp[pos_e] = e_lp
         mask = torch.ones((T, K), dtype=torch.bool)
