@@ -194,7 +194,8 @@ def test_evaluate_end_to_end(tmp_path, default, capsys):
                                  "--max-new-tokens", "2", "--out", str(tmp_path / "eval")])
     assert args.func(args) == 0
     out = capsys.readouterr().out.splitlines()
-    header, row = out[0].split("\t"), out[1].split("\t")
+    assert out[0].startswith("q = the checkpoint as saved")  # which reading of q the table shows
+    header, row = out[1].split("\t"), out[2].split("\t")
     values = dict(zip(header[1:], map(float, row[1:])))
     post = br.exact_posterior(br.Target(lm, default[1], 1.0, 2), "the movie was")
     assert values["kl_q_prior"] == pytest.approx(0.0, abs=1e-6)
