@@ -84,7 +84,11 @@ def compare(policy: CausalLM | torch.Tensor, posterior: ExactPosterior, batch_si
     ``policy`` is a ``CausalLM`` sharing the prior's tokenizer, or log q over the table [K].
     """
     lq = policy if isinstance(policy, torch.Tensor) else policy_log_probs(policy, posterior, batch_size)
-    dtype = lq.dtype if isinstance(policy, torch.Tensor) else policy.dtype
+    # the precision q was computed in: the policy's, or for a table of log q the lower of the
+    # table's and the prior's (a float64 table scored from a float32 model keeps float32 rounding)
+    dtype = policy.dtype if isinstance(policy, CausalLM) else lq.dtype
+    if dtype == torch.float64 and getattr(posterior.lm, "dtype", torch.float64) != torch.float64:
+        dtype = posterior.lm.dtype
     lq = lq.double()
     q = lq.exp()
     q_outside = _mass_outside(q, posterior, dtype)

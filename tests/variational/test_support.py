@@ -122,3 +122,18 @@ def test_evaluate_reads_a_checkpoint_on_the_target_support(truncated, tmp_path, 
     assert "plain" in reading and plain["kl_q_posterior"] == float("inf")
     assert plain["q_outside"] == pytest.approx(on_support["plain_q_outside"])
     assert plain["kl_q_prior"] == float("inf") and plain["mean_reward"] != plain["mean_reward"]  # NaN, no partial sum
+
+
+def test_float32_tables_do_not_read_rounding_as_mass_outside():
+    # a float32 model's table of log q sums to 1 only to ~1e-7: passed to compare as a float64
+    # tensor (as the trainer's evaluator and `evaluate` do) that must not read as mass outside
+    from bayes_rlhf.diagnostics.exact import policy_log_probs
+
+    prior = tiny_lm("llama", vocab_size=12, seed=8, dtype=torch.float32, top_k=3)
+    post = br.exact_posterior(br.Target(prior, first_word_reward(), 0.5, 4), PROMPT)
+    q = prior.with_top_k(None).with_support(prior)
+    lq = policy_log_probs(q, post)
+    assert lq.dtype == torch.float64 and 1e-8 < 1 - float(lq.exp().sum()) < 1e-5  # rounding, not mass
+    c = br.compare(lq, post)
+    assert c.q_outside == 0 and c.kl_q_posterior == pytest.approx(br.compare(prior, post).kl_q_posterior, abs=1e-5)
+    assert br.compare(prior.with_top_k(None), post).q_outside > 0.01  # real mass outside still shows
