@@ -26,6 +26,7 @@ import torch
 from pyro.distributions import constraints
 
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.logweights import log_mean_exp
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target
 from bayes_rlhf.samplers.weighted import WeightedSamples
@@ -141,7 +142,7 @@ def pyro_importance(target: Target, prompt: str, num_samples: int, guide: Callab
     mask = completion_mask(ids, target.prior.eos_token_id)
     r = target.rewards(prompt, ids, mask)
     log_w = log_w.detach().double().cpu()
-    log_z = torch.logsumexp(log_w, 0, keepdim=True) - math.log(num_samples)
+    log_z = log_mean_exp(log_w).reshape(1)
     return WeightedSamples(ids, mask, log_w, r, log_z, torch.zeros(num_samples, dtype=torch.long), (prompt,),
                            target.prior, None, {"source": "pyro.infer.importance"})
 

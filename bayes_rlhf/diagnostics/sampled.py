@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, _as_log_weights
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.logweights import log_mean_exp
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def reverse_kl(log_q, prior_log_probs, rewards, beta: float, log_z: float | None
 
 def _is_log_z(lw: torch.Tensor) -> Estimate:
     n = lw.numel()
-    value = float(torch.logsumexp(lw, 0)) - math.log(n)
+    value = float(log_mean_exp(lw))
     ratio = torch.exp(lw - value)  # w_i / mean(w)
     u = torch.full((n,), 1.0 / n, dtype=torch.float64)
     return Estimate(value, _snis_stderr(u, ratio - 1.0), n)

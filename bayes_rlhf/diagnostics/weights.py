@@ -5,6 +5,7 @@ Given unnormalised log-weights ``lw_i = log pi*~(x_i) - log q(x_i)`` of n draws 
     w_i   = exp(lw_i - max lw) / sum_j exp(lw_j - max lw)        # self-normalised
     ESS   = 1 / sum_i w_i^2                                       # Kish, in [1, n]
     log Z = logsumexp(lw) - log n                                 # importance estimate
+    (the arithmetic is bayes_rlhf.logweights'; kish_ess and normalized_weights are its own)
     k-hat = shape of a generalised Pareto fit to the largest weights (az.psislw)
 
 ESS says how many equally weighted draws the weighted set is worth; k-hat says whether the
@@ -21,7 +22,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from bayes_rlhf.errors import ConfigError, NoMassError
+from bayes_rlhf.errors import NoMassError
+from bayes_rlhf.logweights import EmptySamplesError, check_log_weights, log_mean_exp, normalized_log_weights  # noqa: F401
+from bayes_rlhf.logweights import kish_ess as _kish_ess
 
 #: Below this many draws the Pareto tail has too few points to fit; k-hat is reported as NaN.
 #: (az.psislw fits the largest ceil(min(0.2 n, 3 sqrt n)) weights and needs at least 5 of them.)
@@ -31,16 +34,9 @@ MIN_PSIS_SAMPLES = 25
 KHAT_GOOD, KHAT_OK, KHAT_BAD = 0.5, 0.7, 1.0
 
 
-class EmptySamplesError(ConfigError):
-    """A sample set is empty: there is nothing to estimate from."""
-
-
 def _as_log_weights(log_weights, name: str = "log_weights") -> torch.Tensor:
-    lw = torch.as_tensor(log_weights).detach().double().cpu().reshape(-1)
-    if lw.numel() == 0:
-        raise EmptySamplesError(f"{name} is empty: draw at least one sample before computing diagnostics")
-    if bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
-        raise ConfigError(f"{name} contains NaN or +inf; check the log-densities that produced them")
+    """Checked float64 CPU log-weights [n]; NoMassError when none has mass (the diagnostics need some)."""
+    lw = check_log_weights(log_weights, name).cpu()
     if not bool(torch.isfinite(lw).any()):
         raise NoMassError(f"every entry of {name} is -inf: no sample has target mass")
     return lw
@@ -48,8 +44,7 @@ def _as_log_weights(log_weights, name: str = "log_weights") -> torch.Tensor:
 
 def normalized_weights(log_weights) -> torch.Tensor:
     """Self-normalised weights [n] (float64, sum to 1) from log-weights [n]."""
-    lw = _as_log_weights(log_weights)
-    return torch.softmax(lw, 0)
+    return torch.softmax(_as_log_weights(log_weights), 0)
 
 
 def kish_ess(log_weights) -> float:
@@ -60,8 +55,6 @@ def kish_ess(log_weights) -> float:
     log_weights : Tensor or array [n]
         Unnormalised log-weights; -inf entries count as zero weight.
     """
-    from bayes_rlhf.samplers.weighted import kish_ess as _kish_ess
-
     return _kish_ess(_as_log_weights(log_weights))
 
 
@@ -90,7 +83,7 @@ def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
     lw = _as_log_weights(log_weights)
     finite = torch.isfinite(lw)
     if int(finite.sum()) < MIN_PSIS_SAMPLES:
-        return lw - torch.logsumexp(lw, 0), math.nan
+        return normalized_log_weights(lw), math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz as az
@@ -156,8 +149,7 @@ def weight_diagnostics(log_weights) -> WeightDiagnostics:
     """Kish ESS, PSIS k-hat and the log Z estimate of log-weights [n]."""
     lw = _as_log_weights(log_weights)
     n = lw.shape[0]
-    w = torch.softmax(lw, 0)
-    ess = float(1.0 / (w * w).sum())
+    ess = kish_ess(lw)
     _, k = psis_khat(lw)
-    log_z = float(torch.logsumexp(lw, 0)) - math.log(n)
-    return WeightDiagnostics(n, ess, ess / n, k, khat_label(k), log_z, float(w.max()))
+    return WeightDiagnostics(n, ess, ess / n, k, khat_label(k), float(log_mean_exp(lw)),
+                             float(normalized_weights(lw).max()))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
 from bayes_rlhf._checks import check_int
 from bayes_rlhf.errors import ConfigError, NoMassError, PromptError, TokenizerMismatchError
+from bayes_rlhf.logweights import log_mean_exp
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.target import Target
 
@@ -59,12 +59,11 @@ def log_z_per_prompt(log_weights: torch.Tensor, prompt_index: torch.Tensor, num_
     """log mean exp(log_weights) within each prompt, Tensor [P]; NoMassError if a prompt has none."""
     out = torch.empty(num_prompts, dtype=torch.float64)
     for p in range(num_prompts):
-        lw = log_weights[prompt_index == p]
-        lse = torch.logsumexp(lw, 0)
-        if not torch.isfinite(lse):
+        lz = log_mean_exp(log_weights[prompt_index == p])
+        if not torch.isfinite(lz):
             raise NoMassError(
                 f"every {what} for prompt {prompts[p]!r} has zero target mass (reward -inf or zero prior "
                 f"probability): the target has no mass where the proposal looked. Draw more samples, "
                 "use a proposal that satisfies the constraint, or relax the reward")
-        out[p] = lse - math.log(lw.numel())
+        out[p] = lz
     return out

@@ -24,6 +24,7 @@ import torch
 
 from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.logweights import log_mean_exp
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target, prior_log_probs
@@ -76,7 +77,7 @@ def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalL
     prompt = _single_prompt(target, prompt)
     comps = draw_proposals(target, q, [prompt], num_samples * num_inner, generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
-    terms = torch.logsumexp(log_w.view(num_samples, num_inner), -1) - math.log(num_inner)
+    terms = log_mean_exp(log_w.view(num_samples, num_inner), dim=-1)
     return _estimate(terms, "lower")
 
 
@@ -118,7 +119,7 @@ def upper_bound(target: Target, prompt: str, posterior_samples: Completions, pro
     comps = draw_proposals(target, q, [prompt], m * (num_inner - 1), generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     all_w = torch.cat([log_w_star[:, None], log_w.view(m, num_inner - 1)], dim=1)
-    return _estimate(torch.logsumexp(all_w, -1) - math.log(num_inner), "upper")
+    return _estimate(log_mean_exp(all_w, dim=-1), "upper")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ from bayes_rlhf.samplers._live_rows import LiveRows
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target
 from bayes_rlhf.samplers.resampling import get_resampler
 from bayes_rlhf.samplers.twists import as_twist, lookup, posterior_table
-from bayes_rlhf.samplers.weighted import SMCHistory, WeightedSamples, kish_ess
+from bayes_rlhf.logweights import kish_ess, log_mean_exp
+from bayes_rlhf.samplers.weighted import SMCHistory, WeightedSamples
 from bayes_rlhf.target import Target
 
 
@@ -286,14 +287,14 @@ class SMC:
         running = torch.zeros(self.P, dtype=torch.float64)
         for p in range(self.P):
             g = slice(p * N, (p + 1) * N)
-            lse = torch.logsumexp(log_w[g], 0)
-            if not torch.isfinite(lse):
+            lz = log_mean_exp(log_w[g])
+            if not torch.isfinite(lz):
                 raise NoMassError(
                     f"every particle for prompt {self.prompts[p]!r} has zero target mass after token {state.t} "
                     "(reward -inf, potential -inf, or a token the prior cannot produce): the target has no "
                     "mass where the proposal looked. Use more particles, a proposal or twist that respects "
                     "the constraint, or relax the reward")
-            running[p] = log_z[p] + lse - math.log(N)
+            running[p] = log_z[p] + lz
             ess[p] = kish_ess(log_w[g])
             # relative slack 1e-9: equal weights (ESS = N up to rounding) are never resampled
             if more and state.alive[g].any() and ess[p] < self.config.ess_threshold * N * (1 - 1e-9):
@@ -326,8 +327,7 @@ class SMC:
             if not state.alive.any():
                 break
         N = self.N
-        final = torch.stack([torch.logsumexp(state.log_w[p * N:(p + 1) * N], 0) for p in range(self.P)])
-        log_z = state.log_z + final - math.log(N)
+        log_z = state.log_z + log_mean_exp(state.log_w.view(self.P, N), dim=1)
         hist = SMCHistory(torch.stack([i["ess"] for i in infos]), torch.stack([i["resampled"] for i in infos]),
                           torch.stack([i["log_z"] for i in infos]), torch.stack([i["num_alive"] for i in infos]))
         seconds = time.perf_counter() - t0

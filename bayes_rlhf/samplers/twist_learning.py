@@ -58,7 +58,8 @@ from bayes_rlhf.samplers._common import as_prompts, check_count, check_target
 from bayes_rlhf.samplers.importance import importance_sample
 from bayes_rlhf.samplers.smc import SMC, SMCConfig, smc
 from bayes_rlhf.samplers.twists import LearnedTwist
-from bayes_rlhf.samplers.weighted import WeightedSamples, kish_ess
+from bayes_rlhf.logweights import group_softmax, kish_ess, log_mean_exp
+from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
 POSITIVES = ("is", "smc", "twisted-smc")
@@ -168,16 +169,6 @@ class ContrastSet:
         return cls(ids.cpu(), unf, torch.where(unf, 0.0, ended), prompt_index.cpu(), tilt=True)
 
 
-def _group_softmax(logits: torch.Tensor, group: torch.Tensor, P: int) -> torch.Tensor:
-    """Softmax over rows within each prompt, per column: [m, K] -> [m, K] (zeros where no mass)."""
-    out = torch.zeros_like(logits)
-    for p in range(P):
-        rows = group == p
-        lse = torch.logsumexp(logits[rows], 0, keepdim=True)
-        out[rows] = torch.where(torch.isfinite(lse), torch.exp(logits[rows] - lse), 0.0)
-    return out
-
-
 def _side(twist, prompt_ids: list[list[int]], s: ContrastSet, P: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(sum over prompts and t of the weighted mean of 1{unfinished} log psi_t, its weights, pieces)."""
     f = twist.prefix_log_potentials([prompt_ids[i] for i in s.prompt_index.tolist()], s.ids)
@@ -185,7 +176,7 @@ def _side(twist, prompt_ids: list[list[int]], s: ContrastSet, P: int) -> tuple[t
     logits = s.log_w
     if s.tilt:
         logits = torch.where(s.unfinished, logits + f.detach(), logits)
-    w = _group_softmax(logits, s.prompt_index, P)
+    w = group_softmax(logits, s.prompt_index, P)
     return (w * torch.where(s.unfinished, f, 0.0)).sum(), logits, {"f": f, "w": w}
 
 
@@ -218,7 +209,7 @@ def ctl_surrogate(twist: LearnedTwist, target: Target, prompts: Sequence[str], p
         log_norm = 0.0
         for p in range(P):
             rows = negatives.prompt_index == p
-            log_norm += float((torch.logsumexp(logits[rows], 0) - math.log(int(rows.sum()))).sum())
+            log_norm += float(log_mean_exp(logits[rows], 0).sum())
         loss = (log_norm - float(pos.detach())) / P
     return surrogate, {"gap": float(surrogate.detach()), "loss": loss}
 

@@ -7,35 +7,19 @@ A weighted particle approximation of pi*(x | c) for one or more prompts::
 together with ``log_z[p]``, an estimate of log Z(c_p) whose exponential is unbiased for Z
 where the algorithm allows it, and the Kish effective sample size per prompt,
 ``ess = 1 / sum_i w_i^2``. Log-weights are unnormalised and float64; normalisation happens
-per prompt at the point of use.
+per prompt at the point of use (``bayes_rlhf.logweights``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from bayes_rlhf._checks import check_generator, check_int
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.logweights import group_softmax, kish_ess
 from bayes_rlhf.models.completions import Completions
-
-
-def normalized_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
-    """log w_i - logsumexp(log w) of a 1-D Tensor [n] (all -inf stays all -inf)."""
-    lse = torch.logsumexp(log_weights, 0)
-    if not torch.isfinite(lse):
-        return torch.full_like(log_weights, -math.inf)
-    return log_weights - lse
-
-
-def kish_ess(log_weights: torch.Tensor) -> float:
-    """Kish effective sample size 1 / sum w_i^2 of unnormalised log-weights [n] (0 if no mass)."""
-    lw = normalized_log_weights(log_weights.double())
-    if not torch.isfinite(lw).any():
-        return 0.0
-    return float(torch.exp(-torch.logsumexp(2 * lw, 0)))
 
 
 @dataclass(frozen=True)
@@ -131,11 +115,7 @@ class WeightedSamples:
 
     def normalized_weights(self) -> torch.Tensor:
         """Tensor [n]: self-normalised weights, summing to 1 within each prompt."""
-        out = torch.zeros_like(self.log_weights)
-        for p in range(self.num_prompts):
-            r = self.rows(p)
-            out[r] = normalized_log_weights(self.log_weights[r]).exp()
-        return out
+        return group_softmax(self.log_weights, self.prompt_index, self.num_prompts)
 
     @property
     def ess(self) -> torch.Tensor:
