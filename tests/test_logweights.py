@@ -56,3 +56,14 @@ def test_group_softmax_normalises_each_group_and_column():
     torch.testing.assert_close(w, expect, rtol=1e-14, atol=0)
     # a 1-D column gives the same as its column of the 2-D call, and num_groups may add empty groups
     torch.testing.assert_close(group_softmax(lw[:, 0], group, num_groups=3), expect[:, 0], rtol=1e-14, atol=0)
+
+
+def test_every_export_is_the_one_function():
+    import bayes_rlhf.diagnostics as diagnostics
+    import bayes_rlhf.logweights as lw
+    import bayes_rlhf.samplers as samplers
+    from bayes_rlhf.diagnostics import weights
+
+    assert samplers.kish_ess is diagnostics.kish_ess is lw.kish_ess
+    assert weights.normalized_weights is lw.normalized_weights and weights.EmptySamplesError is lw.EmptySamplesError
+    assert diagnostics.kish_ess(torch.full((2,), -INF)) == 0.0  # the diagnostics' name: the same behaviour

@@ -5,7 +5,8 @@ Given unnormalised log-weights ``lw_i = log pi*~(x_i) - log q(x_i)`` of n draws 
     w_i   = exp(lw_i - max lw) / sum_j exp(lw_j - max lw)        # self-normalised
     ESS   = 1 / sum_i w_i^2                                       # Kish, in [1, n]
     log Z = logsumexp(lw) - log n                                 # importance estimate
-    (the arithmetic is bayes_rlhf.logweights'; kish_ess and normalized_weights are its own)
+    (the arithmetic lives in bayes_rlhf.logweights; kish_ess and normalized_weights are its own:
+    with no mass they give 0.0 and zeros, while weight_diagnostics and psis_khat raise NoMassError)
     k-hat = shape of a generalised Pareto fit to the largest weights (az.psislw)
 
 ESS says how many equally weighted draws the weighted set is worth; k-hat says whether the
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 from bayes_rlhf.errors import NoMassError
-from bayes_rlhf.logweights import EmptySamplesError, check_log_weights, log_mean_exp, normalized_log_weights  # noqa: F401
-from bayes_rlhf.logweights import kish_ess as _kish_ess
+from bayes_rlhf.logweights import (EmptySamplesError, check_log_weights, kish_ess, log_mean_exp,  # noqa: F401
+                                   normalized_log_weights, normalized_weights)
 
 #: Below this many draws the Pareto tail has too few points to fit; k-hat is reported as NaN.
 #: (az.psislw fits the largest ceil(min(0.2 n, 3 sqrt n)) weights and needs at least 5 of them.)
@@ -40,22 +41,6 @@ def _as_log_weights(log_weights, name: str = "log_weights") -> torch.Tensor:
     if not bool(torch.isfinite(lw).any()):
         raise NoMassError(f"every entry of {name} is -inf: no sample has target mass")
     return lw
-
-
-def normalized_weights(log_weights) -> torch.Tensor:
-    """Self-normalised weights [n] (float64, sum to 1) from log-weights [n]."""
-    return torch.softmax(_as_log_weights(log_weights), 0)
-
-
-def kish_ess(log_weights) -> float:
-    """Kish effective sample size ``1 / sum_i w_i^2`` of normalised weights, in [1, n].
-
-    Parameters
-    ----------
-    log_weights : Tensor or array [n]
-        Unnormalised log-weights; -inf entries count as zero weight.
-    """
-    return _kish_ess(_as_log_weights(log_weights))
 
 
 def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
