@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bayes_rlhf.logweights import group_softmax
+
 
 @dataclass
 class PolicyBatch:
@@ -95,15 +97,6 @@ def leave_one_out_advantages(returns: torch.Tensor, group: torch.Tensor) -> torc
         raise ValueError("leave-one-out baselines need at least two samples per prompt")
     total = _group_sum(returns, group, g)
     return returns - (total[group] - returns) / (count[group] - 1)
-
-
-def group_softmax(log_w: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """Self-normalised weights within each prompt: exp(log_w) / sum over the prompt. [n] -> [n]."""
-    g = int(group.max()) + 1
-    m = torch.full((g,), -torch.inf, dtype=log_w.dtype, device=log_w.device)
-    m = m.scatter_reduce(0, group, log_w, reduce="amax")
-    w = torch.exp(log_w - m[group])
-    return w / _group_sum(w, group, g)[group]
 
 
 def k3_kl(logq: torch.Tensor, prior_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -180,7 +173,8 @@ def ppo_loss(batch: PolicyBatch, config) -> ObjectiveOutput:
 def _weighted_nll(batch: PolicyBatch, log_w: torch.Tensor) -> ObjectiveOutput:
     w = group_softmax(log_w.detach(), batch.group)
     loss = -(w * _seq(batch.logq)).sum() / batch.num_groups
-    ess = 1.0 / _group_sum(w ** 2, batch.group, batch.num_groups)
+    sq = _group_sum(w ** 2, batch.group, batch.num_groups)
+    ess = torch.where(sq > 0, 1.0 / sq, 0.0)  # Kish ESS per prompt; 0 for a prompt with no mass
     return ObjectiveOutput(loss, {"ess": float(ess.mean())})
 
 
