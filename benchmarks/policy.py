@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bayes_rlhf as br  # noqa: E402
 from bayes_rlhf.variational import TrainerConfig, train_policy  # noqa: E402
-from bayes_rlhf.variational.rollout import evaluate  # noqa: E402
+from bayes_rlhf.variational.evaluation import evaluate  # noqa: E402
 
 PROMPT, BETA, T = "the movie was", 1.0, 4
 

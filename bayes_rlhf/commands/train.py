@@ -183,7 +183,7 @@ def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> di
     from bayes_rlhf.io import write_json
     from bayes_rlhf.report import save_run
     from bayes_rlhf.variational import train_policy
-    from bayes_rlhf.variational.rollout import evaluate
+    from bayes_rlhf.variational.evaluation import evaluate
 
     prompts = cfg["target"]["prompts"]
     posts = {p: exact_posterior(target, p) for p in prompts} if cfg.get("evaluate", {}).get("exact") else None

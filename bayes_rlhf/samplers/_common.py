@@ -28,7 +28,7 @@ def as_prompts(target: Target, prompt: str | Sequence[str]) -> list[str]:
     """A non-empty list of prompts, each encodable by the prior (PromptError otherwise)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
-        raise PromptError("no prompts given; pass a prompt string or a non-empty list of prompts")
+        raise PromptError("prompts is empty; pass a prompt string or a non-empty list of prompts")
     for p in prompts:
         target.check_prompt(p)
     return prompts

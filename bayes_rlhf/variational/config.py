@@ -3,23 +3,40 @@
 Defaults work out of the box: with only ``steps`` set, RLOO with k1-in-reward, 32 samples per
 prompt and Adam at lr 1e-3 brings a small enumerable target to KL(q || pi*) <= 0.05 nats in a few
 hundred steps on a CPU.
+
+Per-objective settings live in one section each (``settings.py``: ``config.ppo.clip``). The flat
+keywords of earlier versions (``ppo_clip=0.1``) are still accepted by the constructor and
+``from_dict`` (TOML), and read and written as attributes; ``FLAT_KEYS`` says where each goes.
+Checkpoints and run folders record the flat form (``flat_dict``), the same dict and fingerprint
+as earlier versions wrote, so their runs resume.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
-from bayes_rlhf._checks import is_integer, is_real, plain
+from bayes_rlhf._checks import is_real, plain
 from bayes_rlhf.errors import ConfigError
-
-OBJECTIVE_NAMES = ("rloo", "ppo", "dpg", "distill", "vargrad", "grpo")
+from bayes_rlhf.variational.objectives import OBJECTIVE_NAMES, BoundObjective, Objective, get_objective
+from bayes_rlhf.variational.settings import (SECTIONS, DistillConfig, DPGConfig, GRPOConfig, PPOConfig, RLOOConfig,
+                                             VarGradConfig, check_bool, check_int_at_least, check_number,
+                                             check_positive)
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
                                 "log_jsonl", "log_csv", "tensorboard_dir", "resume", "use_accelerate"})
+
+_SECTION_TYPES = {s.name: s for s in SECTIONS}
+
+#: flat keyword of earlier versions -> the (section, field) pairs it sets ("ppo_clip" sets PPO's and GRPO's clip)
+FLAT_KEYS: dict[str, list[tuple[str, str]]] = {}
+for _s in SECTIONS:
+    for _f in fields(_s):
+        if _f.metadata["flat"]:
+            FLAT_KEYS.setdefault(_f.metadata["flat"], []).append((_s.name, _f.name))
 
 
 @dataclass
@@ -29,9 +46,10 @@ class TrainerConfig:
     Parameters
     ----------
     steps : int
-        Optimiser steps (outer iterations; PPO takes ``ppo_epochs`` gradient steps per iteration).
-    objective : {"rloo", "ppo", "dpg", "distill", "vargrad", "grpo"}
-        Which loss from ``bayes_rlhf.variational.objectives`` to minimise. "grpo" is TRL's GRPO
+        Optimiser steps (outer iterations; PPO and GRPO may take several gradient steps per batch).
+    objective : str
+        A name in ``bayes_rlhf.variational.objectives.OBJECTIVES``: "rloo", "ppo", "dpg", "distill",
+        "vargrad", "grpo", or one added with ``register_objective``. "grpo" is TRL's GRPO
         (group-relative advantages, clipped ratio, k3 in the loss): a biased fit of pi*, kept to
         measure how far its fixed point is from pi*.
     samples_per_prompt : int
@@ -39,42 +57,22 @@ class TrainerConfig:
     prompts_per_step : int or None
         Prompts per step, drawn without replacement each step; None uses every prompt.
     lr : float or None
-        Adam learning rate of the policy. None picks the tested default: 3e-4 for PPO (which
-        takes ``ppo_epochs`` steps per batch from a noisier value baseline), 1e-3 otherwise.
+        Adam learning rate of the policy. None picks the objective's tested default
+        (``Objective.default_lr``): 3e-4 for PPO (which takes several steps per batch from a
+        noisier value baseline), 1e-3 otherwise.
     adam_betas : tuple of float
     weight_decay : float
     max_grad_norm : float or None
         Clip the global gradient norm; None does not clip.
-    kl_estimator : {"k1_reward", "k3_loss"}
-        "k1_reward" puts -beta (log q - log pi0) into the sequence reward (unbiased gradient of
-        KL(q || pi*)). "k3_loss" adds the k3 estimator of KL(q || pi0) to the loss (GRPO style):
-        its gradient is biased, kept only for comparison. GRPO always uses k3 in the loss.
-    ppo_epochs, ppo_clip, gae_lambda, value_coef : PPO's inner epochs per batch, ratio clip,
-        GAE lambda (gamma is 1: an episode is one completion) and value-loss weight. The default
-        lambda = 1 keeps the advantage R_t - V(s_t) unbiased whatever the value head has learnt, so
-        PPO's fixed point is pi*; lambda < 1 trades that for variance (on the default model lambda =
-        0.95 stopped at KL(q || pi*) about 0.03 with KL(q || pi0) 0.48, against pi*'s 0.62). GRPO uses
-        ``ppo_clip`` too (TRL's epsilon).
-    grpo_epochs : int
-        GRPO: gradient steps per sampled batch (TRL's ``num_iterations``; 1 = on-policy, ratio 1).
-    grpo_scale_rewards : bool
-        GRPO: divide the group-centred rewards by the group's std (TRL's default); False is Dr. GRPO.
-    value_lr : float
-        Adam learning rate of PPO's value head (a linear head on the policy's detached last hidden
-        state, so the value loss does not pull on the policy).
-    whiten_advantages : bool
-        PPO: standardise advantages over the batch.
-    dpg_proposal : {"policy", "prior"}
-        DPG: importance weights pi*/q from policy samples or pi*/pi0 from prior samples.
-    distill_source : {"exact", "rejection", "given"}
-        Distillation: samples from the enumerated posterior, from exact rejection sampling (needs
-        ``reward_max``), or from the ``sampler`` argument of ``train_policy``.
-    reward_max : float or None
-        An upper bound of the reward, for ``distill_source="rejection"``.
-    log_z : {"learned", "batch"}
-        VarGrad / trajectory balance: a learned log Z per prompt (TB) or the batch mean (VarGrad).
-    log_z_lr : float
-        Learning rate of the learned log Z.
+    rloo, ppo, grpo, dpg, distill, vargrad : settings sections
+        ``RLOOConfig`` (kl_estimator), ``PPOConfig`` (epochs, clip, gae_lambda, value_coef,
+        value_lr, whiten_advantages, kl_estimator), ``GRPOConfig`` (epochs, clip, scale_rewards),
+        ``DPGConfig`` (proposal), ``DistillConfig`` (source, reward_max), ``VarGradConfig``
+        (log_z, log_z_lr); a dict is turned into its section. Only the objective's own section
+        is read. The flat keywords ``kl_estimator``, ``ppo_epochs``, ``ppo_clip``, ``gae_lambda``,
+        ``value_coef``, ``value_lr``, ``whiten_advantages``, ``grpo_epochs``,
+        ``grpo_scale_rewards``, ``dpg_proposal``, ``distill_source``, ``reward_max``, ``log_z``
+        and ``log_z_lr`` set the same fields (``FLAT_KEYS``).
     lora_rank : int
         0 fine-tunes every weight; > 0 trains LoRA adapters of this rank (needs ``peft``), merged
         into the returned policy.
@@ -111,20 +109,12 @@ class TrainerConfig:
     adam_betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
-    kl_estimator: str = "k1_reward"
-    ppo_epochs: int = 2
-    ppo_clip: float = 0.2
-    gae_lambda: float = 1.0
-    value_coef: float = 0.5
-    grpo_epochs: int = 1
-    grpo_scale_rewards: bool = True
-    value_lr: float = 1e-2
-    whiten_advantages: bool = False
-    dpg_proposal: str = "policy"
-    distill_source: str = "exact"
-    reward_max: float | None = None
-    log_z: str = "learned"
-    log_z_lr: float = 0.05
+    rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    dpg: DPGConfig = field(default_factory=DPGConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    vargrad: VarGradConfig = field(default_factory=VarGradConfig)
     lora_rank: int = 0
     lora_alpha: float = 16.0
     bf16: bool = True
@@ -141,46 +131,27 @@ class TrainerConfig:
 
     def __post_init__(self):
         self.adam_betas = tuple(self.adam_betas)
-        _int(self, "steps", 1)
-        _choice(self, "objective", OBJECTIVE_NAMES)
-        _int(self, "samples_per_prompt", 2)
+        self.steps = check_int_at_least(self.steps, "TrainerConfig.steps", 1)
+        record = get_objective(self.objective)
+        self.samples_per_prompt = check_int_at_least(self.samples_per_prompt, "TrainerConfig.samples_per_prompt", 2)
         if self.prompts_per_step is not None:
-            _int(self, "prompts_per_step", 1)
-        if self.lr is None:
-            self.lr = 3e-4 if self.objective == "ppo" else 1e-3
-        _pos(self, "lr")
-        if len(self.adam_betas) != 2 or not all(_is_num(b) and 0 <= b < 1 for b in self.adam_betas):
+            self.prompts_per_step = check_int_at_least(self.prompts_per_step, "TrainerConfig.prompts_per_step", 1)
+        self.lr = check_positive(record.default_lr if self.lr is None else self.lr, "TrainerConfig.lr")
+        if len(self.adam_betas) != 2 or not all(is_real(b) and 0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"TrainerConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         self.adam_betas = tuple(plain(b) for b in self.adam_betas)
-        _num(self, "weight_decay", 0.0)
+        self.weight_decay = check_number(self.weight_decay, "TrainerConfig.weight_decay", 0.0)
         if self.max_grad_norm is not None:
-            _pos(self, "max_grad_norm")
-        _choice(self, "kl_estimator", ("k1_reward", "k3_loss"))
-        _int(self, "ppo_epochs", 1)
-        _pos(self, "ppo_clip")
-        _num(self, "gae_lambda", 0.0, 1.0)
-        _num(self, "value_coef", 0.0)
-        _int(self, "grpo_epochs", 1)
-        _pos(self, "value_lr")
-        _choice(self, "dpg_proposal", ("policy", "prior"))
-        _choice(self, "distill_source", ("exact", "rejection", "given"))
-        if self.reward_max is not None and not (_is_num(self.reward_max) and math.isfinite(self.reward_max)):
-            raise ConfigError(f"TrainerConfig.reward_max must be a finite number or None, got {self.reward_max!r}")
-        self.reward_max = plain(self.reward_max)
-        if self.objective == "distill" and self.distill_source == "rejection" and self.reward_max is None:
-            raise ConfigError("TrainerConfig.reward_max must be set (an upper bound of the reward) when "
-                              "distill_source='rejection'")
-        _choice(self, "log_z", ("learned", "batch"))
-        _pos(self, "log_z_lr")
-        _int(self, "lora_rank", 0)
-        _pos(self, "lora_alpha")
-        _int(self, "seed", 0)
-        _int(self, "eval_every", 1)
-        _int(self, "checkpoint_every", 1)
-        for name in ("bf16", "use_accelerate", "resume", "progress", "whiten_advantages",
-                     "grpo_scale_rewards"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"TrainerConfig.{name} must be true or false, got {getattr(self, name)!r}")
+            self.max_grad_norm = check_positive(self.max_grad_norm, "TrainerConfig.max_grad_norm")
+        for name, kind in _SECTION_TYPES.items():
+            setattr(self, name, _as_section(getattr(self, name), kind))
+        record.check(record.settings_of(self))
+        self.lora_rank = check_int_at_least(self.lora_rank, "TrainerConfig.lora_rank", 0)
+        self.lora_alpha = check_positive(self.lora_alpha, "TrainerConfig.lora_alpha")
+        for name, low in (("seed", 0), ("eval_every", 1), ("checkpoint_every", 1)):
+            setattr(self, name, check_int_at_least(getattr(self, name), f"TrainerConfig.{name}", low))
+        for name in ("bf16", "use_accelerate", "resume", "progress"):
+            check_bool(getattr(self, name), f"TrainerConfig.{name}")
         for name in ("checkpoint_dir", "log_jsonl", "log_csv", "tensorboard_dir"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
@@ -189,35 +160,59 @@ class TrainerConfig:
             if v is not None and not v:
                 raise ConfigError(f"TrainerConfig.{name} must be a non-empty path or None")
 
+    # ------------------------------------------------------------------ the objective
+    @property
+    def objective_record(self) -> Objective:
+        """The ``Objective`` registered under ``objective``."""
+        return get_objective(self.objective)
+
+    def bound_objective(self) -> BoundObjective:
+        """The objective resolved against this config (what the training loop reads)."""
+        return self.objective_record.bind(self)
+
     @property
     def inner_epochs(self) -> int:
         """Gradient steps per sampled batch (PPO and GRPO may reuse a batch; the others use it once)."""
-        return {"ppo": self.ppo_epochs, "grpo": self.grpo_epochs}.get(self.objective, 1)
+        return self.bound_objective().inner_epochs
 
+    # ------------------------------------------------------------------ serialising
     def to_dict(self) -> dict:
+        """Every field; the sections as nested dicts."""
         d = asdict(self)
         d["adam_betas"] = list(self.adam_betas)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainerConfig":
-        """Build from a dict (e.g. a TOML table); an unknown key is a ConfigError naming it."""
+        """Build from a dict (e.g. a TOML table): fields, sections as dicts, flat keywords of earlier
+        versions and dotted ``"ppo.clip"`` keys; an unknown key is a ConfigError naming it."""
+        d = _nest_dotted(d)
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names - set(FLAT_KEYS))
         if unknown:
             raise ConfigError(f"unknown TrainerConfig field(s) {unknown}; valid fields: {sorted(names)}")
         return cls(**d)
 
+    def flat_dict(self) -> dict:
+        """Every field with the sections in the flat form of earlier versions (``ppo_clip``; see
+        ``_flat_form``): what checkpoints and run folders record, so theirs still match."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SECTION_TYPES}
+        d["adam_betas"] = list(self.adam_betas)
+        return d | _flat_form({name: getattr(self, name) for name in _SECTION_TYPES})
+
     def fingerprint_dict(self, extra: dict | None = None) -> dict:
-        """The fields that determine the trajectory, plus ``extra`` (target, prompts) flattened in."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        """The fields that determine the trajectory (``flat_dict``), plus ``extra`` (target, prompts)
+        flattened in."""
+        d = {k: v for k, v in self.flat_dict().items() if k not in _NOT_FINGERPRINTED}
         d.update({f"target.{k}": v for k, v in (extra or {}).items()})
         return d
 
     @classmethod
     def defaults(cls) -> dict:
-        """Every field's default value (for checkpoints written before a field existed)."""
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        """Every field's default value, in ``flat_dict``'s form (for checkpoints written before a
+        field existed)."""
+        out = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return out | _flat_form({name: kind() for name, kind in _SECTION_TYPES.items()})
 
     def fingerprint(self, extra: dict | None = None) -> str:
         """Hash of ``fingerprint_dict(extra)``: equal hashes mean a checkpoint can be resumed."""
@@ -225,34 +220,89 @@ class TrainerConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# numpy numbers pass as Python ones (bools do not) and are stored as Python numbers, so the
-# config serialises and fingerprints exactly as if the user had typed them
-_is_num = is_real
+# ------------------------------------------------------------------ flat keywords and sections
+def _apply_flat(kwargs: dict) -> dict:
+    """Constructor keywords with the flat ones folded into their sections."""
+    out = {k: v for k, v in kwargs.items() if k not in FLAT_KEYS}
+    for key in [k for k in kwargs if k in FLAT_KEYS]:
+        for section, name in FLAT_KEYS[key]:
+            current = out.get(section, _SECTION_TYPES[section]())
+            if isinstance(current, dict):
+                out[section] = current | {name: kwargs[key]}
+            else:
+                out[section] = replace(_as_section(current, _SECTION_TYPES[section]), **{name: kwargs[key]})
+    return out
 
 
-def _int(cfg, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if not is_integer(v) or v < low:
-        raise ConfigError(f"TrainerConfig.{name} must be an integer >= {low}, got {v!r}")
-    setattr(cfg, name, int(v))
+def _as_section(value, kind):
+    """``value`` as a ``kind`` section: a dict is built into one (unknown keys refused)."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in fields(kind)})
+        if unknown:
+            raise ConfigError(f"unknown TrainerConfig.{kind.name} field(s) {unknown}; valid fields: "
+                              f"{sorted(f.name for f in fields(kind))}")
+        return kind(**value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"TrainerConfig.{kind.name} must be a {kind.__name__} or a dict, got {type(value).__name__}")
+    return value
 
 
-def _pos(cfg, name: str) -> None:
-    v = getattr(cfg, name)
-    if not _is_num(v) or not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"TrainerConfig.{name} must be a finite number > 0, got {v!r}")
-    setattr(cfg, name, plain(v))
+def _nest_dotted(d: dict) -> dict:
+    """``{"ppo.clip": x}`` as ``{"ppo": {"clip": x}}`` (merged with a ``"ppo"`` table if given)."""
+    out = {k: v for k, v in d.items() if "." not in k}
+    for k, v in d.items():
+        if "." in k:
+            section, name = k.split(".", 1)
+            base = out.get(section, {})
+            out[section] = (base if isinstance(base, dict) else asdict(base)) | {name: v}
+    return out
 
 
-def _num(cfg, name: str, low: float, high: float = math.inf) -> None:
-    v = getattr(cfg, name)
-    if not _is_num(v) or not math.isfinite(v) or not low <= v <= high:
-        rng = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise ConfigError(f"TrainerConfig.{name} must be a number {rng}, got {v!r}")
-    setattr(cfg, name, plain(v))
+def _flat_form(sections: dict) -> dict:
+    """The sections' fields under their flat keywords (``ppo_clip``); a flat keyword whose fields
+    differ (``ppo.clip`` != ``grpo.clip``, never so in a config built from flat keywords) and a
+    field without one appear as dotted ``section.field`` keys. Two different settings never give
+    the same dict, and a config of an earlier version gives the dict it gave then."""
+    out = {}
+    for key, targets in FLAT_KEYS.items():
+        values = [getattr(sections[s], n) for s, n in targets]
+        if all(v == values[0] and type(v) is type(values[0]) for v in values):
+            out[key] = values[0]
+        else:
+            out.update({f"{s}.{n}": v for (s, n), v in zip(targets, values)})
+    for name, section in sections.items():
+        out.update({f"{name}.{f.name}": getattr(section, f.name) for f in fields(section) if not f.metadata["flat"]})
+    return out
 
 
-def _choice(cfg, name: str, options) -> None:
-    v = getattr(cfg, name)
-    if v not in options:
-        raise ConfigError(f"TrainerConfig.{name} must be one of {list(options)}, got {v!r}")
+def _flat_property(key: str) -> property:
+    targets = FLAT_KEYS[key]
+
+    def get(self):
+        values = [getattr(getattr(self, s), n) for s, n in targets]
+        if any(v != values[0] for v in values):
+            where = " and ".join(f"{s}.{n} = {v!r}" for (s, n), v in zip(targets, values))
+            raise ConfigError(f"TrainerConfig.{key} is ambiguous here ({where}); read one of those fields")
+        return values[0]
+
+    def set_(self, value):
+        for s, n in targets:
+            setattr(self, s, replace(getattr(self, s), **{n: value}))
+
+    return property(get, set_, doc=f"The flat keyword {key}: " + ", ".join(f"{s}.{n}" for s, n in targets))
+
+
+for _key in FLAT_KEYS:
+    setattr(TrainerConfig, _key, _flat_property(_key))
+
+_generated_init = TrainerConfig.__init__
+
+
+@functools.wraps(_generated_init)
+def _init(self, *args, **kwargs):
+    _generated_init(self, *args, **_apply_flat(kwargs))
+
+
+TrainerConfig.__init__ = _init
+
+__all__ = ["TrainerConfig", "FLAT_KEYS", "OBJECTIVE_NAMES"]

@@ -20,14 +20,16 @@ class TrainingDivergedError(BayesRLHFError):
         super().__init__(f"training stopped at step {step}: {cause}")
 
 
-def check_finite(step: int, loss: torch.Tensor, data: dict, logq: torch.Tensor, backend) -> None:
-    """Raise TrainingDivergedError when ``loss`` (a scalar) is not finite here or in another process."""
+def check_finite(step: int, loss: torch.Tensor, rewards: torch.Tensor, logq: torch.Tensor, backend) -> None:
+    """Raise TrainingDivergedError when ``loss`` (a scalar) is not finite here or in another process.
+
+    ``rewards`` [n] and ``logq`` [n, T] are the batch's, to say why."""
     finite = bool(torch.isfinite(loss))
     if not backend.any_process(not finite):
         return
     if finite:
         raise TrainingDivergedError(step, "the loss is not finite in another process; its error says why")
-    bad_r = int((~torch.isfinite(data["rewards"])).sum())
+    bad_r = int((~torch.isfinite(rewards)).sum())
     if bad_r:
         cause = (f"the loss is {float(loss.detach())} because {bad_r} sampled completions have reward -inf (a hard "
                  "constraint); use objective='dpg' or 'distill', or give the constraint a finite penalty")

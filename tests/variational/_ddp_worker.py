@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import bayes_rlhf as br  # noqa: E402
 from bayes_rlhf.models.toy import tiny_lm  # noqa: E402
-from bayes_rlhf.variational import TrainerConfig, train_policy, trainer  # noqa: E402
+from bayes_rlhf.variational import TrainerConfig, rollout, state, train_policy, trainer  # noqa: E402
 from tests.variational.conftest import word_reward  # noqa: E402
 
 
@@ -56,15 +56,20 @@ class _Spy:
     def names(self) -> dict:
         return {id(p): n for n, p in self.run.policy.model.named_parameters()}
 
-    def collect(self, orig):
-        def wrapped(run, idx, draw):
-            data = orig(run, idx, draw)
+    def make_rollout(self, orig):
+        def wrapped(*args, **kwargs):
+            out = orig(*args, **kwargs)
+            if self.capture and "step1.ids" not in self.out:  # the first rollout: step 1's batch
+                for k in ("ids", "mask", "group", "rewards"):
+                    self.out[f"step1.{k}"] = getattr(out[0], k)
+            return out
+        return wrapped
+
+    def train_step(self, orig):
+        def wrapped(run, step, draws):
             if self.run is None:
                 self.run = run
-                if self.capture:
-                    for k in ("ids", "mask", "group", "rewards"):
-                        self.out[f"step1.{k}"] = data[k]
-            return data
+            return orig(run, step, draws)
         return wrapped
 
     def pre_step(self, optimizer, args, kwargs):
@@ -89,15 +94,16 @@ class _Spy:
 
 def run_job(target: br.Target, job: dict, out_dir: Path) -> None:
     spy = _Spy(bool(job.get("capture_first_step")))
-    orig_collect, orig_finish = trainer._Run.collect, trainer._Run.finish
-    trainer._Run.collect, trainer._Run.finish = spy.collect(orig_collect), spy.finish(orig_finish)
+    orig = rollout.make_rollout, trainer.train_step, state.RunState.finish
+    rollout.make_rollout, trainer.train_step = spy.make_rollout(orig[0]), spy.train_step(orig[1])
+    state.RunState.finish = spy.finish(orig[2])
     pre = optim_hooks.register_optimizer_step_pre_hook(spy.pre_step)
     post = optim_hooks.register_optimizer_step_post_hook(spy.post_step)
     try:
         cfg = TrainerConfig(**(job["config"] | {"use_accelerate": True}))
         policy, history = train_policy(target, job["prompts"], cfg)
     finally:
-        trainer._Run.collect, trainer._Run.finish = orig_collect, orig_finish
+        rollout.make_rollout, trainer.train_step, state.RunState.finish = orig
         pre.remove()
         post.remove()
     backend = spy.run.backend

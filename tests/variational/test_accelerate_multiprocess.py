@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 import bayes_rlhf as br
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational import TrainerConfig, rollout, train_policy
+from bayes_rlhf.variational.policy import make_policy
 from bayes_rlhf.variational import checkpoint as ckpt
 from bayes_rlhf.variational.distributed import LocalBackend
 from bayes_rlhf.variational.objectives import PolicyBatch, rloo_loss
@@ -146,7 +147,7 @@ def test_both_processes_samples_are_used(runs, small_target):
 
     # the first update recomputed in this one process from the union of both ranks' batches
     prior, T, k = small_target.prior, small_target.max_new_tokens, cfg.samples_per_prompt
-    policy = rollout.make_policy(prior, cfg)
+    policy = make_policy(prior, cfg)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     names = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)

@@ -11,6 +11,7 @@ and what reaches the objectives is float32/float64 with more than bf16 precision
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import pytest
@@ -62,11 +63,11 @@ def cpu_autocast(monkeypatch):
 
     monkeypatch.setattr(rollout, "autocast_for", autocast_for)
     monkeypatch.setattr(rollout, "forward", forward)
-    for name, fn in list(objectives.OBJECTIVES.items()):
-        def spy(batch, config, _fn=fn):
+    for name, record in list(objectives.OBJECTIVES.items()):
+        def spy(batch, settings, _fn=record.loss):
             seen["batches"].append(batch)
-            return _fn(batch, config)
-        monkeypatch.setitem(objectives.OBJECTIVES, name, spy)
+            return _fn(batch, settings)
+        monkeypatch.setitem(objectives.OBJECTIVES, name, dataclasses.replace(record, loss=spy))
     return seen
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bayes_rlhf.variational import TrainerConfig
 from bayes_rlhf.variational.objectives import PolicyBatch, distill_loss, dpg_loss
 
 
@@ -24,12 +25,12 @@ def _batch(log_weights=None, rewards=None):
 def test_a_prompt_without_mass_adds_nothing_to_the_weighted_losses():
     # prompt 1's two samples have weight 0 (a hard constraint rejected both): its share of the loss
     # is 0, prompt 0's is its weighted NLL (weights 1/(1+e), e/(1+e) on sequence NLLs 1 and 1), /2 prompts
-    out = distill_loss(_batch(torch.tensor([0.0, 1.0, -math.inf, -math.inf], dtype=torch.float64)), None)
+    out = distill_loss(_batch(torch.tensor([0.0, 1.0, -math.inf, -math.inf], dtype=torch.float64)), TrainerConfig())
     assert float(out.loss.detach()) == pytest.approx(1.0 / 2, rel=1e-14)
     assert out.stats["ess"] == pytest.approx((1 / ((1 / (1 + math.e)) ** 2 + (math.e / (1 + math.e)) ** 2)) / 2,
                                              rel=1e-12)  # ESS 0 for the prompt with no mass
     # DPG with rewards -inf on both of prompt 1's samples: a finite loss, no gradient on those rows
     b = _batch(rewards=torch.tensor([1.0, 0.0, -math.inf, -math.inf], dtype=torch.float64))
-    dpg = dpg_loss(b, None)
+    dpg = dpg_loss(b, TrainerConfig())
     (grad,) = torch.autograd.grad(dpg.loss, b.logq)
     assert math.isfinite(float(dpg.loss.detach())) and bool((grad[2:] == 0).all()) and bool((grad[:2] != 0).all())

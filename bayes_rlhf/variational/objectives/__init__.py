@@ -1,0 +1,61 @@
+"""Losses that fit a policy q to pi* = pi0 exp(r / beta) / Z, one module and one record per objective.
+
+Every loss is measured in nats (rewards enter as r / beta), so its gradient estimates the gradient
+of a divergence to pi*, whatever the reward's scale::
+
+    rloo     reverse KL, REINFORCE with a leave-one-out baseline         policy samples
+    ppo      reverse KL, clipped ratio and GAE from a value head          policy samples, value head, epochs
+    grpo     TRL's GRPO (biased: measures how far its fixed point is)     policy samples, epochs
+    dpg      forward KL, self-normalised importance weights               policy or prior samples
+    distill  forward KL from samples of pi*                               exact, rejection or given samples
+    vargrad  trajectory balance (learned log Z per prompt) or VarGrad     policy samples, learned log Z
+
+``OBJECTIVES`` maps ``TrainerConfig.objective`` names to their ``Objective`` records (``base.py``
+says what a record declares); ``register_objective`` adds one. A record is called like a loss,
+``rloo_loss(batch, config)``.
+"""
+
+from __future__ import annotations
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.variational.objectives.base import (BoundObjective, Objective, ObjectiveOutput, PolicyBatch, k3_kl,
+                                                    weighted_nll)
+from bayes_rlhf.variational.objectives.distill import distill_loss
+from bayes_rlhf.variational.objectives.dpg import dpg_loss
+from bayes_rlhf.variational.objectives.grpo import GRPO_EPS, group_relative_advantages, grpo_loss
+from bayes_rlhf.variational.objectives.ppo import gae, ppo_loss
+from bayes_rlhf.variational.objectives.rloo import leave_one_out_advantages, rloo_loss
+from bayes_rlhf.variational.objectives.vargrad import vargrad_loss
+from bayes_rlhf.logweights import group_softmax  # noqa: F401 (the weights DPG and distillation use)
+
+#: name -> Objective, the built-in objectives first
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (rloo_loss, ppo_loss, dpg_loss, distill_loss, vargrad_loss,
+                                                          grpo_loss)}
+#: the built-in objectives' names
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Make ``objective`` available as ``TrainerConfig(objective=objective.name)``; returns it.
+
+    A name already taken by another record is a ConfigError (a built-in cannot be replaced).
+    """
+    if not isinstance(objective, Objective):
+        raise ConfigError(f"register_objective takes an Objective record, got {type(objective).__name__}")
+    if OBJECTIVES.get(objective.name, objective) is not objective:
+        raise ConfigError(f"an objective named {objective.name!r} is registered already; choose another name")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    """The record registered as ``name`` (ConfigError naming the registered ones otherwise)."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"TrainerConfig.objective must be one of {list(OBJECTIVES)}, got {name!r}")
+    return OBJECTIVES[name]
+
+
+__all__ = ["PolicyBatch", "ObjectiveOutput", "Objective", "BoundObjective", "OBJECTIVES", "OBJECTIVE_NAMES",
+           "register_objective", "get_objective", "rloo_loss", "ppo_loss", "dpg_loss", "distill_loss", "vargrad_loss",
+           "grpo_loss", "leave_one_out_advantages", "group_relative_advantages", "group_softmax", "gae", "k3_kl",
+           "weighted_nll", "GRPO_EPS"]

@@ -1,0 +1,198 @@
+"""Per-objective settings: one small frozen dataclass per objective, held by ``TrainerConfig``.
+
+Each field is declared with its check and, where it had one, the flat ``TrainerConfig`` keyword of
+earlier versions (``ppo_clip`` is ``ppo.clip`` and ``grpo.clip``), so that old keyword calls, TOML
+files and checkpoints map onto the nested form (``config.FLAT_KEYS``)::
+
+    TrainerConfig(objective="ppo", ppo=PPOConfig(clip=0.1))   # the nested form
+    TrainerConfig(objective="ppo", ppo_clip=0.1)               # the same config
+    [trainer] ppo.clip = 0.1   or   [trainer.ppo] clip = 0.1   or   [trainer] ppo_clip = 0.1
+
+An objective's loss receives its own section only (``Objective.settings`` names it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from bayes_rlhf._checks import is_integer, is_real, plain
+from bayes_rlhf.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------- checks
+def check_int_at_least(v, label: str, low: int) -> int:
+    if not is_integer(v) or v < low:
+        raise ConfigError(f"{label} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def check_positive(v, label: str) -> float:
+    if not is_real(v) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"{label} must be a finite number > 0, got {v!r}")
+    return plain(v)
+
+
+def check_number(v, label: str, low: float, high: float = math.inf) -> float:
+    if not is_real(v) or not math.isfinite(v) or not low <= v <= high:
+        rng = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise ConfigError(f"{label} must be a number {rng}, got {v!r}")
+    return plain(v)
+
+
+def check_bool(v, label: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{label} must be true or false, got {v!r}")
+    return v
+
+
+def check_choice(v, label: str, options) -> str:
+    if v not in options:
+        raise ConfigError(f"{label} must be one of {list(options)}, got {v!r}")
+    return v
+
+
+def check_finite_or_none(v, label: str) -> float | None:
+    if v is not None and not (is_real(v) and math.isfinite(v)):
+        raise ConfigError(f"{label} must be a finite number or None, got {v!r}")
+    return plain(v)
+
+
+def setting(default, check, flat: str | None = None, **args):
+    """A section field: its default, ``check(value, label, **args) -> value`` and its old flat keyword."""
+    return field(default=default, metadata={"check": check, "args": args, "flat": flat})
+
+
+class Section:
+    """Base of the settings dataclasses: every field checked (and numpy numbers made plain) on creation.
+
+    ``name`` is the section's field in ``TrainerConfig`` (error messages say ``TrainerConfig.<flat>``
+    where a field had a flat keyword, so they name what a user of either form typed).
+    """
+
+    name = ""
+
+    def __post_init__(self):
+        for f in fields(self):
+            where = f"{self.name}.{f.name}"
+            label = f"TrainerConfig.{f.metadata['flat']} ({where})" if f.metadata["flat"] else f"TrainerConfig.{where}"
+            object.__setattr__(self, f.name, f.metadata["check"](getattr(self, f.name), label, **f.metadata["args"]))
+
+
+KL_ESTIMATORS = ("k1_reward", "k3_loss")
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class RLOOConfig(Section):
+    """RLOO (REINFORCE, leave-one-out baseline).
+
+    kl_estimator : {"k1_reward", "k3_loss"}
+        "k1_reward" puts -(log q - log pi0) into the sequence reward (unbiased gradient of
+        KL(q || pi*)); "k3_loss" adds the k3 estimator of KL(q || pi0) to the loss (GRPO style,
+        biased, kept for comparison).
+    """
+
+    name = "rloo"
+    kl_estimator: str = setting("k1_reward", check_choice, "kl_estimator", options=KL_ESTIMATORS)
+
+
+@dataclass(frozen=True)
+class PPOConfig(Section):
+    """PPO: clipped ratio, GAE advantages from a value head, KL to pi0 in the per-token reward.
+
+    epochs : int
+        Gradient steps per sampled batch.
+    clip : float
+        Ratio clip epsilon.
+    gae_lambda : float
+        GAE lambda (gamma is 1: an episode is one completion). The default 1 keeps the advantage
+        R_t - V(s_t) unbiased whatever the value head has learnt, so PPO's fixed point is pi*;
+        lambda < 1 trades that for variance (on the default model lambda = 0.95 stopped at
+        KL(q || pi*) about 0.03 with KL(q || pi0) 0.48, against pi*'s 0.62).
+    value_coef : float
+        Weight of the value loss.
+    value_lr : float
+        Adam learning rate of the value head (a linear head on the policy's detached last hidden
+        state, so the value loss does not pull on the policy).
+    whiten_advantages : bool
+        Standardise advantages over the batch.
+    kl_estimator : {"k1_reward", "k3_loss"}
+        As in ``RLOOConfig``, per token.
+    """
+
+    name = "ppo"
+    epochs: int = setting(2, check_int_at_least, "ppo_epochs", low=1)
+    clip: float = setting(0.2, check_positive, "ppo_clip")
+    gae_lambda: float = setting(1.0, check_number, "gae_lambda", low=0.0, high=1.0)
+    value_coef: float = setting(0.5, check_number, "value_coef", low=0.0)
+    value_lr: float = setting(1e-2, check_positive, "value_lr")
+    whiten_advantages: bool = setting(False, check_bool, "whiten_advantages")
+    kl_estimator: str = setting("k1_reward", check_choice, "kl_estimator", options=KL_ESTIMATORS)
+
+
+@dataclass(frozen=True)
+class GRPOConfig(Section):
+    """GRPO as TRL trains it (group-relative advantages, clipped ratio, k3 in the loss).
+
+    epochs : int
+        Gradient steps per sampled batch (TRL's ``num_iterations``; 1 = on-policy, ratio 1).
+    clip : float
+        Ratio clip epsilon (TRL's epsilon; the flat keyword ``ppo_clip`` sets it with PPO's).
+    scale_rewards : bool
+        Divide the group-centred rewards by the group's std (TRL's default); False is Dr. GRPO.
+    """
+
+    name = "grpo"
+    epochs: int = setting(1, check_int_at_least, "grpo_epochs", low=1)
+    clip: float = setting(0.2, check_positive, "ppo_clip")
+    scale_rewards: bool = setting(True, check_bool, "grpo_scale_rewards")
+
+
+@dataclass(frozen=True)
+class DPGConfig(Section):
+    """DPG (forward KL by self-normalised importance weights).
+
+    proposal : {"policy", "prior"}
+        Weights pi*/q from policy samples, or pi*/pi0 from prior samples.
+    """
+
+    name = "dpg"
+    proposal: str = setting("policy", check_choice, "dpg_proposal", options=("policy", "prior"))
+
+
+@dataclass(frozen=True)
+class DistillConfig(Section):
+    """Distillation (forward KL from samples of pi*).
+
+    source : {"exact", "rejection", "given"}
+        Samples from the enumerated posterior, from exact rejection sampling (needs
+        ``reward_max``), or from the ``sampler`` argument of ``train_policy``.
+    reward_max : float or None
+        An upper bound of the reward, for ``source="rejection"``.
+    """
+
+    name = "distill"
+    source: str = setting("exact", check_choice, "distill_source", options=("exact", "rejection", "given"))
+    reward_max: float | None = setting(None, check_finite_or_none, "reward_max")
+
+
+@dataclass(frozen=True)
+class VarGradConfig(Section):
+    """Trajectory balance / VarGrad.
+
+    log_z : {"learned", "batch"}
+        A learned log Z per prompt (trajectory balance) or the batch mean (VarGrad).
+    log_z_lr : float
+        Learning rate of the learned log Z.
+    """
+
+    name = "vargrad"
+    log_z: str = setting("learned", check_choice, "log_z", options=("learned", "batch"))
+    log_z_lr: float = setting(0.05, check_positive, "log_z_lr")
+
+
+SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig)
+
+__all__ = ["RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig", "VarGradConfig", "SECTIONS",
+           "Section"]

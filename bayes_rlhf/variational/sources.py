@@ -1,0 +1,113 @@
+"""Where a training step's samples come from: the ``Source`` an objective declares, and its draw.
+
+    policy     q's own samples (``CausalLM.sample``); proposal log-probs log q_old
+    prior      pi0's samples; proposal log-probs log pi0
+    exact      pi* from the enumerated posterior (``ExactPosterior.sample``; enumerated on first use)
+    rejection  pi* by exact rejection sampling (``reward_max``: an upper bound of the reward)
+    given      ``train_policy(sampler=f)``: ``f(prompt, n, generator)`` returns Completions,
+               (Completions, log_weights [n]) or WeightedSamples (weighted draws of pi*)
+
+``make_draw(source, ...)`` returns ``draw(prompts, generator) -> Drawn``: ``num_per_prompt`` rows
+per prompt (the given sampler may return another number), grouped by prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.exact.rejection import exact_rejection_sample
+from bayes_rlhf.exact.solve import exact_posterior
+from bayes_rlhf.models.completions import Completions
+
+KINDS = ("policy", "prior", "exact", "rejection", "given")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A sample source: ``kind`` in KINDS, and ``reward_max`` for "rejection"."""
+
+    kind: str
+    reward_max: float | None = None
+
+    @property
+    def on_policy(self) -> bool:
+        return self.kind == "policy"
+
+
+POLICY, PRIOR = Source("policy"), Source("prior")
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """Draws of one step: ids, mask [n, T]; group LongTensor [n] (0..P-1, the step's prompts in
+    order); log_weights Tensor [n] of weighted draws, or None when every draw weighs the same."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    group: torch.Tensor
+    log_weights: torch.Tensor | None = None
+
+
+def check_source(source: Source, sampler: Callable | None) -> None:
+    """ConfigError, before any work, when ``source`` cannot draw with what ``train_policy`` was given."""
+    if source.kind not in KINDS:
+        raise ConfigError(f"unknown sample source {source.kind!r}; an objective's source is one of {list(KINDS)}")
+    if source.kind == "given" and sampler is None:
+        raise ConfigError("distill_source='given' needs train_policy(..., sampler=f) with "
+                          "f(prompt, n, generator) -> Completions or (Completions, log_weights)")
+
+
+def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: dict | None = None,
+              sampler: Callable | None = None) -> Callable[[Sequence[str], torch.Generator], Drawn]:
+    """``draw(prompts, generator) -> Drawn`` for ``source`` (``policy`` is the model being trained)."""
+    check_source(source, sampler)
+    if source.kind in ("policy", "prior"):
+        lm = policy if source.kind == "policy" else target.prior
+
+        def draw_lm(prompts, gen):
+            c = lm.sample(list(prompts), num_per_prompt, target.max_new_tokens, gen)
+            return Drawn(c.ids, c.mask, c.prompt_index)
+        return draw_lm
+    one = {"exact": _exact, "rejection": _rejection, "given": _given}[source.kind](source, target, posteriors,
+                                                                                  sampler)
+    return lambda prompts, gen: _per_prompt(one, prompts, num_per_prompt, gen)
+
+
+def _per_prompt(one, prompts: Sequence[str], n: int, gen) -> Drawn:
+    parts = [one(p, n, gen) for p in prompts]
+    group = torch.arange(len(parts)).repeat_interleave(torch.tensor([len(c) for c, _ in parts]))
+    log_w = None
+    if any(w is not None for _, w in parts):
+        log_w = torch.cat([w if w is not None else torch.zeros(len(c), dtype=torch.float64) for c, w in parts])
+    return Drawn(torch.cat([c.ids for c, _ in parts]), torch.cat([c.mask for c, _ in parts]), group, log_w)
+
+
+def _exact(source, target, posteriors, sampler):
+    cache = dict(posteriors or {})
+
+    def one(prompt, n, gen):
+        if prompt not in cache:
+            cache[prompt] = exact_posterior(target, prompt)
+        return cache[prompt].sample(n, gen), None
+    return one
+
+
+def _rejection(source, target, posteriors, sampler):
+    return lambda prompt, n, gen: (exact_rejection_sample(target, prompt, n, source.reward_max, gen).samples, None)
+
+
+def _given(source, target, posteriors, sampler):
+    def one(prompt, n, gen):
+        out = sampler(prompt, n, gen)
+        if isinstance(out, tuple):
+            return out[0], torch.as_tensor(out[1], dtype=torch.float64)
+        if hasattr(out, "log_weights") and hasattr(out, "completions"):
+            return out.completions, torch.as_tensor(out.log_weights, dtype=torch.float64)
+        if not isinstance(out, Completions):
+            raise ConfigError(f"the distillation sampler returned {type(out).__name__}; return Completions")
+        return out, None
+    return one
