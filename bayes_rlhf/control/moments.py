@@ -1,0 +1,124 @@
+"""``moment_target``: the I-projection of a prior onto moment constraints, as a ``Target``.
+
+Generation with Distributional Control (Khalifa et al., 2021): the distribution closest to pi0
+in KL(. || pi0) whose features have means m is ``pi* = pi0 exp(lambda . phi) / Z``, a Target with
+beta = 1 and reward lambda . phi. With several prompts one lambda is shared and the moments are
+averaged over the prompts (conditional GDC). Pseudocode::
+
+    validate everything (prompts, features, moments, method) before any model call
+    table = exact:  each prompt enumerated once, phi evaluated on every completion
+            snis:   N proposals per prompt (prior or a given proposal), importance weights
+    check m is reachable on the table (UnreachableError naming the range)
+    lambda = Newton on the convex dual mean_c log Z_c(lambda) - lambda . m      (dual.py)
+    snis:   E_lambda[phi] re-estimated on N fresh proposals: the moment error and its SE
+    return Target(prior, MomentReward(lambda, phi, constraint, fit), beta=1, T)
+
+A pointwise constraint (0 / -inf) restricts the support first: the result is then the
+I-projection of pi0 restricted to the constraint.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from bayes_rlhf._checks import check_generator, check_int, check_real, is_real
+from bayes_rlhf.control.dual import check_reachable, kl_to_prior, solve_dual
+from bayes_rlhf.control.reward import MomentFit, MomentReward
+from bayes_rlhf.control.tables import (check_prompts, exact_feature_table, is_reward, resolve_method,
+                                       sampled_feature_table, snis_standard_error, tilt, zero_reward)
+from bayes_rlhf.errors import ConfigError, RewardError
+from bayes_rlhf.rewards.base import reward_name
+from bayes_rlhf.target import Target
+
+def _check_features(features, moments) -> tuple[list, torch.Tensor]:
+    features = [features] if is_reward(features) else list(features)
+    if isinstance(moments, torch.Tensor):
+        moments = moments.reshape(-1).tolist()
+    elif is_real(moments):
+        moments = [moments]
+    else:
+        moments = list(moments)
+    if not features:
+        raise ConfigError("moment_target needs at least one feature")
+    for f in features:
+        if not is_reward(f):
+            raise RewardError(f"a feature must be a reward f(prompts, completions) or a TokenReward, got "
+                              f"{type(f).__name__}")
+    if len(moments) != len(features):
+        raise ConfigError(f"{len(features)} features but {len(moments)} moments: give one target mean per feature")
+    vals = [float(check_real(m, f"moment for {reward_name(f)!r}")) for m, f in zip(moments, features)]
+    return features, torch.tensor(vals, dtype=torch.float64)
+
+
+def moment_target(prior, prompts: str | Sequence[str], features, moments, max_new_tokens: int, *,
+                  constraint=None, method: str = "auto", num_samples: int = 4096, proposal=None,
+                  generator: torch.Generator | None = None, tol: float = 1e-10, max_iter: int = 100,
+                  max_completions: int | None = None, progress: bool = False) -> Target:
+    """The I-projection ``pi0 exp(lambda . phi) / Z`` whose features have the given means.
+
+    Parameters
+    ----------
+    prior : CausalLM
+        pi0 (with its top-k truncation, if any).
+    prompts : str or sequence of str
+        One prompt, or P prompts sharing one lambda (the moments are then averaged over them).
+    features : reward or sequence of rewards [d]
+        phi_i: ``f(prompts, completions) -> floats`` or ``TokenReward``; finite values.
+    moments : float or sequence of float [d]
+        Target means m_i.
+    max_new_tokens : int
+    constraint : reward, optional
+        A pointwise ``Constraint`` (0 or -inf) combined with the moments.
+    method : {'auto', 'exact', 'snis'}
+        'exact' solves on enumerated tables (moments to ``tol``); 'snis' on ``num_samples``
+        importance samples per prompt from ``proposal`` (the prior by default) and re-estimates the
+        moments, with SEs, on as many fresh ones; 'auto' is 'exact' when the space fits.
+    generator : torch.Generator, optional
+        Randomness of 'snis'.
+    tol : float
+        Moment accuracy of the dual solve on its table (features' units).
+
+    Returns
+    -------
+    Target
+        beta = 1 and ``reward`` a ``MomentReward``: ``.coefficients`` (lambda), ``.features`` and
+        ``.fit`` (a ``MomentFit``: achieved moments, SE, reachable ranges, KL to the prior).
+
+    Raises
+    ------
+    UnreachableError
+        A moment outside what the support can reach (the message names the reachable ranges).
+    ConfigError, PromptError, RewardError
+        Bad input, checked before the model is run.
+    """
+    base = Target(prior, zero_reward(), 1.0, max_new_tokens)  # checks prior and max_new_tokens
+    prompts = check_prompts(base, prompts)
+    features, m = _check_features(features, moments)
+    if constraint is not None and not is_reward(constraint):
+        raise RewardError(f"constraint must be a reward (e.g. a Constraint), got {type(constraint).__name__}")
+    tol = check_real(tol, "tol", low=0.0, low_open=True)
+    max_iter = check_int(max_iter, "max_iter", 1)
+    method = resolve_method(method, prior, max_new_tokens, max_completions)
+    names = [reward_name(f) for f in features]
+    if method == "exact":
+        table = exact_feature_table(prior, prompts, max_new_tokens, features, constraint, max_completions, progress)
+    else:
+        num_samples = check_int(num_samples, "num_samples", 2)
+        check_generator(generator)
+        table = sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
+                                      proposal, generator)
+    ranges = check_reachable(table, m, names)
+    sol = solve_dual(table, m, tol, max_iter)
+    achieved, se, ess = sol.tilt.means.mean(0), torch.zeros_like(m), ()
+    if method == "snis":
+        fresh = sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
+                                      proposal, generator)
+        ft = tilt(fresh, sol.coefficients)
+        achieved, se = ft.means.mean(0), snis_standard_error(fresh, ft)
+        ess = tuple(float(1.0 / (sol.tilt.probs[table.rows(g)] ** 2).sum()) for g in range(table.num_groups))
+    fit = MomentFit(method, tuple(m.tolist()), tuple(achieved.tolist()), tuple(se.tolist()), tuple(ranges),
+                    kl_to_prior(sol, m), sol.iterations, len(prompts), ess)
+    reward = MomentReward(sol.coefficients.tolist(), features, constraint, fit)
+    return Target(prior, reward, 1.0, max_new_tokens)
