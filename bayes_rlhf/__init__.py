@@ -3,6 +3,8 @@
     J(q) = E_q[r] - beta KL(q || pi0) = beta (log Z - KL(q || pi*)),  pi* = pi0 exp(r / beta) / Z
 """
 
+from bayes_rlhf.control import (BetaChoice, MomentFit, MomentReward, UnreachableError, beta_for_kl, beta_for_reward,
+                                moment_target)
 from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, FrontierPoint, WeightDiagnostics,
                                     compare, forward_kl, importance_log_z, load_inference_data, policy_point,
                                     position_kl, posterior_frontier, psis_khat, reverse_kl, save_inference_data,
@@ -46,6 +48,9 @@ __all__ = [
     "CausalLM", "LMState", "Completions", "load_model", "default_model", "DEFAULT_PROMPTS",
     "TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "evaluate_reward", "Target",
     "BradleyTerryReward", "BradleyTerryConfig", "dpo_loss",
+    # controlling the target: moments (I-projection) and KL / reward budgets
+    "moment_target", "MomentReward", "MomentFit", "beta_for_kl", "beta_for_reward", "BetaChoice",
+    "UnreachableError",
     # exact
     "ExactPosterior", "exact_posterior", "exact_rejection_sample", "RejectionResult",
     # samplers
