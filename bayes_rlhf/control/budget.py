@@ -95,7 +95,8 @@ def _reachable(table: AtomTable, budget: str) -> tuple[float, float]:
     if budget == "mean_reward":
         low = tilt(table, torch.zeros(1, dtype=torch.float64)).means[:, 0]
         return float(low.mean()), float(top.mean())
-    low = -group_logsumexp(table.log_base, g, P)                 # -log pi0(r > -inf)
+    low = (-group_logsumexp(table.log_base, g, P)).clamp(min=0)   # -log pi0(r > -inf)
+    low = torch.where(low < 1e-12, 0.0, low)                      # the prior's own rounding: no constraint
     at_top = torch.where(r == top[g], table.log_base, -math.inf)
     high = -group_logsumexp(at_top, g, P)                          # -log pi0(argmax r)
     return float(low.mean()), float(high.mean())
