@@ -3,12 +3,14 @@
 Exact divergences on enumerable models (``compare``, ``position_kl``, ``token_kl``), sampled
 estimates with standard errors on large ones (``reverse_kl``, ``forward_kl``,
 ``importance_log_z``), importance-weight diagnostics (Kish ESS, PSIS k-hat), the reward-KL
-frontier, and conversion to ArviZ ``InferenceData``.
+frontier, exact moments of the k1/k2/k3 KL estimators and their gradients (``kl_estimators``),
+and conversion to ArviZ ``InferenceData``.
 """
 
 from bayes_rlhf.diagnostics.exact import Comparison, compare, policy_log_probs
 from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, beta_grid, policy_point,
                                              posterior_frontier, retilt, sampler_point, table_rows)
+from bayes_rlhf.diagnostics.kl_estimators import KLEstimatorReport, kl_estimator_lab, kl_estimators
 from bayes_rlhf.diagnostics.inference_data import load_inference_data, save_inference_data, to_inference_data
 from bayes_rlhf.diagnostics.sampled import (Estimate, ForwardKL, ReverseKL, forward_kl, importance_log_z,
                                             position_kl, reverse_kl, token_kl)
@@ -20,6 +22,7 @@ __all__ = [
     "FrontierPoint", "posterior_frontier", "policy_point", "best_of_n_points", "sampler_point", "retilt",
     "beta_grid", "table_rows",
     "to_inference_data", "save_inference_data", "load_inference_data",
+    "kl_estimators", "kl_estimator_lab", "KLEstimatorReport",
     "Estimate", "ReverseKL", "ForwardKL", "reverse_kl", "forward_kl", "importance_log_z", "token_kl",
     "position_kl",
     "EmptySamplesError", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "kish_ess",
