@@ -22,6 +22,7 @@ from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.rejection import exact_rejection_sample
 from bayes_rlhf.exact.solve import exact_posterior
 from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.samplers.weighted import WeightedSamples
 
 KINDS = ("policy", "prior", "exact", "rejection", "given")
 
@@ -103,11 +104,14 @@ def _rejection(source, target, posteriors, sampler):
 def _given(source, target, posteriors, sampler):
     def one(prompt, n, gen):
         out = sampler(prompt, n, gen)
-        if isinstance(out, tuple):
-            return out[0], torch.as_tensor(out[1], dtype=torch.float64)
-        if hasattr(out, "log_weights") and hasattr(out, "completions"):
-            return out.completions, torch.as_tensor(out.log_weights, dtype=torch.float64)
-        if not isinstance(out, Completions):
-            raise ConfigError(f"the distillation sampler returned {type(out).__name__}; return Completions")
-        return out, None
+        if isinstance(out, WeightedSamples):
+            if out.num_prompts != 1:
+                raise ConfigError(f"the distillation sampler returned WeightedSamples of {out.num_prompts} prompts "
+                                  f"for the one prompt {prompt!r}; return the samples of that prompt only")
+            return out.completions(), out.log_weights.double()
+        completions, log_w = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+        if not isinstance(completions, Completions):
+            raise ConfigError(f"the distillation sampler returned {type(out).__name__}; return Completions, "
+                              "(Completions, log_weights) or WeightedSamples")
+        return completions, None if log_w is None else torch.as_tensor(log_w, dtype=torch.float64)
     return one
