@@ -53,3 +53,14 @@ def test_learned_twist_example(capsys):
     r = out["rows"]["twisted SMC, learned twist"]
     assert abs(r["mean_error"] + r["variance"] / 2) < 4 * r["sd"] / math.sqrt(32)
     assert "variance ratio" in capsys.readouterr().out
+
+
+def test_distributional_control_example(capsys):
+    out = load("distributional_control").main(["--max-new-tokens", "3"])
+    fit = out["target"].reward.fit
+    # exact: the fraction of positive completions, averaged over the two prompts, is 0.5
+    assert abs(sum(out["fractions"].values()) / 2 - 0.5) < 1e-8 and abs(fit.achieved[0] - 0.5) < 1e-8
+    # the I-projection on phi is the posterior of the reward phi at beta = 1 / lambda
+    assert math.isclose(float(out["beta_for_reward"]), 1 / out["target"].reward.coefficients[0], rel_tol=1e-6)
+    assert abs(out["beta_for_kl"].kl - 0.5) < 1e-8
+    assert "lambda =" in capsys.readouterr().out
