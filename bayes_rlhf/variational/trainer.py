@@ -93,17 +93,25 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     k = config.samples_per_prompt
     draws = Draws(make_draw(objective.source, target, run.policy, k, posteriors, sampler),
                   None if objective.on_policy else make_draw(POLICY, target, run.policy, k))
+    evaluation = (lambda: evaluate(run.policy, posteriors)) if posteriors else \
+        (lambda: sandwich.evaluate(run.policy, target)) if sandwich else None
     start, rows = _resume(run, config, extra)
     main = backend.is_main  # only the main process writes files and shows progress
     history = TrainingHistory(rows, jsonl=config.log_jsonl if main else None, csv_path=config.log_csv if main else None,
                               tensorboard_dir=config.tensorboard_dir if main else None)
+    _loop(run, draws, history, start, extra, evaluation, callback)
+    return run.finish(), history
+
+
+def _loop(run: RunState, draws: Draws, history: TrainingHistory, start: int, extra: dict,
+          evaluation: Callable[[], dict] | None, callback) -> None:
+    """Steps ``start + 1 .. config.steps``: train, evaluate, log, call back, checkpoint."""
+    config = run.config
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train[{config.objective}]",
-               disable=not (config.progress and main))
-    evaluation = (lambda: evaluate(run.policy, posteriors)) if posteriors else \
-        (lambda: sandwich.evaluate(run.policy, target)) if sandwich else None
+               disable=not (config.progress and run.backend.is_main))
     try:
         for step in bar:
-            row = _timed(backend.reduce_row(train_step(run, step + 1, draws)), history)
+            row = _timed(run.backend.reduce_row(train_step(run, step + 1, draws)), history)
             if evaluation and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
                 row.update(evaluation())
             history.append(row)
@@ -115,7 +123,6 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     finally:
         bar.close()
         history.close()
-    return run.finish(), history
 
 
 def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], SandwichEvaluator | None]:

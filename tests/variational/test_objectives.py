@@ -11,7 +11,8 @@ import torch
 import bayes_rlhf as br
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.logweights import group_sum
-from bayes_rlhf.variational import OBJECTIVES, Objective, ObjectiveOutput, TrainerConfig, register_objective, train_policy
+from bayes_rlhf.variational import (OBJECTIVES, Objective, ObjectiveOutput, TrainerConfig, register_objective,
+                                   train_policy)
 from bayes_rlhf.variational.objectives import PolicyBatch, distill_loss, dpg_loss
 from bayes_rlhf.variational.objectives.base import group_counts, sequence
 from bayes_rlhf.variational.sources import PRIOR
@@ -21,7 +22,8 @@ def _batch(log_weights=None, rewards=None):
     lq = torch.zeros(4, 2, dtype=torch.float64, requires_grad=True)
     return PolicyBatch(logq=lq - torch.tensor([[1.0, 0.0], [0.5, 0.5], [2.0, 0.0], [0.0, 3.0]], dtype=torch.float64),
                        old_logq=torch.full((4, 2), -0.5, dtype=torch.float64),
-                       prior_logp=torch.full((4, 2), -0.7, dtype=torch.float64), mask=torch.ones(4, 2, dtype=torch.bool),
+                       prior_logp=torch.full((4, 2), -0.7, dtype=torch.float64),
+                       mask=torch.ones(4, 2, dtype=torch.bool),
                        rewards=torch.zeros(4, dtype=torch.float64) if rewards is None else rewards,
                        group=torch.tensor([0, 0, 1, 1]), beta=0.5, log_weights=log_weights,
                        proposal_log_probs=torch.full((4,), -1.0, dtype=torch.float64))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from bayes_rlhf.logweights import group_sum
-from bayes_rlhf.variational.objectives.base import Objective, ObjectiveOutput, PolicyBatch, group_counts, k3_kl, sequence
+from bayes_rlhf.variational.objectives.base import (Objective, ObjectiveOutput, PolicyBatch, group_counts, k3_kl,
+                                                    sequence)
 from bayes_rlhf.variational.settings import RLOOConfig
 
 
