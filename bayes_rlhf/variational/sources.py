@@ -58,8 +58,10 @@ def check_source(source: Source, sampler: Callable | None) -> None:
     if source.kind not in KINDS:
         raise ConfigError(f"unknown sample source {source.kind!r}; an objective's source is one of {list(KINDS)}")
     if source.kind == "given" and sampler is None:
-        raise ConfigError("distill_source='given' needs train_policy(..., sampler=f) with "
-                          "f(prompt, n, generator) -> Completions or (Completions, log_weights)")
+        raise ConfigError("distill_source='given' needs train_policy(..., sampler=f) with f(prompt, n, generator) "
+                          "-> Completions, (Completions, log_weights) or WeightedSamples")
+    if source.kind == "rejection" and source.reward_max is None:
+        raise ConfigError("rejection sampling needs reward_max, an upper bound of the reward")
 
 
 def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: dict | None = None,
