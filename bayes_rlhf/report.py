@@ -40,7 +40,7 @@ from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.io import umask_permissions
 from bayes_rlhf.plots import (TokenLabels, plot_frontier, plot_log_z, plot_reward_histograms, plot_token_distributions,
                               plot_training_panels, plot_weight_diagnostics)
-from bayes_rlhf.report_html import CSS, Figures, listing, table, vertical
+from bayes_rlhf.report_html import CSS, Figures, control_section, listing, table, vertical
 
 __all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run", "TableLM"]
 
@@ -291,6 +291,7 @@ def write_report(run_dir: str | os.PathLike, *, betas: Sequence[float] | None = 
             f"policies: {html.escape(', '.join(run.policies) or 'none')}. Every divergence and entropy is exact "
             "(from the enumerated table) unless marked as an estimate, in nats. The InferenceData file is "
             '<a href="inference_data.nc">inference_data.nc</a>.</p>')
+    head += control_section(s.get("extra", {}).get("control"))  # lambda and moments, or a budget's beta
     sections = [_prompt_section(run, i, figs, betas, best_of_n)
                 for i in tqdm(range(len(run.posteriors)), desc="report", disable=not progress)]
     sections.append(_run_sections(run, figs))

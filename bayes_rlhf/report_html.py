@@ -103,3 +103,34 @@ def listing(names) -> str:
     """'a', 'a and b', 'a, b and c'."""
     names = list(names)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+_SOLVED = {"exact": "exactly on the enumerated tables",
+           "snis": "by self-normalised importance sampling (achieved means are held-out estimates with their SE)"}
+
+
+def control_section(control: dict | None) -> str:
+    """What chose the target (``bayes_rlhf.control.control_summary``): lambda and the achieved moments of
+    a moment target, or the beta a KL / reward budget chose; '' for a plain target."""
+    if not control:
+        return ""
+    n = control.get("num_prompts", 1)
+    if control.get("kind") == "budget":
+        name = "KL(π* ‖ π₀)" if control["budget"] == "kl" else "E_π*[r]"
+        lo, hi = control["reachable"]
+        return (f"<h2>Budget</h2><p>β = {fmt(control['beta'])} was chosen ({html.escape(control['method'])}) so that "
+                f"{name}, averaged over the {n} prompt(s), is {fmt(control['value'])}; at this β it is "
+                f"{fmt(control['kl_to_prior'] if control['budget'] == 'kl' else control['mean_reward'])} "
+                f"(any budget in ({fmt(lo)}, {fmt(hi)}) is reachable).</p>")
+    rows = [{"feature": f, "λ": lam, "target mean": m, "achieved mean": a, "SE": se, "reachable": f"({lo:.4g}, {hi:.4g})"}
+            for f, lam, m, a, se, (lo, hi) in zip(control["features"], control["coefficients"], control["moments"],
+                                                   control["achieved"], control["standard_error"], control["reachable"])]
+    if control["method"] == "exact":  # exact to the solver's tolerance: no standard error
+        rows = [{k: v for k, v in r.items() if k != "SE"} for r in rows]
+    constraint = control.get("constraint")
+    return ("<h2>Distributional control</h2><p>The target is the I-projection π* ∝ π₀ exp(λ · φ) (β = 1"
+            + (f", restricted to the constraint {html.escape(constraint)}" if constraint else "")
+            + f"): the distribution closest to π₀ whose feature means, averaged over the {n} prompt(s), are the "
+            f"targets below, solved {_SOLVED.get(control['method'], html.escape(control['method']))}; KL(π* ‖ π₀) averaged over the prompts is {fmt(control['kl_to_prior'])} nats. "
+            "The rewards shown below are λ · φ.</p>" + table(rows))
+

@@ -8,6 +8,7 @@ Every subcommand that takes these arguments means the same by them::
     --prompt TEXT         repeatable; default: the embedded model's demo prompts (with --model default)
     --reward SPEC         bayes_rlhf.rewards.spec.parse_reward (default 'sentiment')
     --beta, --max-new-tokens   default DEFAULT_BETA = 1.0, DEFAULT_MAX_NEW_TOKENS = 4
+    --kl-budget KL, --moment FEATURE_SPEC=VALUE   (exact) choose beta, or build a moment target
     --out DIR, --overwrite     bayes_rlhf.io.claim_out: refuse a folder holding another run
 """
 
@@ -48,6 +49,47 @@ def add_beta_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"KL coefficient, > 0 (default {DEFAULT_BETA:g})")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"T: completions end at EOS or after T tokens (default {DEFAULT_MAX_NEW_TOKENS})")
+
+
+def add_control_args(p: argparse.ArgumentParser) -> None:
+    """--kl-budget and --moment (bayes_rlhf.control): a beta chosen for a budget, or a moment target."""
+    p.add_argument("--kl-budget", type=float, default=None, metavar="KL",
+                   help="choose beta so that KL(pi* || pi0), averaged over the prompts, is KL nats (replaces --beta)")
+    p.add_argument("--moment", action="append", default=None, metavar="FEATURE_SPEC=VALUE",
+                   help="repeatable: the I-projection pi0 exp(lambda . phi) / Z whose feature means (averaged over "
+                        "the prompts) are these, features written as reward specs, e.g. regex:great=0.5 "
+                        "(replaces --reward and --beta: the target has beta = 1)")
+
+
+def parse_moments(values) -> list[tuple[str, float]]:
+    """--moment values as (feature spec, target mean); ConfigError / RewardError before any loading."""
+    import math
+
+    from bayes_rlhf.rewards.spec import check_spec
+
+    out = []
+    for v in values or []:
+        spec, sep, number = v.rpartition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            value = math.nan
+        if not sep or not spec or not math.isfinite(value):
+            raise ConfigError(f"--moment {v!r}: expected FEATURE_SPEC=VALUE with a finite number, e.g. "
+                              "regex:great=0.5")
+        check_spec(spec)
+        out.append((spec, value))
+    return out
+
+
+def load_prior(args):
+    """The prior --model names (with --top-k, --dtype); prompts checked against it."""
+    from bayes_rlhf.models.causal_lm import load_model
+
+    lm = load_model(model_path(args.model), dtype=args.dtype, top_k=args.top_k)
+    for prompt in prompts_of(args):
+        lm.encode_prompt(prompt)  # PromptError now for a prompt the prior cannot read
+    return lm
 
 
 def add_out_args(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
