@@ -11,8 +11,10 @@ Pseudocode::
 
     check m is inside the reachable set (else UnreachableError naming it)
     lambda = 0
-    repeat until max |grad| <= tol:
+    repeat until max |grad| <= tol:               (features scaled to range ~1)
         delta = -pinv(hess) grad              # least squares: collinear features are fine
+        shrink delta so that no log-mass changes by more than MAX_STEP nats (else one step can
+        jump to where the tilt sits on a few atoms and the Hessian underflows); -grad if not descent
         s = 1; halve s until g(lambda + s delta) <= g(lambda) + 1e-4 s grad . delta
                (or, once g is flat to rounding, until |grad| shrinks)
         lambda += s delta
@@ -35,6 +37,9 @@ import torch
 from bayes_rlhf.control.tables import AtomTable, Tilt, UnreachableError, feature_ranges, tilt
 from bayes_rlhf.errors import ConfigError
 
+#: the most a step may change any atom's log-mass (nats), so no step jumps into a region where the
+#: tilt has collapsed onto a few atoms and the Hessian underflows
+MAX_STEP = 8.0
 #: an LP margin below this (the least atom weight of the best representation) counts as the boundary
 INTERIOR_MARGIN = 1e-10
 
@@ -99,6 +104,19 @@ def _objective(t: Tilt, lam: torch.Tensor, moments: torch.Tensor) -> float:
     return float(t.log_z.mean() - lam @ moments)
 
 
+def _direction(t: Tilt, table: AtomTable, grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Newton's step in the scaled coordinates lambda_i / scale_i (features of range ~1), shortened so
+    that no atom's log-mass changes by more than MAX_STEP nats; the gradient step where it is not a
+    descent direction (a Hessian lost to rounding where the tilt has collapsed onto a few atoms)."""
+    g = (grad / scale).numpy()
+    hess = t.covariance(table).numpy() / np.outer(scale.numpy(), scale.numpy())
+    delta = np.linalg.lstsq(hess, -g, rcond=1e-13)[0]  # least squares: collinear features are fine
+    if not float(delta @ g) < 0:
+        delta = -g
+    delta *= min(1.0, MAX_STEP / max(float(np.abs(delta).sum()), 1e-300))
+    return torch.from_numpy(delta) / scale
+
+
 def solve_dual(table: AtomTable, moments: torch.Tensor, tol: float = 1e-10, max_iter: int = 100) -> DualSolution:
     """lambda with ``max |mean_c E_lambda[phi | c] - m| <= tol`` (call ``check_reachable`` first).
 
@@ -113,9 +131,11 @@ def solve_dual(table: AtomTable, moments: torch.Tensor, tol: float = 1e-10, max_
     Raises
     ------
     ConfigError
-        No convergence within ``max_iter`` Newton steps (moments too close to the boundary).
+        No convergence within ``max_iter`` steps (moments too close to the boundary).
     """
     moments = moments.double()
+    spread = table.features.max(0).values - table.features.min(0).values
+    scale = torch.where(spread > 0, spread, 1.0)  # phi_i / scale_i has range 1
     lam = torch.zeros(table.dim, dtype=torch.float64)
     t = tilt(table, lam)
     value = _objective(t, lam, moments)
@@ -126,11 +146,8 @@ def solve_dual(table: AtomTable, moments: torch.Tensor, tol: float = 1e-10, max_
             return DualSolution(lam, t, it, err)
         if it == max_iter:
             break
-        hess = t.covariance(table).numpy()
-        delta = torch.from_numpy(np.linalg.lstsq(hess, -grad.numpy(), rcond=1e-13)[0])
+        delta = _direction(t, table, grad, scale)
         slope = float(grad @ delta)
-        if not slope < 0:  # rounding: fall back to the gradient direction
-            delta, slope = -grad, -float(grad @ grad)
         step = 1.0
         while step > 1e-12:
             cand = lam + step * delta
@@ -143,7 +160,7 @@ def solve_dual(table: AtomTable, moments: torch.Tensor, tol: float = 1e-10, max_
         else:
             break
         lam, t, value = cand, ct, cv
-    raise ConfigError(f"the moment dual did not converge in {max_iter} Newton steps (max moment error {err:.3g}, "
+    raise ConfigError(f"the moment dual did not converge in {max_iter} steps (max moment error {err:.3g}, "
                       f"lambda = {lam.tolist()}): the moments are too close to the edge of the reachable range; "
                       "move them inwards or raise max_iter")
 

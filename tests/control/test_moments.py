@@ -67,6 +67,16 @@ def test_two_features_two_prompts_share_one_lambda(gpt2_lm):
     assert float((per_prompt[0] - per_prompt[1]).abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("m", [[2.9, 2.95], [2.999, 2.9995], [0.01, 1.02]])
+def test_moments_near_the_edge_converge(gpt2_lm, m):
+    """Far from the prior: an unguarded first Newton step from lambda = 0 jumps to where the tilt sits
+    on one atom (Hessian ~ 1e-19) and stalls; the step cap keeps the solve going."""
+    prompts = ["w1 w2", "w3"]
+    target = br.moment_target(gpt2_lm, prompts, [count(), length()], m, max_new_tokens=3, method="exact")
+    assert target.reward.fit.iterations < 30
+    check_posterior(target, prompts, m, tol=1e-8)
+
+
 def test_collinear_features_with_consistent_moments(gpt2_lm):
     double = br.TokenReward(lambda ids, mask: 2.0 * ((ids == W0) & mask).sum(-1).double(), name="double")
     target = br.moment_target(gpt2_lm, "w1 w2", [count(), double], [0.7, 1.4], max_new_tokens=3, method="exact")
