@@ -67,7 +67,8 @@ def draw(rows: list[dict], title: str) -> Figure:
             d.semilogy(kl, [r[f"{name}: variance"] for r in rows], "o-", ms=3, color=STYLE[name], label=name)
         c.set(xlabel="KL(q || $\\pi_0$) [nats, log scale]", ylabel="cos(E[g], ∇ KL(q || $\\pi_0$))",
               title="Direction of the expected gradient")
-        d.set(xlabel="KL(q || $\\pi_0$) [nats, log scale]", ylabel="E ||g − E g||² (one draw)", title="Gradient variance")
+        d.set(xlabel="KL(q || $\\pi_0$) [nats, log scale]", ylabel="E ||g − E g||² (one draw)",
+              title="Gradient variance")
         for ax in (a, b, c, d):
             ax.set_xscale("log")
             ax.legend(fontsize=8, loc="upper left" if ax is not c else "lower left")

@@ -101,6 +101,8 @@ def moment_target(prior, prompts: str | Sequence[str], features, moments, max_ne
     tol = check_real(tol, "tol", low=0.0, low_open=True)
     max_iter = check_int(max_iter, "max_iter", 1)
     method = resolve_method(method, prior, max_new_tokens, max_completions)
+    if proposal is not None and method == "exact":
+        raise ConfigError("a proposal is used by method='snis' only; pass method='snis' to sample from it")
     names = [reward_name(f) for f in features]
     if method == "exact":
         table = exact_feature_table(prior, prompts, max_new_tokens, features, constraint, max_completions, progress)

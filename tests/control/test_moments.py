@@ -125,6 +125,7 @@ def test_bad_input_is_refused_before_any_model_call(gpt2_lm):
         (dict(features=[spy], moments=[0.1], max_new_tokens=0), ConfigError, "max_new_tokens"),
         (dict(features=[spy], moments=[0.1], constraint=3), RewardError, "constraint must be a reward"),
         (dict(features=[spy], moments=[0.1], method="snis", generator=0), ConfigError, "torch.Generator"),
+        (dict(features=[spy], moments=[0.1], method="exact", proposal=gpt2_lm), ConfigError, "method='snis' only"),
     ]
     for kwargs, error, message in cases:
         args = {"prompts": "w1 w2", "max_new_tokens": 2, **kwargs}
