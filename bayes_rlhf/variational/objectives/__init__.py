@@ -18,6 +18,7 @@ says what a record declares); ``register_objective`` adds one. A record is calle
 from __future__ import annotations
 
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.logweights import group_softmax  # noqa: F401 (the weights DPG and distillation use)
 from bayes_rlhf.variational.objectives.base import (BoundObjective, Objective, ObjectiveOutput, PolicyBatch, k3_kl,
                                                     weighted_nll)
 from bayes_rlhf.variational.objectives.distill import distill_loss
@@ -26,7 +27,6 @@ from bayes_rlhf.variational.objectives.grpo import GRPO_EPS, group_relative_adva
 from bayes_rlhf.variational.objectives.ppo import gae, ppo_loss
 from bayes_rlhf.variational.objectives.rloo import leave_one_out_advantages, rloo_loss
 from bayes_rlhf.variational.objectives.vargrad import vargrad_loss
-from bayes_rlhf.logweights import group_softmax  # noqa: F401 (the weights DPG and distillation use)
 
 #: name -> Objective, the built-in objectives first
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (rloo_loss, ppo_loss, dpg_loss, distill_loss, vargrad_loss,
