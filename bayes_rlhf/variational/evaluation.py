@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
+from bayes_rlhf.diagnostics.exact import compare
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.exact.solve import exact_posterior
@@ -39,7 +39,7 @@ def evaluate(policy, posteriors: dict[str, ExactPosterior]) -> dict:
     kq, kp = [], []
     with torch.no_grad():
         for post in posteriors.values():
-            c = compare(policy_log_probs(policy, post), post)
+            c = compare(policy, post)
             kq.append(c.kl_q_posterior)
             kp.append(c.kl_posterior_q)
     return {"kl_q_posterior": sum(kq) / len(kq), "kl_posterior_q": sum(kp) / len(kp)}
