@@ -24,7 +24,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_target_args(p)
     add_control_args(p)
-    p.add_argument("--max-completions", type=int, default=None, help="refuse larger spaces (default 4M)")
+    p.add_argument("--max-completions", type=int, default=None, help="refuse spaces with more completions (default: refuse a table that would not fit in available memory)")
     add_out_args(p, None, "write a run directory here (summary.json, posterior tables, inference_data.nc, "
                           "top_completions.csv; `bayes-rlhf report DIR` draws its figures)")
     p.set_defaults(func=run)
