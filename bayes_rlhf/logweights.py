@@ -82,15 +82,21 @@ def group_softmax(log_weights: torch.Tensor, group: torch.Tensor, num_groups: in
     ``group`` (LongTensor [n]) numbers the rows' groups 0..G-1. A group (column) with no mass
     gets weight 0 on every row.
     """
+    lse = group_logsumexp(log_weights, group, num_groups)
+    return torch.where(torch.isfinite(lse[group]), torch.exp(log_weights - lse[group]), 0.0)
+
+
+def group_logsumexp(log_weights: torch.Tensor, group: torch.Tensor, num_groups: int | None = None) -> torch.Tensor:
+    """logsumexp of the rows of ``log_weights`` [n] or [n, K] within each group: [G] or [G, K]
+    (-inf for a group, or column, with no mass)."""
     g = int(group.max()) + 1 if num_groups is None else num_groups
     shape = (g,) + tuple(log_weights.shape[1:])
     idx = group.view((-1,) + (1,) * (log_weights.dim() - 1)).expand_as(log_weights)
     m = torch.full(shape, -math.inf, dtype=log_weights.dtype, device=log_weights.device)
     m = m.scatter_reduce(0, idx, log_weights, reduce="amax")
     safe = torch.where(torch.isfinite(m), m, 0.0)
-    lse = safe + torch.log(group_sum(torch.exp(log_weights - safe[group]), group, g))
-    return torch.where(torch.isfinite(lse[group]), torch.exp(log_weights - lse[group]), 0.0)
+    return safe + torch.log(group_sum(torch.exp(log_weights - safe[group]), group, g))
 
 
 __all__ = ["EmptySamplesError", "check_log_weights", "log_mean_exp", "normalized_log_weights",
-           "normalized_weights", "kish_ess", "group_sum", "group_softmax"]
+           "normalized_weights", "kish_ess", "group_sum", "group_softmax", "group_logsumexp"]

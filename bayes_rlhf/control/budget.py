@@ -30,8 +30,9 @@ import torch
 
 from bayes_rlhf._checks import check_generator, check_int, check_real
 from bayes_rlhf.control.tables import (AtomTable, Tilt, UnreachableError, check_prompts, exact_reward_table,
-                                       group_logsumexp, resolve_method, sampled_reward_table, tilt)
+                                       resolve_method, sampled_reward_table, tilt)
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.logweights import group_logsumexp
 from bayes_rlhf.target import Target
 
 #: the search for t = 1 / beta runs over log t in [-S_MAX, S_MAX]

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from bayes_rlhf.errors import ConfigError, SpaceTooLargeError
+from bayes_rlhf.logweights import group_logsumexp
 from bayes_rlhf.rewards.base import TokenReward
 from bayes_rlhf.target import Target
 
@@ -69,15 +70,6 @@ class AtomTable:
 
     def rows(self, g: int) -> torch.Tensor:
         return torch.nonzero(self.group == g).squeeze(-1)
-
-
-def group_logsumexp(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """logsumexp of ``values`` [N] within each group, Tensor [P] (-inf for an empty group)."""
-    top = torch.full((num_groups,), -math.inf, dtype=values.dtype).scatter_reduce(
-        0, group, values, reduce="amax", include_self=True)
-    safe = torch.where(torch.isfinite(top), top, 0.0)
-    total = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, group, (values - safe[group]).exp())
-    return total.log() + safe
 
 
 @dataclass(frozen=True)
