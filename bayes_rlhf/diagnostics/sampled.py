@@ -19,31 +19,16 @@ KL(pi* || q).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, _as_log_weights
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
+from bayes_rlhf.estimate import Estimate
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.logweights import log_mean_exp
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A Monte Carlo estimate, its standard error and the number of draws behind it."""
-
-    value: float
-    stderr: float
-    num_samples: int
-
-    def interval(self, z: float = 1.96) -> tuple[float, float]:
-        """``value -+ z * stderr`` (a normal-approximation confidence interval)."""
-        return self.value - z * self.stderr, self.value + z * self.stderr
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 
 from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.estimate import BoundEstimate, Estimate  # noqa: F401 (BoundEstimate: the old name)
 from bayes_rlhf.logweights import log_mean_exp
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.completions import Completions
@@ -32,32 +33,12 @@ from bayes_rlhf.samplers.importance import draw_proposals, weigh
 from bayes_rlhf.target import Target
 
 
-@dataclass(frozen=True)
-class BoundEstimate:
-    """A Monte Carlo estimate of a bound: mean of ``num`` i.i.d. terms and its standard error.
-
-    ``side`` is "lower" or "upper" (which side of log Z it bounds), None when built by hand.
-    """
-
-    value: float
-    stderr: float
-    num: int
-    side: str | None = None
-
-
-def _estimate(terms: torch.Tensor, side: str) -> BoundEstimate:
-    terms = terms.double()
-    n = terms.numel()
-    se = float(terms.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.inf
-    return BoundEstimate(float(terms.mean()), se, n, side)
-
-
-def log_z_lower_bound(log_z_estimates: torch.Tensor | list) -> BoundEstimate:
+def log_z_lower_bound(log_z_estimates: torch.Tensor | list) -> Estimate:
     """Stochastic lower bound from R independent estimates log Z_hat (IS or SMC): E[log Z_hat] <= log Z."""
     t = torch.as_tensor(log_z_estimates, dtype=torch.float64).reshape(-1)
     if t.numel() < 1 or not torch.isfinite(t).all():
         raise ConfigError("log_z_estimates must be a non-empty set of finite numbers")
-    return _estimate(t, "lower")
+    return Estimate.of_terms(t, "lower")
 
 
 def _single_prompt(target: Target, prompt: str) -> str:
@@ -67,7 +48,7 @@ def _single_prompt(target: Target, prompt: str) -> str:
 
 
 def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalLM | None = None,
-                num_inner: int = 1, generator: torch.Generator | None = None) -> BoundEstimate:
+                num_inner: int = 1, generator: torch.Generator | None = None) -> Estimate:
     """lower_K with K = ``num_inner``, from ``num_samples`` groups of K proposals (K = 1: the ELBO)."""
     check_target(target)
     num_samples = check_count(num_samples, "num_samples")
@@ -78,11 +59,11 @@ def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalL
     comps = draw_proposals(target, q, [prompt], num_samples * num_inner, generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     terms = log_mean_exp(log_w.view(num_samples, num_inner), dim=-1)
-    return _estimate(terms, "lower")
+    return Estimate.of_terms(terms, "lower")
 
 
 def upper_bound(target: Target, prompt: str, posterior_samples: Completions, proposal: CausalLM | None = None,
-                num_inner: int = 1, generator: torch.Generator | None = None) -> BoundEstimate:
+                num_inner: int = 1, generator: torch.Generator | None = None) -> Estimate:
     """upper_K with K = ``num_inner``: one exact posterior sample and K - 1 proposals per term.
 
     Parameters
@@ -115,11 +96,11 @@ def upper_bound(target: Target, prompt: str, posterior_samples: Completions, pro
     if (log_w_star == -math.inf).any():
         raise ConfigError("a posterior sample has zero target mass: it is not a sample of this target's posterior")
     if num_inner == 1:
-        return _estimate(log_w_star, "upper")
+        return Estimate.of_terms(log_w_star, "upper")
     comps = draw_proposals(target, q, [prompt], m * (num_inner - 1), generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     all_w = torch.cat([log_w_star[:, None], log_w.view(m, num_inner - 1)], dim=1)
-    return _estimate(log_mean_exp(all_w, dim=-1), "upper")
+    return Estimate.of_terms(log_mean_exp(all_w, dim=-1), "upper")
 
 
 @dataclass(frozen=True)
@@ -149,19 +130,20 @@ _ARTICLE = {"lower": "a lower", "upper": "an upper"}
 
 
 def _check_side(arg: str, est, side: str) -> None:
-    """ConfigError unless ``est`` is None or a BoundEstimate bounding log Z from ``side`` (or unlabelled)."""
+    """ConfigError unless ``est`` is None or an Estimate bounding log Z from ``side`` (or unlabelled)."""
     if est is None:
         return
-    if not isinstance(est, BoundEstimate):
-        raise ConfigError(f"{arg} must be a BoundEstimate (from lower_bound / upper_bound), got {type(est).__name__}")
+    if not isinstance(est, Estimate):
+        raise ConfigError(f"{arg} must be an Estimate (BoundEstimate: from lower_bound / upper_bound), "
+                          f"got {type(est).__name__}")
     if est.side not in (None, side):
         helper = "lower_bound or log_z_lower_bound" if side == "lower" else "upper_bound with exact samples"
         raise ConfigError(f"{arg} is {_ARTICLE[est.side]} bound on log Z where {_ARTICLE[side]} bound is "
                           f"expected; pass the result of {helper}")
 
 
-def kl_sandwich(elbo: BoundEstimate, eubo: BoundEstimate, log_z_lower: BoundEstimate | None = None,
-                log_z_upper: BoundEstimate | None = None) -> KLSandwich:
+def kl_sandwich(elbo: Estimate, eubo: Estimate, log_z_lower: Estimate | None = None,
+                log_z_upper: Estimate | None = None) -> KLSandwich:
     """Combine a proposal's ELBO and EUBO (K = 1) with the best bounds on log Z.
 
     ``log_z_lower`` defaults to the ELBO, ``log_z_upper`` to the EUBO (tighter ones come from
