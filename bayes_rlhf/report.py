@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from bayes_rlhf.diagnostics.exact import compare
 from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, policy_point, posterior_frontier,
                                              sampler_point)
-from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, TableLM, load_run, save_run
+from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, load_run, save_run
 from bayes_rlhf.diagnostics.sampled import position_kl
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.io import umask_permissions
@@ -42,7 +42,7 @@ from bayes_rlhf.plots import (TokenLabels, plot_frontier, plot_log_z, plot_rewar
                               plot_training_panels, plot_weight_diagnostics)
 from bayes_rlhf.report_html import CSS, Figures, control_section, listing, table, vertical
 
-__all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run", "TableLM"]
+__all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run"]
 
 DEFAULT_BEST_OF_N = (1, 4, 16, 64)
 
@@ -62,7 +62,7 @@ def _table_next_token(log_q: torch.Tensor, post, prefix: list[int]) -> torch.Ten
     lo, hi = post.prefix_range(prefix)
     rows = torch.arange(lo, hi)
     rows = rows[post.mask[rows, len(prefix)]]
-    mass = torch.zeros(post.lm.vocab_size, dtype=torch.float64).index_add_(
+    mass = torch.zeros(post.vocabulary.size, dtype=torch.float64).index_add_(
         0, post.completion_ids[rows, len(prefix)], log_q[rows].double().exp())
     return mass / mass.sum() if float(mass.sum()) > 0 else mass
 
@@ -135,10 +135,10 @@ def _frontier_caption(points, fig, grid) -> str:
 
 def _token_figures(run: Run, post, i: int, figs: "Figures") -> list[str]:
     """Next-token distributions after the empty prefix and after pi*'s most probable first token."""
-    labels = TokenLabels(post.lm.tokenizer, post.lm.vocab_size)
+    labels = TokenLabels(post.vocabulary.tokenizer, post.vocabulary.size)
     prefixes = [[]]
     top = int(post.token_posterior([]).argmax())
-    if post.completion_ids.shape[1] > 1 and top != post.lm.eos_token_id:
+    if post.completion_ids.shape[1] > 1 and top != post.vocabulary.eos_token_id:
         prefixes.append([top])
     drawn = listing(["the exact posterior π*", "the prior π₀"] + [f"policy {p}" for p in run.policies])
     out = []

@@ -52,7 +52,7 @@ def policy_log_probs(policy: CausalLM, posterior: ExactPosterior, batch_size: in
     from bayes_rlhf.errors import SpaceTooLargeError
     from bayes_rlhf.exact.enumerate import enumerate_completions
 
-    if not policy.same_tokenizer(posterior.lm):
+    if not policy.vocabulary.same_as(posterior.vocabulary):
         raise TokenizerMismatchError("the policy's tokenizer differs from the prior's; compare policies "
                                      "fine-tuned from the same base model (same vocabulary and EOS)")
     T = posterior.completion_ids.shape[1]
@@ -71,7 +71,7 @@ def _mass_outside(q: torch.Tensor, posterior: ExactPosterior, dtype: torch.dtype
     """q's mass outside the table: 0 when the table is the whole space (untruncated prior);
     otherwise 1 - sum q, counted only above the rounding error of q's precision."""
     top_k = getattr(posterior.lm, "top_k", None)
-    if top_k is None or top_k >= posterior.lm.vocab_size:
+    if top_k is None or top_k >= posterior.vocabulary.size:
         return 0.0
     outside = 1.0 - float(q.sum())
     tolerance = 1e-9 if dtype == torch.float64 else 1e-4

@@ -66,7 +66,8 @@ def retilt(posterior: ExactPosterior, beta: float) -> ExactPosterior:
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ConfigError(f"beta must be a finite number > 0, got {beta!r}")
     return ExactPosterior(posterior.prompt, posterior.completion_ids, posterior.mask,
-                          posterior.prior_log_probs, posterior.rewards, float(beta), posterior.lm)
+                          posterior.prior_log_probs, posterior.rewards, float(beta), posterior.lm,
+                          posterior.vocabulary)
 
 
 def beta_grid(low: float = 0.05, high: float = 20.0, num: int = 25) -> list[float]:

@@ -241,9 +241,10 @@ def load_inference_data(path: str | os.PathLike):
     return idata
 
 
-def posterior_from_dataset(ds, lm) -> ExactPosterior:
-    """Rebuild an ``ExactPosterior`` from an ``exact_<i>`` group and the prior's ``lm``."""
+def posterior_from_dataset(ds, lm=None, *, vocabulary=None) -> ExactPosterior:
+    """Rebuild an ``ExactPosterior`` from an ``exact_<i>`` group and the prior's ``lm`` (or, without
+    the model, its ``vocabulary``)."""
     return ExactPosterior(str(ds.attrs["prompt"]), torch.from_numpy(ds["completion_ids"].values).long(),
                           torch.from_numpy(ds["mask"].values.astype(bool)),
                           torch.from_numpy(ds["prior_log_prob"].values).double(),
-                          torch.from_numpy(ds["reward"].values).double(), float(ds.attrs["beta"]), lm)
+                          torch.from_numpy(ds["reward"].values).double(), float(ds.attrs["beta"]), lm, vocabulary)

@@ -43,27 +43,13 @@ from bayes_rlhf.errors import BayesRLHFError, ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.io import json_safe, umask_permissions
 from bayes_rlhf.models.causal_lm import CausalLM
+from bayes_rlhf.models.vocabulary import Vocabulary
 
 RUN_FORMAT = "bayes_rlhf.run/1"
 
 
 class RunDirError(BayesRLHFError):
     """A run directory is missing, half-written or not in the expected format."""
-
-
-class TableLM:
-    """The parts of a ``CausalLM`` an ``ExactPosterior`` needs without the model: a tokenizer."""
-
-    decode = CausalLM.decode
-    encode_completions = CausalLM.encode_completions
-    _pad_rows = CausalLM._pad_rows
-
-    def __init__(self, tokenizer, vocab_size: int, eos_token_id: int | None, pad_id: int):
-        self.tokenizer, self.vocab_size, self.eos_token_id, self.pad_id = tokenizer, vocab_size, eos_token_id, pad_id
-
-    def same_tokenizer(self, other) -> bool:
-        return (self.eos_token_id == other.eos_token_id and self.vocab_size == other.vocab_size
-                and self.tokenizer.get_vocab() == other.tokenizer.get_vocab())
 
 
 @dataclass
@@ -111,8 +97,8 @@ def _check_inputs(posteriors, samples) -> None:
         raise ConfigError("save_run needs a non-empty list of ExactPosterior (one per prompt)")
     if len({(float(p.beta), p.completion_ids.shape[1]) for p in posteriors}) != 1:
         raise ConfigError("all posteriors of a run must share beta and max_new_tokens")
-    lm = posteriors[0].lm
-    if any(not lm.same_tokenizer(p.lm) for p in posteriors[1:]):
+    vocabulary = posteriors[0].vocabulary
+    if any(not vocabulary.same_as(p.vocabulary) for p in posteriors[1:]):
         raise ConfigError("all posteriors of a run must share the prior's tokenizer")
     for label, s in (samples or {}).items():
         if getattr(s, "log_weights", None) is None and getattr(s, "rewards", None) is None:
@@ -165,7 +151,7 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
     (run_dir / "summary.json").unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".run.", dir=run_dir))
     try:
-        posteriors[0].lm.tokenizer.save_pretrained(tmp / "tokenizer")
+        posteriors[0].vocabulary.tokenizer.save_pretrained(tmp / "tokenizer")
         for i, p in enumerate(posteriors):
             t = {"completion_ids": p.completion_ids, "mask": p.mask, "prior_log_probs": p.prior_log_probs,
                  "rewards": p.rewards}
@@ -204,11 +190,10 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
 
 
 def _summary(posteriors, tables, hist_files, sample_info, comparisons, extra) -> dict:
-    lm = posteriors[0].lm
     return json_safe({
         "format": RUN_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "beta": float(posteriors[0].beta), "max_new_tokens": int(posteriors[0].completion_ids.shape[1]),
-        "vocab_size": int(lm.vocab_size), "eos_token_id": lm.eos_token_id, "pad_id": int(lm.pad_id),
+        **posteriors[0].vocabulary.as_dict(),
         "posteriors": [{"prompt": p.prompt, "file": f"posterior_{i}.safetensors", "summary": p.summary()}
                        for i, p in enumerate(posteriors)],
         "policies": list(tables), "histories": hist_files, "samples": sample_info,
@@ -268,12 +253,12 @@ def _read_run(run_dir: Path, summary: dict) -> Run:
 
     try:
         tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-        lm = TableLM(tok, summary["vocab_size"], summary["eos_token_id"], summary["pad_id"])
+        vocabulary = Vocabulary(tok, summary["vocab_size"], summary["eos_token_id"], summary["pad_id"])
         posteriors, policies = [], {label: [] for label in summary["policies"]}
         for entry in summary["posteriors"]:
             t = load_file(run_dir / entry["file"])
             posteriors.append(ExactPosterior(entry["prompt"], t["completion_ids"], t["mask"], t["prior_log_probs"],
-                                             t["rewards"], float(summary["beta"]), lm))
+                                             t["rewards"], float(summary["beta"]), vocabulary=vocabulary))
             for label in policies:
                 policies[label].append(t[f"policy.{label}"])
         histories = {k: json.loads((run_dir / f).read_text()) for k, f in summary["histories"].items()}

@@ -212,7 +212,7 @@ def token_kl(policy, posterior: ExactPosterior, ids: torch.Tensor, mask: torch.T
     """
     if direction not in ("forward", "reverse"):
         raise ConfigError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-    if not policy.same_tokenizer(posterior.lm):
+    if not policy.vocabulary.same_as(posterior.vocabulary):
         raise TokenizerMismatchError("the policy's tokenizer differs from the prior's; per-token KL "
                                      "needs the same vocabulary and EOS")
     if ids.numel() == 0:

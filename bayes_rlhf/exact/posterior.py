@@ -22,6 +22,7 @@ import torch
 from bayes_rlhf._checks import check_generator, check_int
 from bayes_rlhf.errors import ConfigError, PromptError
 from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.models.vocabulary import Vocabulary
 
 
 @dataclass(repr=False)
@@ -38,6 +39,11 @@ class ExactPosterior:
     log_z : float
         Natural log of Z = E_pi0[exp(r / beta)].
     beta : float
+    lm : CausalLM or None
+        The prior the table was enumerated from; None for a table read back without its model
+        (``load_run``), which then needs ``vocabulary``.
+    vocabulary : Vocabulary
+        Decodes and encodes the table's completions (default: ``lm.vocabulary``).
     """
 
     prompt: str
@@ -46,7 +52,8 @@ class ExactPosterior:
     prior_log_probs: torch.Tensor
     rewards: torch.Tensor
     beta: float
-    lm: object = field(repr=False)
+    lm: object = field(default=None, repr=False)
+    vocabulary: Vocabulary | None = field(default=None, repr=False)
     log_probs: torch.Tensor = field(init=False)
     log_z: float = field(init=False)
 
@@ -55,6 +62,10 @@ class ExactPosterior:
                 f"beta={self.beta:g}, log_z={self.log_z:.6g}, max_new_tokens={self.completion_ids.shape[1]})")
 
     def __post_init__(self):
+        if self.vocabulary is None:
+            if self.lm is None:
+                raise ConfigError("an ExactPosterior needs the prior lm or its vocabulary to read completions")
+            self.vocabulary = self.lm.vocabulary
         # the table is the prior's whole (truncated) space: renormalise in float64 so that float32
         # rounding (masses summing to 1 + 4e-9) does not show up as a negative KL or a shifted log Z
         l0 = self.prior_log_probs.double()
@@ -85,12 +96,12 @@ class ExactPosterior:
     def completions(self) -> list[str]:
         """Completion texts [K] (decoded once, on first use)."""
         if self._texts is None:
-            self._texts = self.lm.decode(self.completion_ids, self.mask)
+            self._texts = self.vocabulary.decode(self.completion_ids, self.mask)
         return self._texts
 
     def _as_ids(self, completion: str | Sequence[int] | torch.Tensor) -> list[int]:
         if isinstance(completion, str):
-            ids, mask = self.lm.encode_completions([completion], self.completion_ids.shape[1])
+            ids, mask = self.vocabulary.encode([completion], self.completion_ids.shape[1])
             return ids[0, mask[0]].tolist()
         return [int(t) for t in completion]
 
@@ -130,7 +141,8 @@ class ExactPosterior:
     # ------------------------------------------------------------------ token level
     def _check_prefix(self, prefix: Sequence[int]) -> tuple[int, int]:
         prefix = [int(t) for t in prefix]
-        if self.lm.eos_token_id is not None and self.lm.eos_token_id in prefix:
+        eos = self.vocabulary.eos_token_id
+        if eos is not None and eos in prefix:
             raise PromptError("the prefix contains EOS: the completion has already ended")
         if len(prefix) >= self.completion_ids.shape[1]:
             raise PromptError(f"a prefix must be shorter than max_new_tokens={self.completion_ids.shape[1]}")
@@ -151,7 +163,7 @@ class ExactPosterior:
 
     def _next_token(self, lp: torch.Tensor, tok: torch.Tensor, log: bool) -> torch.Tensor:
         m = lp.max()
-        mass = torch.zeros(self.lm.vocab_size, dtype=torch.float64).index_add_(0, tok, (lp - m).exp())
+        mass = torch.zeros(self.vocabulary.size, dtype=torch.float64).index_add_(0, tok, (lp - m).exp())
         mass = mass / mass.sum()
         return mass.log() if log else mass
 
@@ -239,7 +251,7 @@ class ExactPosterior:
             raise ConfigError(f"by must be 'posterior' or 'prior', got {by!r}")
         key = self.log_probs if by == "posterior" else self.prior_log_probs
         idx = torch.topk(key, min(k, self.num_completions)).indices
-        texts = self.lm.decode(self.completion_ids[idx], self.mask[idx])
+        texts = self.vocabulary.decode(self.completion_ids[idx], self.mask[idx])
         return [{"completion": t, "prior": float(self.prior_log_probs[i].exp()),
                  "posterior": float(self.log_probs[i].exp()), "reward": float(self.rewards[i])}
                 for t, i in zip(texts, idx.tolist())]

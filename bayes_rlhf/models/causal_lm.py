@@ -34,6 +34,7 @@ from bayes_rlhf.errors import ConfigError, PromptError, TokenizerMismatchError
 from bayes_rlhf.models.cache import LMState, _fork_cache, _select_cache, cache_argument, forward_with_cache
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.models.text import encode_known, short
+from bayes_rlhf.models.vocabulary import Vocabulary
 
 __all__ = ["CausalLM", "LMState", "load_model", "sample_categorical", "cache_argument", "forward_with_cache",
            "_fork_cache", "_select_cache"]
@@ -144,12 +145,14 @@ class CausalLM:
                 write_support(tmp, self)
         return Path(directory)
 
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The tokenizer with this model's size, EOS and pad id (what results keep to decode text)."""
+        return Vocabulary(self.tokenizer, self.vocab_size, self.eos_token_id, self.pad_id)
+
     def same_tokenizer(self, other: "CausalLM") -> bool:
         """True when ``other`` maps every token to the same id and has the same EOS."""
-        if other.tokenizer is self.tokenizer:
-            return True
-        return (self.eos_token_id == other.eos_token_id and self.vocab_size == other.vocab_size
-                and self.tokenizer.get_vocab() == other.tokenizer.get_vocab())
+        return self.vocabulary.same_as(other.vocabulary)
 
     # ------------------------------------------------------------------ text <-> ids
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -170,8 +173,7 @@ class CausalLM:
 
         Returns ids LongTensor [n, T] and mask BoolTensor [n, T].
         """
-        rows = [encode_known(self.tokenizer, t, add_special_tokens=False, what="completion") for t in texts]
-        return self._pad_rows(rows, max_new_tokens)
+        return self.vocabulary.encode(texts, max_new_tokens)
 
     @property
     def context_length(self) -> int | None:
@@ -196,23 +198,11 @@ class CausalLM:
         return ids
 
     def _pad_rows(self, rows: list[list[int]], T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            if self.eos_token_id in row:
-                row = row[: row.index(self.eos_token_id) + 1]
-            row = row[:T]
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return self.vocabulary.pad(rows, T)
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         """Completion texts (EOS and padding removed)."""
-        out = []
-        for row, m in zip(ids.tolist(), mask.tolist()):
-            toks = [t for t, keep in zip(row, m) if keep and t != self.eos_token_id]
-            out.append(self.tokenizer.decode(toks, skip_special_tokens=True))
-        return out
+        return self.vocabulary.decode(ids, mask)
 
     def _prompt_batch(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids [m, P] and attention mask [m, P]."""

@@ -20,6 +20,7 @@ from bayes_rlhf._checks import check_generator, check_int
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.logweights import group_softmax, kish_ess
 from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.models.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ class WeightedSamples:
         Which prompt in ``prompts`` each row continues.
     prompts : tuple of str
         The P prompts.
-    lm : CausalLM
-        The model whose tokenizer decodes ``ids`` (used by ``texts``).
+    vocabulary : Vocabulary
+        Decodes ``ids`` (used by ``texts``); a CausalLM given here contributes its ``vocabulary``.
     history : SMCHistory, optional
         Per-step record (SMC only).
     info : dict
@@ -84,11 +85,13 @@ class WeightedSamples:
     log_z: torch.Tensor
     prompt_index: torch.Tensor
     prompts: tuple
-    lm: object = field(repr=False, compare=False)
+    vocabulary: Vocabulary = field(repr=False, compare=False)
     history: SMCHistory | None = None
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.vocabulary, Vocabulary):  # a CausalLM: keep only what decodes text
+            object.__setattr__(self, "vocabulary", self.vocabulary.vocabulary)
         n = self.ids.shape[0]
         for name in ("mask", "log_weights", "rewards", "prompt_index"):
             if getattr(self, name).shape[0] != n:
@@ -107,7 +110,7 @@ class WeightedSamples:
     @property
     def texts(self) -> list[str]:
         """Decoded completion texts [n] (EOS and padding removed)."""
-        return self.lm.decode(self.ids, self.mask)
+        return self.vocabulary.decode(self.ids, self.mask)
 
     def rows(self, p: int = 0) -> torch.Tensor:
         """LongTensor [n_p]: row indices of prompt ``p``."""
