@@ -12,7 +12,8 @@ from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, Fro
 from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMassError, OutputDirError,
                                PromptError, RewardError, SpaceTooLargeError, TokenizerMismatchError)
 from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, exact_rejection_sample
-from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, default_model, load_model
+from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, Vocabulary, load_model
+from bayes_rlhf.demo import default_model, demo_target
 from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
 from bayes_rlhf.rewards import (BradleyTerryConfig, BradleyTerryReward, ClassifierReward, Constraint, TokenReward,
                                 WeightedSum, evaluate_reward)
@@ -45,7 +46,8 @@ def __getattr__(name):
 
 __all__ = [
     # models, rewards, target
-    "CausalLM", "LMState", "Completions", "load_model", "default_model", "DEFAULT_PROMPTS",
+    "CausalLM", "LMState", "Completions", "Vocabulary", "load_model", "default_model", "demo_target",
+    "DEFAULT_PROMPTS",
     "TokenReward", "ClassifierReward", "Constraint", "WeightedSum", "evaluate_reward", "Target",
     "BradleyTerryReward", "BradleyTerryConfig", "dpo_loss",
     # controlling the target: moments (I-projection) and KL / reward budgets

@@ -90,7 +90,7 @@ def test_one_vocabulary():
 
     from bayes_rlhf.commands import _common
 
-    dm = importlib.import_module("bayes_rlhf.models.default_model")  # the module, not the function
+    dm = importlib.import_module("bayes_rlhf.demo")  # the module, not the function
     assert (_common.DEFAULT_BETA, _common.DEFAULT_MAX_NEW_TOKENS) == (dm.DEFAULT_BETA, dm.DEFAULT_MAX_NEW_TOKENS)
     exact, evaluate, demo = _defaults("exact"), _defaults("evaluate"), _defaults("demo")
     for key in ("model", "reward", "beta", "max_new_tokens", "top_k", "dtype", "prompt", "overwrite"):

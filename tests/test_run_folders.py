@@ -189,7 +189,7 @@ def test_unwritable_out_refused_before_any_work(tmp_path, capsys, monkeypatch, a
     import importlib
 
     causal_lm = importlib.import_module("bayes_rlhf.models.causal_lm")
-    default_model = importlib.import_module("bayes_rlhf.models.default_model")
+    default_model = importlib.import_module("bayes_rlhf.demo")
 
     def no_work(*a, **k):
         raise AssertionError("a model was loaded before --out was checked")

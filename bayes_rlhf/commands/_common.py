@@ -8,6 +8,7 @@ Every subcommand that takes these arguments means the same by them::
     --prompt TEXT         repeatable; default: the embedded model's demo prompts (with --model default)
     --reward SPEC         bayes_rlhf.rewards.spec.parse_reward (default 'sentiment')
     --beta, --max-new-tokens   default DEFAULT_BETA = 1.0, DEFAULT_MAX_NEW_TOKENS = 4
+The defaults (model, prompts, reward, beta, T) are the demo target's, ``bayes_rlhf.demo``.
     --kl-budget KL, --moment FEATURE_SPEC=VALUE   (exact) choose beta, or build a moment target
     --out DIR, --overwrite     bayes_rlhf.io.claim_out: refuse a folder holding another run
 """
@@ -17,20 +18,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bayes_rlhf.demo import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, DEFAULT_REWARD
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.io import OutFolder, claim_out, write_csv
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS = 1.0, 4  # the embedded model's (checked equal in the tests)
 OVERWRITE_HELP = ("replace an --out folder that holds another command's run, a run with other settings or "
                   "other files (swapped in once the new output is complete); without it such a folder is "
                   "refused and left untouched")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default",
-                   help="prior: a model directory or hub id ('default': the embedded model; the default)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"prior: a model directory or hub id ({DEFAULT_MODEL!r}: the embedded model; the default)")
     p.add_argument("--top-k", type=int, default=None, help="truncate the prior to its top k tokens per step")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="load the prior in this dtype")
 
@@ -41,7 +42,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeat for several; default with --model default: its demo prompts)")
-    p.add_argument("--reward", default="sentiment", help=f"reward spec: {SPEC_HELP} (default: sentiment)")
+    p.add_argument("--reward", default=DEFAULT_REWARD, help=f"reward spec: {SPEC_HELP} (default: {DEFAULT_REWARD})")
     add_beta_args(p)
 
 
@@ -99,18 +100,18 @@ def add_out_args(p: argparse.ArgumentParser, default: str | None, what: str) -> 
 
 def model_path(model: str):
     """The directory or hub id a --model value names ('default' is the embedded model)."""
-    from bayes_rlhf.models.default_model import DEFAULT_DIR
+    from bayes_rlhf.demo import DEFAULT_DIR
 
-    return DEFAULT_DIR if model == "default" else model
+    return DEFAULT_DIR if model == DEFAULT_MODEL else model
 
 
 def prompts_of(args) -> list[str]:
     """--prompt, or the embedded model's demo prompts; ConfigError for another model without one."""
     if args.prompt:
         return list(args.prompt)
-    if args.model != "default":
-        raise ConfigError("with --model other than 'default', give at least one --prompt")
-    from bayes_rlhf.models.default_model import DEFAULT_PROMPTS
+    if args.model != DEFAULT_MODEL:
+        raise ConfigError(f"with --model other than {DEFAULT_MODEL!r}, give at least one --prompt")
+    from bayes_rlhf.demo import DEFAULT_PROMPTS
 
     return list(DEFAULT_PROMPTS)
 

@@ -35,18 +35,16 @@ def run(args) -> int:
 
     from bayes_rlhf._checks import check_int
     from bayes_rlhf.commands._common import claim, format_posterior, write_top_completions
+    from bayes_rlhf.demo import DEFAULT_MODEL, DEFAULT_PROMPTS, DEFAULT_REWARD, demo_target
     from bayes_rlhf.exact.solve import exact_posterior
-    from bayes_rlhf.models.default_model import DEFAULT_PROMPTS, default_model
     from bayes_rlhf.report import save_run, write_report
-    from bayes_rlhf.target import Target
 
     check_int(args.particles, "--particles", 1)
     check_int(args.train_steps, "--train-steps", 0)
     folder = claim(args, "demo", {"beta": args.beta, "max_new_tokens": args.max_new_tokens,
                                   "particles": args.particles, "train_steps": args.train_steps, "seed": args.seed})
-    lm, reward = default_model(device="cpu")
-    target = Target(lm, reward, args.beta, args.max_new_tokens)
-    print(f"bayes-rlhf demo: embedded word-level GPT-2 (vocab {lm.vocab_size}), reward = sentiment, "
+    target = demo_target(args.beta, args.max_new_tokens, device="cpu")
+    print(f"bayes-rlhf demo: embedded word-level GPT-2 (vocab {target.prior.vocab_size}), reward = {DEFAULT_REWARD}, "
           f"beta = {target.beta:g}, T = {target.max_new_tokens}\n")
     posteriors = []
     for prompt in DEFAULT_PROMPTS:
@@ -60,7 +58,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     with folder.writing() as d:
         save_run(d, posteriors, policies=policies, histories=histories, samples=samples,
-                 extra={"command": "demo", "model": "default", "reward": "sentiment", "seed": args.seed,
+                 extra={"command": "demo", "model": DEFAULT_MODEL, "reward": DEFAULT_REWARD, "seed": args.seed,
                         "log_z_vs_particles": study})
         write_top_completions(d / "top_completions.csv", posteriors)
         if policy is not None:

@@ -33,13 +33,13 @@ def register(sub) -> None:
 def _check_control(args, moments) -> dict:
     """--kl-budget / --moment checked before any work; the settings they add to --out's marker."""
     from bayes_rlhf._checks import check_real
-    from bayes_rlhf.commands._common import DEFAULT_BETA
+    from bayes_rlhf.demo import DEFAULT_BETA, DEFAULT_REWARD
     from bayes_rlhf.errors import ConfigError
 
     if moments and args.kl_budget is not None:
         raise ConfigError("--moment and --kl-budget exclude each other: a moment target has beta = 1 and its "
                           "lambda fixed by the moments; give one of them")
-    if moments and (args.beta != DEFAULT_BETA or args.reward != "sentiment"):
+    if moments and (args.beta != DEFAULT_BETA or args.reward != DEFAULT_REWARD):
         raise ConfigError("--moment builds the reward lambda . phi (beta = 1) from its features: drop --reward "
                           "and --beta")
     if args.kl_budget is not None:

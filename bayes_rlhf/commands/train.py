@@ -105,10 +105,11 @@ def load_config(source) -> dict:
 def _target_table(t: dict) -> dict:
     """[target] with its defaults filled in and every value's type checked."""
     from bayes_rlhf._checks import check_int, check_real
-    from bayes_rlhf.commands._common import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DTYPES
+    from bayes_rlhf.commands._common import DTYPES
+    from bayes_rlhf.demo import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, DEFAULT_REWARD
 
-    t = {"model": "default", "reward": "sentiment", "beta": DEFAULT_BETA, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
-         "top_k": None, "dtype": None} | t
+    t = {"model": DEFAULT_MODEL, "reward": DEFAULT_REWARD, "beta": DEFAULT_BETA,
+         "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "top_k": None, "dtype": None} | t
     prompts = t.get("prompts")
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ConfigError("[target] prompts must be a non-empty list of strings, e.g. prompts = [\"the movie was\"]")

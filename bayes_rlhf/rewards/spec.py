@@ -59,7 +59,8 @@ def parse_reward(spec: str, lm):
     check_spec(spec)
     kind, _, arg = spec.partition(":")
     if spec == "sentiment":
-        from bayes_rlhf.models.default_model import POSITIVE, sentiment_reward
+        from bayes_rlhf.models.default_model import POSITIVE
+        from bayes_rlhf.rewards.sentiment import sentiment_reward
 
         vocab = lm.tokenizer.get_vocab()
         if not all(w in vocab for w in POSITIVE):
