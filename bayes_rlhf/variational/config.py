@@ -20,10 +20,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from bayes_rlhf._checks import is_real, plain
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.variational.kl_control import check_kl_control
 from bayes_rlhf.variational.objectives import OBJECTIVE_NAMES, BoundObjective, Objective, get_objective
-from bayes_rlhf.variational.settings import (SECTIONS, DistillConfig, DPGConfig, GRPOConfig, PPOConfig, RLOOConfig,
-                                             VarGradConfig, check_bool, check_int_at_least, check_number,
-                                             check_positive)
+from bayes_rlhf.variational.settings import (SECTIONS, DistillConfig, DPGConfig, GRPOConfig, KLControlConfig,
+                                             PPOConfig, RLOOConfig, VarGradConfig, check_bool, check_int_at_least,
+                                             check_number, check_positive)
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
@@ -73,6 +74,10 @@ class TrainerConfig:
         ``value_coef``, ``value_lr``, ``whiten_advantages``, ``grpo_epochs``,
         ``grpo_scale_rewards``, ``dpg_proposal``, ``distill_source``, ``reward_max``, ``log_z``
         and ``log_z_lr`` set the same fields (``FLAT_KEYS``).
+    kl_control : KLControlConfig
+        Adaptive beta (Ziegler et al. 2019, ``kl_control.py``): ``kl_target=0.5, kl_horizon=10000``
+        (flat keywords of ``kl_control.target`` and ``kl_control.horizon``) move beta each step
+        towards KL(q || pi0) = kl_target; off (``kl_target=None``) by default.
     lora_rank : int
         0 fine-tunes every weight; > 0 trains LoRA adapters of this rank (needs ``peft``), merged
         into the returned policy.
@@ -115,6 +120,7 @@ class TrainerConfig:
     dpg: DPGConfig = field(default_factory=DPGConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     vargrad: VarGradConfig = field(default_factory=VarGradConfig)
+    kl_control: KLControlConfig = field(default_factory=KLControlConfig)
     lora_rank: int = 0
     lora_alpha: float = 16.0
     bf16: bool = True
@@ -146,6 +152,7 @@ class TrainerConfig:
         for name, kind in _SECTION_TYPES.items():
             setattr(self, name, _as_section(getattr(self, name), kind))
         record.check(record.settings_of(self))
+        check_kl_control(self.kl_control, record.source(record.settings_of(self)), self.objective)
         self.lora_rank = check_int_at_least(self.lora_rank, "TrainerConfig.lora_rank", 0)
         self.lora_alpha = check_positive(self.lora_alpha, "TrainerConfig.lora_alpha")
         for name, low in (("seed", 0), ("eval_every", 1), ("checkpoint_every", 1)):
@@ -198,7 +205,8 @@ class TrainerConfig:
         ``_flat_form``): what checkpoints and run folders record, so theirs still match."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SECTION_TYPES}
         d["adam_betas"] = list(self.adam_betas)
-        return d | _flat_form({name: getattr(self, name) for name in _SECTION_TYPES})
+        return d | _flat_form({name: getattr(self, name) for name, kind in _SECTION_TYPES.items()
+                               if kind.recorded_at_default or getattr(self, name) != kind()})
 
     def fingerprint_dict(self, extra: dict | None = None) -> dict:
         """The fields that determine the trajectory (``flat_dict``), plus ``extra`` (target, prompts)
@@ -265,6 +273,8 @@ def _flat_form(sections: dict) -> dict:
     the same dict, and a config of an earlier version gives the dict it gave then."""
     out = {}
     for key, targets in FLAT_KEYS.items():
+        if any(s not in sections for s, _ in targets):  # a section left out (``Section.recorded_at_default``)
+            continue
         values = [getattr(sections[s], n) for s, n in targets]
         if all(v == values[0] and type(v) is type(values[0]) for v in values):
             out[key] = values[0]

@@ -35,11 +35,13 @@ def as_posteriors(evaluator, target, prompts: list[str]) -> dict[str, ExactPoste
 
 
 def evaluate(policy, posteriors: dict[str, ExactPosterior]) -> dict:
-    """Exact KL(q || pi*) and KL(pi* || q), averaged over the evaluator's prompts."""
-    kq, kp = [], []
+    """Exact KL(q || pi*), KL(pi* || q) and KL(q || pi0), averaged over the evaluator's prompts."""
+    kq, kp, k0 = [], [], []
     with torch.no_grad():
         for post in posteriors.values():
             c = compare(policy, post)
             kq.append(c.kl_q_posterior)
             kp.append(c.kl_posterior_q)
-    return {"kl_q_posterior": sum(kq) / len(kq), "kl_posterior_q": sum(kp) / len(kp)}
+            k0.append(c.kl_q_prior)
+    return {"kl_q_posterior": sum(kq) / len(kq), "kl_posterior_q": sum(kp) / len(kp),
+            "kl_prior_exact": sum(k0) / len(k0)}

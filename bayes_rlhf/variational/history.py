@@ -15,8 +15,10 @@ Columns (natural-log units; rewards in the reward's own units)::
     cpu_time        cumulative CPU time of this process in the steps (s; steadier on a shared machine)
     kl_q_posterior, kl_posterior_q
                     exact KL(q || pi*) and KL(pi* || q), averaged over prompts, at evaluated steps
-                    (None elsewhere, and when no evaluator is attached)
+                    (None elsewhere, and when no evaluator is attached); pi* at the step's beta
+    kl_prior_exact  exact KL(q || pi0), averaged over prompts, at evaluated steps
     log_z           the learned log Z (trajectory balance), averaged over prompts
+    beta            the step's beta: the target's, or the KL controller's (``kl_target``)
     elbo, eubo, kl_sandwich, kl_q_posterior_est, kl_posterior_q_est
                     sampled estimates at evaluated steps with a SandwichEvaluator (large models)
 """
@@ -29,7 +31,8 @@ import math
 from pathlib import Path
 
 COLUMNS = ("step", "objective", "mean_reward", "kl_prior", "entropy", "loss", "grad_norm", "tokens_per_s",
-           "reward_evals", "time", "cpu_time", "kl_q_posterior", "kl_posterior_q", "log_z")
+           "reward_evals", "time", "cpu_time", "kl_q_posterior", "kl_posterior_q", "log_z", "beta",
+           "kl_prior_exact")
 
 
 class TrainingHistory:

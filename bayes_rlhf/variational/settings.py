@@ -71,6 +71,9 @@ class Section:
     """
 
     name = ""
+    #: False: the section's fields are left out of ``TrainerConfig.flat_dict`` while all are at
+    #: their defaults (a feature added later, whose absence must not change earlier fingerprints)
+    recorded_at_default = True
 
     def __post_init__(self):
         for f in fields(self):
@@ -192,7 +195,32 @@ class VarGradConfig(Section):
     log_z_lr: float = setting(0.05, check_positive, "log_z_lr")
 
 
-SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig)
+def check_positive_or_none(v, label: str) -> float | None:
+    return None if v is None else check_positive(v, label)
 
-__all__ = ["RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig", "VarGradConfig", "SECTIONS",
-           "Section"]
+
+@dataclass(frozen=True)
+class KLControlConfig(Section):
+    """Adaptive KL coefficient (Ziegler et al. 2019; ``kl_control.py``), off by default.
+
+    target : float or None
+        The KL(q || pi0) (nats, per sequence) the controller steers beta towards; None keeps beta
+        fixed at the target's. The flat keyword is ``kl_target``.
+    horizon : float
+        In samples: beta moves by at most a factor 1 +- 0.2 n / horizon per step of n samples
+        (Ziegler et al.'s 10000; ``kl_horizon``).
+
+    Recorded in checkpoints and run folders only when set (``recorded_at_default``), so configs
+    without it keep the fingerprints of earlier versions.
+    """
+
+    name = "kl_control"
+    recorded_at_default = False
+    target: float | None = setting(None, check_positive_or_none, "kl_target")
+    horizon: float = setting(10000.0, check_positive, "kl_horizon")
+
+
+SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig, KLControlConfig)
+
+__all__ = ["RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig", "VarGradConfig",
+           "KLControlConfig", "SECTIONS", "Section"]

@@ -7,6 +7,7 @@ from, what it needs and how many gradient steps a batch takes (``step.py`` is on
     for step in 1..steps:
         row = train_step(...)      # sample, score, inner_epochs updates, estimates
         exact KL every eval_every steps when an evaluator is attached
+        [kl_target: beta of the next step from this step's KL(q || pi0) estimate (kl_control.py)]
         checkpoint every checkpoint_every steps and at the end
 
 Several GPUs or nodes: set ``use_accelerate = true`` (``pip install accelerate``) and start the same
@@ -37,6 +38,7 @@ from bayes_rlhf.variational.distributed import make_backend, require_accelerate
 from bayes_rlhf.variational.divergence import TrainingDivergedError  # noqa: F401 (raised by the step)
 from bayes_rlhf.variational.evaluation import as_posteriors, evaluate
 from bayes_rlhf.variational.history import TrainingHistory
+from bayes_rlhf.variational.kl_control import at_beta, make_kl_control
 from bayes_rlhf.variational.sandwich import SandwichEvaluator
 from bayes_rlhf.variational.sources import POLICY, check_source, make_draw
 from bayes_rlhf.variational.state import RunState
@@ -84,6 +86,7 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     objective = config.bound_objective()
     check_source(objective.source, sampler)
     backend = make_backend(config, target.prior)
+    control = make_kl_control(config, len(prompts), backend.num_processes, sandwich)  # None: beta fixed
     target = backend.place(target)
     posteriors = as_posteriors(None if sandwich else evaluator, target, prompts)
     extra = _target_fingerprint(target, prompts)
@@ -93,27 +96,32 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     k = config.samples_per_prompt
     draws = Draws(make_draw(objective.source, target, run.policy, k, posteriors, sampler),
                   None if objective.on_policy else make_draw(POLICY, target, run.policy, k))
-    evaluation = (lambda: evaluate(run.policy, posteriors)) if posteriors else \
+    evaluation = (lambda: evaluate(run.policy, at_beta(posteriors, run.target.beta))) if posteriors else \
         (lambda: sandwich.evaluate(run.policy, target)) if sandwich else None
     start, rows = _resume(run, config, extra)
+    if control is not None:
+        control.resume(run, rows)
     main = backend.is_main  # only the main process writes files and shows progress
     history = TrainingHistory(rows, jsonl=config.log_jsonl if main else None, csv_path=config.log_csv if main else None,
                               tensorboard_dir=config.tensorboard_dir if main else None)
-    _loop(run, draws, history, start, extra, evaluation, callback)
+    _loop(run, draws, history, start, extra, evaluation, callback, control)
     return run.finish(), history
 
 
 def _loop(run: RunState, draws: Draws, history: TrainingHistory, start: int, extra: dict,
-          evaluation: Callable[[], dict] | None, callback) -> None:
-    """Steps ``start + 1 .. config.steps``: train, evaluate, log, call back, checkpoint."""
+          evaluation: Callable[[], dict] | None, callback, control=None) -> None:
+    """Steps ``start + 1 .. config.steps``: train, evaluate, log, [move beta,] call back, checkpoint."""
     config = run.config
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train[{config.objective}]",
                disable=not (config.progress and run.backend.is_main))
     try:
         for step in bar:
             row = _timed(run.backend.reduce_row(train_step(run, step + 1, draws)), history)
+            row["beta"] = run.target.beta  # the step's; the KL controller (kl_control.py) sets the next
             if evaluation and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
                 row.update(evaluation())
+            if control is not None:
+                control.after_step(run, row)
             history.append(row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("objective", "kl_q_posterior") if row.get(k) is not None})
             if callback is not None:
