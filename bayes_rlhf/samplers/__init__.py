@@ -11,7 +11,10 @@ from bayes_rlhf.samplers.importance import importance_sample, sampling_importanc
 from bayes_rlhf.samplers.quasi_rejection import quasi_rejection_log_probs, quasi_rejection_sample
 from bayes_rlhf.samplers.resampling import (RESAMPLERS, get_resampler, multinomial, residual, stratified,
                                             systematic)
-from bayes_rlhf.samplers.smc import SMC, SMCConfig, SMCState, smc
+from bayes_rlhf.samplers.proposals import (ExactProposal, LMProposal, PriorProposal, Proposal, Proposed, StepView,
+                                           TwistedProposal, as_proposal)
+from bayes_rlhf.samplers.smc import SMC, smc
+from bayes_rlhf.samplers.smc_state import SMCConfig, SMCState
 from bayes_rlhf.samplers.twist_learning import CTLConfig, ContrastSet, ctl_surrogate, fit_twist_ctl
 from bayes_rlhf.samplers.twists import (ExactTwist, LearnedTwist, PrefixPotential, Twist, exact_prefix_values,
                                         fit_twist)
@@ -23,6 +26,7 @@ __all__ = [
     "best_of_n", "best_of_n_log_probs", "best_of_n_kl", "best_of_n_kl_bound", "best_of_n_mean_reward",
     "quasi_rejection_sample", "quasi_rejection_log_probs",
     "smc", "SMC", "SMCConfig", "SMCState",
+    "Proposal", "Proposed", "StepView", "PriorProposal", "LMProposal", "ExactProposal", "TwistedProposal", "as_proposal",
     "Twist", "ExactTwist", "PrefixPotential", "LearnedTwist", "fit_twist", "exact_prefix_values",
     "fit_twist_ctl", "CTLConfig", "ContrastSet", "ctl_surrogate",
     "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler",

@@ -14,6 +14,10 @@ N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q,
             state = state.reindex(idx)      # the KV cache rows are copied, never recomputed
     log_Z += logsumexp(log_w) - log N       # E[exp(log_Z)] = Z
 
+Where x_t comes from is a ``Proposal`` (``proposals.py``: the prior, another CausalLM, the exact
+token posterior, the twisted proposal, or any object with that method set); the potentials are
+``potentials.py``, the settings and state ``smc_state.py``.
+
 The model states hold rows for live particles only (``_live_rows``): a finished particle's row is
 stepped along, ignored, until finished rows exceed ``compact_threshold`` of the state; then one
 ``reindex`` drops them. Resampling copies rows anyway and keeps live children's only. Draws and
@@ -35,90 +39,32 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from bayes_rlhf._checks import check_generator, is_real, plain
-from bayes_rlhf.errors import ConfigError, NoMassError, TokenizerMismatchError
-from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.models.causal_lm import sample_categorical
-from bayes_rlhf.samplers._live_rows import LiveRows
-from bayes_rlhf.samplers._common import as_prompts, check_count, check_proposal_lm, check_target
-from bayes_rlhf.samplers.resampling import get_resampler
-from bayes_rlhf.samplers.twists import as_twist, lookup, posterior_table
+from bayes_rlhf._checks import check_generator
+from bayes_rlhf.errors import NoMassError
 from bayes_rlhf.logweights import kish_ess, log_mean_exp
+from bayes_rlhf.models.causal_lm import sample_categorical
+from bayes_rlhf.samplers._common import as_prompts, check_target
+from bayes_rlhf.samplers._live_rows import LiveRows
+from bayes_rlhf.samplers.potentials import Potentials
+from bayes_rlhf.samplers.proposals import Proposed, StepView, as_proposal
+from bayes_rlhf.samplers.resampling import get_resampler
+from bayes_rlhf.samplers.smc_state import SMCConfig, SMCState
+from bayes_rlhf.samplers.twists import as_twist
 from bayes_rlhf.samplers.weighted import SMCHistory, WeightedSamples
 from bayes_rlhf.target import Target
 
 
-@dataclass(frozen=True)
-class SMCConfig:
-    """Settings of one SMC run.
-
-    Parameters
-    ----------
-    num_particles : int
-        N >= 1 particles per prompt.
-    ess_threshold : float
-        Resample a prompt's particles when ESS < ess_threshold * N; in (0, 1] (1: whenever the
-        weights are not all equal).
-    resampling : str or callable
-        "systematic", "stratified", "multinomial", "residual", or (generator, log_weights, n) -> idx.
-    progress : bool
-        Show a progress bar over the token steps.
-    compact_threshold : float
-        In [0, 1]. Finished particles' KV-cache rows are dropped (one copy of the live rows) when
-        they exceed this fraction of the rows the model steps; until then they are stepped and
-        ignored. 0: as soon as one finishes; 1: never (every particle is stepped to the end). Only
-        speed and memory depend on it: lower copies the cache more often, higher steps more dead rows.
-    """
-
-    num_particles: int
-    ess_threshold: float = 0.5
-    resampling: object = "systematic"
-    progress: bool = False
-    compact_threshold: float = 0.25
-
-    def __post_init__(self):
-        object.__setattr__(self, "num_particles", check_count(self.num_particles, "num_particles"))
-        e = self.ess_threshold
-        if not is_real(e) or not (0 < e <= 1):
-            raise ConfigError(f"ess_threshold must be in (0, 1], got {e!r}; 0.5 is the usual choice")
-        c = self.compact_threshold
-        if not is_real(c) or not (0 <= c <= 1):
-            raise ConfigError(f"compact_threshold must be in [0, 1], got {c!r}; 0.25 is the default "
-                              "(1 never drops finished particles' rows)")
-        object.__setattr__(self, "ess_threshold", plain(e))
-        object.__setattr__(self, "compact_threshold", plain(c))
-        get_resampler(self.resampling)
-
-
-@dataclass(frozen=True)
-class SMCState:
-    """Particles after step ``t`` (rows grouped by prompt). Steps never mutate a state."""
-
-    t: int
-    rows: LiveRows               # model states (m <= n rows) and the particle -> row map
-    ids: torch.Tensor            # [n, T]
-    mask: torch.Tensor           # [n, T]
-    alive: torch.Tensor          # [n] still generating
-    log_w: torch.Tensor          # [n] float64, since the last resampling
-    log_psi: torch.Tensor        # [n] float64, current potential
-    rewards: torch.Tensor        # [n] float64, NaN until finished
-    log_z: torch.Tensor          # [P] float64, accumulated over resampling epochs
-
-    # the model states (rows ``rows.row``) and next-token log-probs [n, V] by particle (NaN: no row)
-    prior_state = property(lambda self: self.rows.prior_state)
-    proposal_state = property(lambda self: self.rows.proposal_state)
-    prior_logp = property(lambda self: self.rows.per_particle())
-    proposal_logp = property(lambda self: self.rows.per_particle(proposal=True))
-
-
 class SMC:
-    """Token-level SMC for a target and prompts: ``init``, ``step(generator, state)``, ``run``."""
+    """Token-level SMC for a target and prompts: ``init``, ``step(generator, state)``, ``run``.
+
+    ``proposal`` is any form ``smc`` accepts, converted once by ``as_proposal`` (checked before the
+    twist, which may enumerate); ``self.proposal`` is then a ``Proposal``.
+    """
 
     def __init__(self, target: Target, prompts: Sequence[str], config: SMCConfig, proposal=None, twist=None):
         check_target(target)
@@ -127,23 +73,10 @@ class SMC:
         self.N, self.P, self.T = config.num_particles, len(self.prompts), target.max_new_tokens
         self.row_prompts = [p for p in self.prompts for _ in range(self.N)]
         self.group = torch.arange(self.P).repeat_interleave(self.N)
-        self.exact_proposal = None
-        self.twisted_proposal = isinstance(proposal, str)
-        if self.twisted_proposal:
-            if proposal != "twisted":
-                raise ConfigError(f"proposal {proposal!r} is not known; give None, 'twisted', a CausalLM or "
-                                  "ExactPosterior(s)")
-            self.proposal = None
-        elif isinstance(proposal, (ExactPosterior, list, tuple, dict)):
-            self.exact_proposal = posterior_table(proposal)
-            self._check_exact_proposal()
-            self.proposal = None
-        else:
-            q = check_proposal_lm(target, proposal)
-            self.proposal = None if q is target.prior else q
+        self.proposal = as_proposal(proposal, target, self.prompts)
         self.twist = as_twist(twist, target, self.prompts)
+        self.potentials = Potentials(target, self.twist)
         self.resampler = get_resampler(config.resampling)
-        self._q_cache: dict = {}
 
     def _no_resampling_note(self, counts: torch.Tensor) -> str | None:
         """Why a run that never resampled some prompt was importance sampling there (None if all resampled)."""
@@ -151,132 +84,74 @@ class SMC:
         if idle == 0:
             return None
         head = f"no resampling for {idle} of {self.P} prompt(s), so SMC was importance sampling there"
-        if self.twist is None and not self.twisted_proposal:
+        if self.twist is None and not self.proposal.lookahead:
             return (f"{head}: without a twist the weights change only when a particle ends, so with a terminal "
                     "reward they stay equal until the last token. Pass twist='prefix' (the reward on prefixes), "
                     "a fitted LearnedTwist, or ExactPosterior(s)")
         return f"{head}: the ESS never fell below ess_threshold * N"
 
-    def _check_exact_proposal(self) -> None:
-        for p in self.prompts:
-            post = lookup(self.exact_proposal, p, "proposal")
-            if not post.lm.same_tokenizer(self.target.prior):
-                raise TokenizerMismatchError("the proposal posterior's tokenizer differs from the prior's")
-            if post.completion_ids.shape[1] != self.T:
-                raise ConfigError(f"the proposal posterior has max_new_tokens={post.completion_ids.shape[1]}, "
-                                  f"the target {self.T}; enumerate it from the same target")
-
-    # ------------------------------------------------------------------ proposal and potentials
-    def _proposal_logp(self, state: SMCState, live: torch.Tensor, logp0: torch.Tensor) -> torch.Tensor:
-        """log q(. | x_<t) [a, V] of the live particles ``live`` [a]; ``logp0`` [a, V] is the prior's."""
-        if self.exact_proposal is not None:
-            out = []
-            for i in live.tolist():
-                key = (self.row_prompts[i], tuple(state.ids[i, : state.t].tolist()))
-                if key not in self._q_cache:
-                    post = self.exact_proposal[key[0]]
-                    self._q_cache[key] = post.token_posterior(key[1], log=True)
-                out.append(self._q_cache[key])
-            return torch.stack(out).double().to(logp0.device) if out else logp0
-        return state.rows.logp(live, proposal=True).double() if self.proposal is not None else logp0
-
-    def _log_potentials(self, prompts, ids, mask, ended, going, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """log psi [n] (r / beta where ``ended``, the twist where ``going``) and rewards [n] (NaN if going)."""
-        n = ids.shape[0]
-        log_psi = torch.zeros(n, dtype=torch.float64)
-        rewards = torch.full((n,), math.nan, dtype=torch.float64)
-        rows = torch.nonzero(ended).squeeze(-1)
-        if rows.numel():
-            r = self.target.rewards([prompts[i] for i in rows.tolist()], ids[rows], mask[rows])
-            rewards[rows] = r
-            log_psi[rows] = r / self.target.beta
-        rows = torch.nonzero(going).squeeze(-1)
-        if rows.numel() and self.twist is not None:
-            log_psi[rows] = self.twist.log_potential([prompts[i] for i in rows.tolist()],
-                                                     ids[rows, : t + 1], self.target)
-        return log_psi, rewards
-
-    def _twisted_logq(self, state: SMCState, live: torch.Tensor, logp0: torch.Tensor):
-        """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v) over the prior's support: [a, V] each.
-
-        ``live`` [a] are the live particles, ``logp0`` [a, V] their prior log-probs.
-        Returns log q, the candidates' log potentials and their rewards (NaN unless ending).
-        """
-        t, n, V = state.t, logp0.shape[0], logp0.shape[1]
-        rows, toks = torch.nonzero(torch.isfinite(logp0), as_tuple=True)
-        particles = live[rows]
-        ids = torch.cat([state.ids[particles, :t], toks[:, None]], 1)
-        mask = torch.ones(ids.shape, dtype=torch.bool)
-        eos = self.target.prior.eos_token_id
-        ended = (toks == eos) if eos is not None else torch.zeros_like(toks, dtype=torch.bool)
-        ended = ended | (t + 1 == self.T)
-        prompts = [self.row_prompts[i] for i in particles.tolist()]
-        psi, r = self._log_potentials(prompts, ids, mask, ended, ~ended, t)
-        cand_psi = torch.full((n, V), -math.inf, dtype=torch.float64)
-        cand_r = torch.full((n, V), math.nan, dtype=torch.float64)
-        cand_psi[rows, toks], cand_r[rows, toks] = psi, r
-        joint = logp0 + cand_psi
-        norm = torch.logsumexp(joint, -1, keepdim=True)
-        logq = torch.where(torch.isfinite(norm), joint - norm, logp0)  # no mass: weight -inf anyway
-        return logq, cand_psi, cand_r
-
     # ------------------------------------------------------------------ init / step / run
     def init(self) -> SMCState:
         """Run every prompt once and repeat its cache to N rows."""
         n = self.P * self.N
-        rows = LiveRows.start(self.target.prior, self.proposal, self.prompts, self.N)
+        rows = LiveRows.start(self.target.prior, self.proposal.lm, self.prompts, self.N)
         pad = self.target.prior.pad_id
         return SMCState(0, rows, torch.full((n, self.T), pad, dtype=torch.long),
                         torch.zeros((n, self.T), dtype=torch.bool), torch.ones(n, dtype=torch.bool),
                         torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64),
-                        torch.full((n,), math.nan, dtype=torch.float64), torch.zeros(self.P, dtype=torch.float64))
+                        torch.full((n,), math.nan, dtype=torch.float64), torch.zeros(self.P, dtype=torch.float64),
+                        self.proposal.start(self.N))
 
     def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
         """Extend every live particle by one token, reweight, and resample where the ESS is low."""
         check_generator(generator)
         t, alive = state.t, state.alive
         live = torch.nonzero(alive).squeeze(-1)
-        logp0 = state.rows.logp(live).double()  # [a, V]; next-token log-probs stay on the model's device
-        dev = logp0.device
-        if self.twisted_proposal:
-            logq, cand_psi, cand_r = self._twisted_logq(state, live, logp0.cpu())
-            logq = logq.to(dev)
-        else:
-            logq = self._proposal_logp(state, live, logp0)
+        view = StepView(t, live, state.ids, state.rows.logp(live).double(), state.rows, self.row_prompts,
+                        self.potentials)  # next-token log-probs stay on the model's device
+        proposed = self.proposal.log_probs(state.q_state, view)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
-        tok[live] = sample_categorical(logq, generator).cpu()
+        tok[live] = sample_categorical(proposed.log_q, generator).cpu()
         ids, mask = state.ids.clone(), state.mask.clone()
         ids[live, t], mask[live, t] = tok[live], True
         eos = self.target.prior.eos_token_id
         ends_here = (tok == eos) if eos is not None else torch.zeros_like(alive)
         ended = alive & (ends_here | (t + 1 == self.T))
         going = alive & ~ended
-        if self.twisted_proposal:
-            new_psi = torch.full_like(state.log_psi, -math.inf)
-            r_new = torch.full_like(state.rewards, math.nan)
-            new_psi[live] = cand_psi.gather(-1, tok[live, None]).squeeze(-1)
-            r_new[live] = cand_r.gather(-1, tok[live, None]).squeeze(-1)
-            r_new = torch.where(ended, r_new, math.nan)
-        else:
-            new_psi, r_new = self._log_potentials(self.row_prompts, ids, mask, ended, going, t)
-        tl = tok[live, None].to(dev)
-        inc = torch.zeros_like(state.log_w)
-        inc[live] = ((logp0.gather(-1, tl) - logq.gather(-1, tl)).squeeze(-1).cpu() + new_psi[live]
-                     - state.log_psi[live])
-        inc = torch.where(torch.isnan(inc), -math.inf, inc)
-        log_w = torch.where(alive, state.log_w + inc, state.log_w)
-        log_psi = torch.where(alive, new_psi, state.log_psi)
-        rewards = torch.where(ended, r_new, state.rewards)
+        new_psi, r_new = self._new_potentials(proposed, live, tok, ids, mask, ended, going, t)
+        log_w = torch.where(alive, state.log_w + self._increments(state, view, proposed, tok, new_psi),
+                            state.log_w)
         rows, stepped_rows = state.rows, 0
         if going.any():
             if rows.num_rows - int(going.sum()) > self.config.compact_threshold * rows.num_rows:
                 rows = rows.compact(going)  # one KV copy drops every finished particle's row
-            rows = rows.step(self.target.prior, self.proposal, tok, alive, self.target.prior.pad_id)
+            rows = rows.step(self.target.prior, self.proposal.lm, tok, alive, self.target.prior.pad_id)
             stepped_rows = rows.num_rows
-        new = SMCState(t + 1, rows, ids, mask, going, log_w, log_psi, rewards, state.log_z)
+        q_state = self.proposal.advance(state.q_state, view, tok[live], proposed)
+        new = SMCState(t + 1, rows, ids, mask, going, log_w, torch.where(alive, new_psi, state.log_psi),
+                       torch.where(ended, r_new, state.rewards), state.log_z, q_state)
         new, info = self._maybe_resample(generator, new, bool(going.any()), int(alive.sum()))
         info["model_rows"] = stepped_rows
         return new, info
+
+    def _new_potentials(self, proposed: Proposed, live, tok, ids, mask, ended, going, t):
+        """log psi [n] and rewards [n] (NaN unless ended) after the step: a lookahead proposal's, else evaluated."""
+        if proposed.log_psi is None:
+            return self.potentials(self.row_prompts, ids, mask, ended, going, t)
+        new_psi = torch.full((ids.shape[0],), -math.inf, dtype=torch.float64)
+        r_new = torch.full((ids.shape[0],), math.nan, dtype=torch.float64)
+        new_psi[live] = proposed.log_psi.gather(-1, tok[live, None]).squeeze(-1)
+        r_new[live] = proposed.rewards.gather(-1, tok[live, None]).squeeze(-1)
+        return new_psi, torch.where(ended, r_new, math.nan)
+
+    def _increments(self, state: SMCState, view: StepView, proposed: Proposed, tok, new_psi) -> torch.Tensor:
+        """log pi0 - log q of the drawn tokens + log psi' - log psi [n] (0 for finished particles, -inf for NaN)."""
+        live = view.live
+        tl = tok[live, None].to(view.prior_logp.device)
+        inc = torch.zeros_like(state.log_w)
+        inc[live] = ((view.prior_logp.gather(-1, tl) - proposed.log_q.gather(-1, tl)).squeeze(-1).cpu()
+                     + new_psi[live] - state.log_psi[live])
+        return torch.where(torch.isnan(inc), -math.inf, inc)
 
     def _maybe_resample(self, generator, state: SMCState, more: bool, stepped: int) -> tuple[SMCState, dict]:
         N = self.N
@@ -310,7 +185,7 @@ class SMC:
         # the copy drops finished children's rows for free; compact_threshold = 1 keeps every row
         keep = alive if self.config.compact_threshold < 1 else torch.ones_like(alive)
         new = SMCState(state.t, state.rows.resample(idx, keep), state.ids[idx], state.mask[idx], alive, log_w,
-                       state.log_psi[idx], state.rewards[idx], log_z)
+                       state.log_psi[idx], state.rewards[idx], log_z, self.proposal.reindex(state.q_state, idx))
         info["num_alive"] = torch.zeros(self.P, dtype=torch.long).index_add_(0, self.group, new.alive.long())
         return new, info
 
@@ -352,12 +227,13 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposa
         P prompts, each with its own N particles, all in one batch.
     num_particles : int
         N >= 1 per prompt.
-    proposal : None, "twisted", CausalLM or ExactPosterior(s)
+    proposal : None, "twisted", CausalLM, ExactPosterior(s) or a Proposal
         None: the prior (bootstrap). "twisted": q(x_t | x_<t) ∝ pi0(x_t | x_<t) psi_t(x_{1:t}),
         the locally optimal proposal for the twist (evaluates the twist, or the reward for
         tokens that end, on every token in the prior's support: use a top_k prior on large
         vocabularies). A CausalLM sharing the prior's tokenizer, or exact posteriors (one per
-        prompt) whose token posterior pi*(x_t | x_<t) proposes.
+        prompt) whose token posterior pi*(x_t | x_<t) proposes. Each is converted once to a
+        ``Proposal`` (``samplers.proposals``); an object with that method set is used as it is.
     twist : None, "prefix", "exact", ExactPosterior(s), a prefix reward, or an object with ``log_potential``
         None: bootstrap with the terminal reward only. With a reward that arrives only at the end
         the weights stay equal until particles finish, so bootstrap SMC never resamples on the way

@@ -56,7 +56,8 @@ from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_target
 from bayes_rlhf.samplers.importance import importance_sample
-from bayes_rlhf.samplers.smc import SMC, SMCConfig, smc
+from bayes_rlhf.samplers.smc import SMC, smc
+from bayes_rlhf.samplers.smc_state import SMCConfig
 from bayes_rlhf.samplers.twists import LearnedTwist
 from bayes_rlhf.logweights import group_softmax, kish_ess, log_mean_exp
 from bayes_rlhf.samplers.weighted import WeightedSamples

@@ -1,0 +1,255 @@
+"""Proposals for token-level SMC: where each particle's next token comes from.
+
+A proposal is a plain object with one method set; SMC never looks at its type::
+
+    s = proposal.start(N)                              # its own per-particle state (n = P * N), or None
+    out = proposal.log_probs(s, view)                  # Proposed: log q(. | x_<t) [a, V] of the a live particles
+    s = proposal.advance(s, view, tokens, out)         # after x_t [a] is drawn
+    s = proposal.reindex(s, idx)                       # resampling: particle j continues particle idx[j]
+    proposal.lm                                        # a CausalLM SMC steps beside the prior, or None
+    proposal.lookahead                                 # True if log q already saw the next potentials
+
+A proposal with an ``lm`` gets its next-token log-probs from ``view.rows`` (SMC keeps that
+model's KV-cache rows aligned with the prior's, ``_live_rows``). A lookahead proposal returns the
+log potential and reward of every candidate token in ``Proposed`` so that SMC does not evaluate
+them twice. ``as_proposal`` converts the forms ``smc(proposal=...)`` accepts, once:
+
+    None            PriorProposal      q = pi0 (bootstrap)
+    CausalLM        LMProposal         q = another model with the prior's tokenizer
+    ExactPosterior  ExactProposal      q = pi*(x_t | x_<t) from the enumerated tables, all particles at once
+    "twisted"       TwistedProposal    q ∝ pi0(x_t | x_<t) psi_t(x_{1:t}), the locally optimal proposal
+    a Proposal      itself
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
+from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.models.causal_lm import CausalLM
+from bayes_rlhf.samplers._common import check_proposal_lm
+from bayes_rlhf.samplers._live_rows import LiveRows
+from bayes_rlhf.samplers.potentials import Potentials
+from bayes_rlhf.samplers.twists import lookup, posterior_table
+from bayes_rlhf.target import Target
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What a proposal sees at step ``t`` (read only).
+
+    Attributes
+    ----------
+    t : int
+        Tokens drawn so far.
+    live : LongTensor [a]
+        The particles still generating.
+    ids : LongTensor [n, T]
+        Every particle's tokens (columns < t are drawn).
+    prior_logp : Tensor [a, V]
+        float64 log pi0(. | x_<t) of the live particles, on the prior's device.
+    rows : LiveRows
+        The model states (the ``lm`` proposal's next-token log-probs: ``rows.logp(live, proposal=True)``).
+    prompts : list of str
+        The prompt of each of the n particles.
+    potentials : Potentials
+        log psi of particle states (``of_candidates`` for every next token).
+    """
+
+    t: int
+    live: torch.Tensor
+    ids: torch.Tensor
+    prior_logp: torch.Tensor
+    rows: LiveRows
+    prompts: list
+    potentials: Potentials
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """A proposal's answer for the live particles.
+
+    ``log_q`` [a, V] float64 on the prior's device. ``log_psi``, ``rewards`` [a, V] (CPU float64):
+    the potential and reward of every candidate token, from a lookahead proposal (None otherwise).
+    ``extra``: the proposal's own, handed back to its ``advance``.
+    """
+
+    log_q: torch.Tensor
+    log_psi: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    extra: object = None
+
+
+@runtime_checkable
+class Proposal(Protocol):
+    """The method set of an SMC proposal (see the module docstring)."""
+
+    lm: CausalLM | None
+    lookahead: bool
+
+    def start(self, num_particles: int) -> object:
+        """The per-particle state of n = P * N fresh particles (None if the proposal keeps none)."""
+
+    def log_probs(self, state, view: StepView) -> Proposed:
+        """log q(. | x_<t) of the live particles ``view.live``."""
+
+    def advance(self, state, view: StepView, tokens: torch.Tensor, proposed: Proposed) -> object:
+        """The state after the live particles drew ``tokens`` [a]."""
+
+    def reindex(self, state, idx: torch.Tensor) -> object:
+        """The state after resampling: particle j takes particle ``idx[j]``'s state."""
+
+
+class _Stateless:
+    """Base of proposals that keep no per-particle state."""
+
+    lm: CausalLM | None = None
+    lookahead = False
+
+    def start(self, num_particles: int) -> None:
+        return None
+
+    def advance(self, state, view: StepView, tokens: torch.Tensor, proposed: Proposed) -> None:
+        return None
+
+    def reindex(self, state, idx: torch.Tensor) -> None:
+        return None
+
+
+class PriorProposal(_Stateless):
+    """q = pi0: bootstrap SMC (the increment log pi0 - log q is 0)."""
+
+    def log_probs(self, state, view: StepView) -> Proposed:
+        return Proposed(view.prior_logp)
+
+
+class LMProposal(_Stateless):
+    """q = a CausalLM sharing the prior's tokenizer, stepped beside the prior on the same rows."""
+
+    def __init__(self, lm: CausalLM):
+        self.lm = lm
+
+    def log_probs(self, state, view: StepView) -> Proposed:
+        return Proposed(view.rows.logp(view.live, proposal=True).double())
+
+
+class TwistedProposal(_Stateless):
+    """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v) over the prior's support (the twist's, or the reward where v ends).
+
+    The incremental weight is then sum_v pi0(v | x_<t) psi_t(x_<t, v) / psi_{t-1}(x_<t), whatever
+    token is drawn. Evaluates the potential of every supported token: use a top_k prior on large
+    vocabularies.
+    """
+
+    lookahead = True
+
+    def log_probs(self, state, view: StepView) -> Proposed:
+        logp0 = view.prior_logp.cpu()
+        prompts = [view.prompts[i] for i in view.live.tolist()]
+        cand_psi, cand_r = view.potentials.of_candidates(prompts, view.ids[view.live, : view.t], logp0)
+        joint = logp0 + cand_psi
+        norm = torch.logsumexp(joint, -1, keepdim=True)
+        logq = torch.where(torch.isfinite(norm), joint - norm, logp0)  # no mass: weight -inf anyway
+        return Proposed(logq.to(view.prior_logp.device), cand_psi, cand_r)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """``ExactProposal``'s per-particle state: rows [lo, hi) of its prompt's sorted table that extend its prefix."""
+
+    lo: torch.Tensor     # LongTensor [n]
+    hi: torch.Tensor     # LongTensor [n]
+    table: torch.Tensor  # LongTensor [n], which prompt's table
+
+
+class ExactProposal:
+    """q(x_t | x_<t) = pi*(x_t | x_<t) from exact posteriors (one per prompt), all live particles at once.
+
+    The completions extending a prefix are one block of the sorted table, and within it those
+    extending prefix + v are one sub-block: a particle's state is its block, and one pass over the
+    distinct blocks of a step (at most the whole table) gives every live particle's next-token
+    posterior and the sub-block of each token.
+    """
+
+    lm = None
+    lookahead = False
+
+    def __init__(self, posteriors, target: Target, prompts: Sequence[str]):
+        table = posterior_table(posteriors)
+        self.tables = [lookup(table, p, "proposal") for p in prompts]
+        for post in self.tables:
+            if not post.lm.same_tokenizer(target.prior):
+                raise TokenizerMismatchError("the proposal posterior's tokenizer differs from the prior's")
+            if post.completion_ids.shape[1] != target.max_new_tokens:
+                raise ConfigError(f"the proposal posterior has max_new_tokens={post.completion_ids.shape[1]}, "
+                                  f"the target {target.max_new_tokens}; enumerate it from the same target")
+        self.vocab_size = target.prior.vocab_size
+
+    def start(self, num_particles: int) -> Blocks:
+        sizes = torch.tensor([post.num_completions for post in self.tables])
+        hi = sizes.repeat_interleave(num_particles)
+        return Blocks(torch.zeros_like(hi), hi, torch.arange(len(self.tables)).repeat_interleave(num_particles))
+
+    def log_probs(self, state: Blocks, view: StepView) -> Proposed:
+        a, V = view.live.numel(), self.vocab_size
+        logq = torch.full((a, V), -math.inf, dtype=torch.float64)
+        child = torch.zeros((2, a, V), dtype=torch.long)
+        tables = state.table[view.live]
+        for p in torch.unique(tables).tolist():
+            sel = torch.nonzero(tables == p).squeeze(-1)
+            parts = view.live[sel]
+            logq[sel], child[:, sel] = _next_tokens(self.tables[p], state.lo[parts], state.hi[parts], view.t, V)
+        return Proposed(logq.to(view.prior_logp.device), extra=child)
+
+    def advance(self, state: Blocks, view: StepView, tokens: torch.Tensor, proposed: Proposed) -> Blocks:
+        child, rows = proposed.extra, torch.arange(tokens.numel())
+        lo, hi = state.lo.clone(), state.hi.clone()
+        lo[view.live], hi[view.live] = child[0, rows, tokens], child[1, rows, tokens]
+        return Blocks(lo, hi, state.table)
+
+    def reindex(self, state: Blocks, idx: torch.Tensor) -> Blocks:
+        return Blocks(state.lo[idx], state.hi[idx], state.table[idx])
+
+
+def _next_tokens(post: ExactPosterior, lo: torch.Tensor, hi: torch.Tensor, t: int,
+                 V: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi*(. | prefix) as log-probs [k, V] for k blocks [lo, hi) of prefixes of length t, and the
+    sub-block [lo, hi) of each next token, LongTensor [2, k, V] (0, 0 where the token has no row)."""
+    ulo, inv = torch.unique(lo, return_inverse=True)        # blocks at one depth are disjoint: lo names one
+    uhi = torch.zeros_like(ulo).scatter_(0, inv, hi)
+    sizes = uhi - ulo
+    seg = torch.repeat_interleave(torch.arange(ulo.numel()), sizes)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    pos = torch.arange(int(sizes.sum())) + (ulo - offsets)[seg]   # every table row of every block
+    lp, key = post.log_probs[pos], seg * V + post.completion_ids[pos, t]
+    m = torch.full((ulo.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(0, seg, lp, "amax")
+    mass = torch.zeros(ulo.numel() * V, dtype=torch.float64).index_add_(0, key, (lp - m[seg]).exp()).view(-1, V)
+    logq = (mass / mass.sum(-1, keepdim=True)).log()
+    first = torch.zeros(ulo.numel() * V, dtype=torch.long).scatter_reduce(0, key, pos, "amin", include_self=False)
+    last = torch.zeros(ulo.numel() * V, dtype=torch.long).scatter_reduce(0, key, pos + 1, "amax", include_self=False)
+    return logq[inv], torch.stack([first.view(-1, V), last.view(-1, V)])[:, inv]
+
+
+def as_proposal(proposal, target: Target, prompts: Sequence[str]) -> Proposal:
+    """The Proposal for ``smc(proposal=...)``: None, "twisted", a CausalLM, ExactPosterior(s) or a Proposal."""
+    if proposal is None or proposal is target.prior:
+        return PriorProposal()
+    if isinstance(proposal, str):
+        if proposal != "twisted":
+            raise ConfigError(f"proposal {proposal!r} is not known; give None, 'twisted', a CausalLM, "
+                              "ExactPosterior(s) or a Proposal")
+        return TwistedProposal()
+    if isinstance(proposal, (ExactPosterior, list, tuple, dict)):
+        return ExactProposal(proposal, target, prompts)
+    if isinstance(proposal, CausalLM):
+        return LMProposal(check_proposal_lm(target, proposal))
+    if isinstance(proposal, Proposal):
+        return proposal
+    raise ConfigError(f"proposal must be None, 'twisted', a CausalLM sharing the prior's tokenizer, "
+                      f"ExactPosterior(s) or a Proposal (start, log_probs, advance, reindex, lm, lookahead); "
+                      f"got {type(proposal).__name__}")
