@@ -31,18 +31,17 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bayes_rlhf.diagnostics.exact import compare
+from bayes_rlhf.diagnostics.exact import compare, position_kl
 from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, policy_point, posterior_frontier,
                                              sampler_point)
-from bayes_rlhf.diagnostics.run_dir import Run, RunDirError, load_run, save_run
-from bayes_rlhf.diagnostics.sampled import position_kl
+from bayes_rlhf.diagnostics.run_dir import Run, load_run
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.io import umask_permissions
 from bayes_rlhf.plots import (TokenLabels, plot_frontier, plot_log_z, plot_reward_histograms, plot_token_distributions,
                               plot_training_panels, plot_weight_diagnostics)
 from bayes_rlhf.report_html import CSS, Figures, control_section, listing, table, vertical
 
-__all__ = ["write_report", "save_run", "load_run", "RunDirError", "Run"]
+__all__ = ["write_report"]
 
 DEFAULT_BEST_OF_N = (1, 4, 16, 64)
 

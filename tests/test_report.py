@@ -24,7 +24,8 @@ from bayes_rlhf.commands import report as report_cmd
 from bayes_rlhf.diagnostics.weights import EmptySamplesError
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.models.toy import tiny_lm
-from bayes_rlhf.report import RunDirError, load_run, save_run, write_report
+from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
+from bayes_rlhf.report import write_report
 
 
 def _policy_table(post):

@@ -36,8 +36,9 @@ def run(args) -> int:
     from bayes_rlhf._checks import check_int
     from bayes_rlhf.commands._common import claim, format_posterior, write_top_completions
     from bayes_rlhf.demo import DEFAULT_MODEL, DEFAULT_PROMPTS, DEFAULT_REWARD, demo_target
+    from bayes_rlhf.diagnostics.run_dir import save_run
     from bayes_rlhf.exact.solve import exact_posterior
-    from bayes_rlhf.report import save_run, write_report
+    from bayes_rlhf.report import write_report
 
     check_int(args.particles, "--particles", 1)
     check_int(args.train_steps, "--train-steps", 0)
@@ -77,8 +78,7 @@ def _sample_and_train(target, posteriors, args):
     """
     import torch
 
-    from bayes_rlhf.diagnostics.exact import compare
-    from bayes_rlhf.diagnostics.run_dir import table_log_probs
+    from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
     from bayes_rlhf.samplers import importance_sample, smc
     from bayes_rlhf.variational import TrainerConfig, train_policy
 
@@ -94,7 +94,7 @@ def _sample_and_train(target, posteriors, args):
         return samples, None, None, None
     config = TrainerConfig(steps=args.train_steps, seed=args.seed)
     policy, history = train_policy(target, prompts, config, evaluator=posteriors)
-    log_q = [table_log_probs(policy, post) for post in posteriors]  # exact log q on each table, once
+    log_q = [policy_log_probs(policy, post) for post in posteriors]  # exact log q on each table, once
     print(f"\nRLOO policy after {args.train_steps} steps: exact KL(q || pi*) per prompt (prior's in brackets)")
     for post, lq in zip(posteriors, log_q):
         print(f"  {post.prompt!r:18s} {compare(lq, post).kl_q_posterior:.4f}   "

@@ -56,8 +56,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def evaluate(args):
     """Load, check and compare; returns (posteriors, {label: [log q per posterior]}, comparisons)."""
     from bayes_rlhf.commands._common import load_target, prompts_of
-    from bayes_rlhf.diagnostics.exact import compare
-    from bayes_rlhf.diagnostics.run_dir import table_log_probs
+    from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
     from bayes_rlhf.errors import TokenizerMismatchError
     from bayes_rlhf.exact import exact_posterior
     from bayes_rlhf.models import load_model
@@ -76,8 +75,8 @@ def evaluate(args):
     posteriors, tables, comparisons = [], [], []
     for prompt in prompts:
         post = exact_posterior(target, prompt)
-        lq = table_log_probs(policy, post)
-        plain_outside = lq if policy is plain else table_log_probs(plain, post)
+        lq = policy_log_probs(policy, post)
+        plain_outside = lq if policy is plain else policy_log_probs(plain, post)
         posteriors.append(post)
         tables.append(lq)
         comparisons.append(compare(lq, post).as_dict() | {"plain_q_outside": compare(plain_outside, post).q_outside})
@@ -118,7 +117,8 @@ def run(args) -> int:
     for post, d in zip(posteriors, comparisons):
         print(repr(post.prompt) + "\t" + "\t".join(f"{d[f]:.6g}" for f in FIELDS))
     if folder is not None:
-        from bayes_rlhf.report import save_run, write_report
+        from bayes_rlhf.diagnostics.run_dir import save_run
+        from bayes_rlhf.report import write_report
 
         with folder.writing() as d:
             save_run(d, posteriors, policies=policies,

@@ -95,7 +95,7 @@ def run(args) -> int:
     from bayes_rlhf.control import control_summary
     from bayes_rlhf.exact.enumerate import DEFAULT_MAX_COMPLETIONS
     from bayes_rlhf.exact.solve import exact_posterior
-    from bayes_rlhf.report import save_run
+    from bayes_rlhf.diagnostics.run_dir import save_run
 
     prompts = prompts_of(args)
     moments = parse_moments(args.moment)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 EPILOG = """example:
   bayes-rlhf demo --out runs/demo && bayes-rlhf report runs/demo
-The run directory is what bayes_rlhf.report.save_run writes (summary.json, posterior tables,
+The run directory is what bayes_rlhf.save_run writes (summary.json, posterior tables,
 inference_data.nc): the --out folder of demo, exact and evaluate. For a train folder
 (with [evaluate] exact = true) the report goes to RUN_DIR/exact/. Figures go to
 figures/ beside report.html (PDF and PNG)."""

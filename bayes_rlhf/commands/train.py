@@ -182,7 +182,7 @@ def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> di
     (its paths name the final folder, not the staging one of an --overwrite)."""
     from bayes_rlhf.exact.solve import exact_posterior
     from bayes_rlhf.io import write_json
-    from bayes_rlhf.report import save_run
+    from bayes_rlhf.diagnostics.run_dir import save_run
     from bayes_rlhf.variational import train_policy
     from bayes_rlhf.variational.evaluation import evaluate
 

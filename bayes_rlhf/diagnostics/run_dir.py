@@ -76,14 +76,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-table_log_probs = policy_log_probs  # the name the report and commands use
-
-
 def _policy_tables(policies, posteriors) -> dict[str, list[torch.Tensor]]:
     out = {}
     for label, pol in (policies or {}).items():
         if isinstance(pol, CausalLM):
-            out[label] = [table_log_probs(pol, p) for p in posteriors]
+            out[label] = [policy_log_probs(pol, p) for p in posteriors]
             continue
         tables = [torch.as_tensor(t).double().cpu() for t in pol]
         if len(tables) != len(posteriors) or any(t.shape != p.rewards.shape for t, p in zip(tables, posteriors)):

@@ -10,10 +10,8 @@ Inputs are plain tensors, so any sampler's output works. With ``lw = log pi0 + r
 
 Standard errors come from the delta method: an estimator g(mean_w f) has influence
 ``phi_i`` and variance ``sum_i wbar_i^2 phi_i^2`` under self-normalised weights wbar
-(``var(phi) / n`` for plain draws). Per-token KL along posterior completions is exact:
-``KL(pi*(. | x_<t) || q(. | x_<t))`` from ``ExactPosterior.token_posterior`` and the policy's
-next-token distribution (``lm.start`` / ``lm.step``); its pi*-expectation summed over t is
-KL(pi* || q).
+(``var(phi) / n`` for plain draws). The exact per-token KLs (``token_kl``, ``position_kl``) are
+in ``diagnostics.exact``.
 """
 
 from __future__ import annotations
@@ -22,12 +20,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, _as_log_weights
-from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
+from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.estimate import Estimate
-from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.logweights import log_mean_exp
 
 
@@ -174,117 +170,3 @@ def forward_kl(log_q, prior_log_probs, rewards, beta: float, log_weights=None,
     lz = Estimate(-log_mean_inv, _snis_stderr(wbar, ratio - 1.0), n)
     kl = Estimate(eubo_v - lz.value, _snis_stderr(wbar, (lw - eubo_v) + (ratio - 1.0)), n)
     return ForwardKL(eubo, lz, kl)
-
-
-def _policy_next_token_log_probs(policy, prompt: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log q(. | x_<t) [n, T, V] along each completion (rows after the end are unused)."""
-    n, T = ids.shape
-    state, logp = policy.start(prompt, n)
-    out = [logp.double().cpu()]
-    for t in range(T - 1):
-        if not bool(mask[:, t + 1].any()):
-            break
-        tok = torch.where(mask[:, t], ids[:, t], torch.full_like(ids[:, t], policy.pad_id))
-        state, logp = policy.step(state, tok)
-        out.append(logp.double().cpu())
-    while len(out) < T:
-        out.append(torch.zeros_like(out[0]))
-    return torch.stack(out, 1)
-
-
-def token_kl(policy, posterior: ExactPosterior, ids: torch.Tensor, mask: torch.Tensor,
-             direction: str = "forward", progress: bool = False) -> torch.Tensor:
-    """Exact per-token KL between pi* and a policy along completions, Tensor [n, T] (nats).
-
-    Entry (i, t) is ``KL(pi*(. | x_i,<t) || q(. | x_i,<t))`` for ``direction="forward"``, or
-    ``KL(q || pi*)`` at that prefix for ``"reverse"``; 0 where ``mask`` is False. Along exact
-    posterior draws, ``E_pi*[sum_t forward[:, t]] = KL(pi* || q)``.
-
-    Parameters
-    ----------
-    policy : CausalLM
-        Shares the posterior's tokenizer.
-    ids, mask : LongTensor [n, T], BoolTensor [n, T]
-        Completions in the posterior's support (T equal to the posterior's max_new_tokens).
-    direction : {"forward", "reverse"}
-    progress : bool
-        Show a progress bar over the rows.
-    """
-    if direction not in ("forward", "reverse"):
-        raise ConfigError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-    if not policy.vocabulary.same_as(posterior.vocabulary):
-        raise TokenizerMismatchError("the policy's tokenizer differs from the prior's; per-token KL "
-                                     "needs the same vocabulary and EOS")
-    if ids.numel() == 0:
-        raise EmptySamplesError("no completions given: pass at least one row of ids")
-    T = posterior.completion_ids.shape[1]
-    if ids.shape != mask.shape or ids.shape[1] != T:
-        raise ConfigError(f"ids and mask must both be [n, {T}] (the posterior's max_new_tokens), "
-                          f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
-    log_q = _policy_next_token_log_probs(policy, posterior.prompt, ids, mask)
-    out = torch.zeros(ids.shape, dtype=torch.float64)
-    cache: dict[tuple[int, ...], torch.Tensor] = {}
-    rows = ids.tolist()
-    for i in tqdm(range(ids.shape[0]), desc="token KL", disable=not progress):
-        for t in range(int(mask[i].sum())):
-            prefix = tuple(rows[i][:t])
-            if prefix not in cache:
-                cache[prefix] = posterior.token_posterior(prefix, log=True)
-            out[i, t] = _kl(cache[prefix], log_q[i, t], direction)
-    return out
-
-
-def _kl(log_p: torch.Tensor, log_q: torch.Tensor, direction: str) -> float:
-    a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)
-    pa = a.exp()
-    pos = pa > 0
-    if bool((b[pos] == -math.inf).any()):
-        return math.inf
-    return float((pa[pos] * (a[pos] - b[pos])).sum())
-
-
-def position_kl(log_q: torch.Tensor, posterior: ExactPosterior, direction: str = "forward") -> torch.Tensor:
-    """Exact expected per-token KL at each position, from log q over the table, Tensor [T] (nats).
-
-    ``out[t] = E_{x_<t ~ p}[KL(p(. | x_<t) || r(. | x_<t))]`` with (p, r) = (pi*, q) for
-    ``"forward"`` and (q, pi*) for ``"reverse"``; ``out.sum()`` is KL(pi* || q) or KL(q || pi*)
-    (the chain rule). Conditionals come from the tables, so no model call is needed.
-    """
-    if direction not in ("forward", "reverse"):
-        raise ConfigError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-    lq = torch.as_tensor(log_q).double().reshape(-1)
-    if lq.numel() != posterior.num_completions:
-        raise ConfigError(f"log_q has {lq.numel()} entries for a table of {posterior.num_completions}")
-    lp = posterior.log_probs
-    if direction == "reverse":
-        lp, lq = lq, lp
-    ids = torch.where(posterior.mask, posterior.completion_ids, -1)
-    out = torch.zeros(ids.shape[1], dtype=torch.float64)
-    for t in range(ids.shape[1]):
-        alive = posterior.mask[:, t]
-        if not bool(alive.any()):
-            break
-        # the table is sorted, so rows sharing a prefix are contiguous: group ids by run starts
-        child, parent = _runs(ids[alive, : t + 1]), _runs(ids[alive, :t])
-        p_child = torch.zeros(int(child[-1]) + 1, dtype=torch.float64).index_add_(0, child, lp[alive].exp())
-        q_child = torch.zeros_like(p_child).index_add_(0, child, lq[alive].exp())
-        par_of_child = torch.zeros(p_child.numel(), dtype=torch.long).index_copy_(0, child, parent)
-        p_par = torch.zeros(int(parent[-1]) + 1, dtype=torch.float64).index_add_(0, par_of_child, p_child)
-        q_par = torch.zeros_like(p_par).index_add_(0, par_of_child, q_child)
-        pos = p_child > 0
-        if bool((q_child[pos] == 0).any()):
-            out[t] = math.inf
-            continue
-        cond_p = p_child[pos] / p_par[par_of_child[pos]]
-        cond_q = q_child[pos] / q_par[par_of_child[pos]]
-        out[t] = float((p_child[pos] * (cond_p.log() - cond_q.log())).sum())
-    return out
-
-
-def _runs(rows: torch.Tensor) -> torch.Tensor:
-    """Group index [m] of each row of a sorted [m, c] tensor: consecutive equal rows share one."""
-    if rows.shape[1] == 0:
-        return torch.zeros(rows.shape[0], dtype=torch.long)
-    starts = torch.ones(rows.shape[0], dtype=torch.long)
-    starts[1:] = (rows[1:] != rows[:-1]).any(1).long()
-    return starts.cumsum(0) - 1

@@ -2,9 +2,10 @@
 
 from bayes_rlhf.plots.distributions import (TokenLabels, plot_reward_histograms, plot_token_distributions,
                                             token_label, visible_text)
-from bayes_rlhf.plots.divergence import plot_log_z, plot_training, plot_training_panels, plot_weight_diagnostics
 from bayes_rlhf.plots.frontier import plot_frontier
+from bayes_rlhf.plots.samplers import plot_log_z, plot_weight_diagnostics
 from bayes_rlhf.plots.style import PAPER_RC, colour_for, new_figure, save_figure
+from bayes_rlhf.plots.training import plot_training, plot_training_panels
 
 __all__ = ["plot_frontier", "plot_log_z", "plot_training", "plot_training_panels", "plot_weight_diagnostics",
            "plot_token_distributions", "plot_reward_histograms", "token_label", "TokenLabels", "visible_text",

@@ -16,8 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from bayes_rlhf.errors import ConfigError
-from bayes_rlhf.plots.divergence import _arr
-from bayes_rlhf.plots.style import colour_for, is_role, new_figure, paper_style
+from bayes_rlhf.plots.style import _arr, colour_for, is_role, new_figure, paper_style
 
 _VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
 _SPACE_MARKS = ("▁", "Ġ")  # SentencePiece and byte-level BPE word-initial markers

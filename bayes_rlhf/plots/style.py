@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -88,3 +89,10 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike) -> tuple[Path, Path]:
             os.replace(tmp, final)
             paths.append(final)
     return paths[0], paths[1]
+
+
+def _arr(x, name: str) -> np.ndarray:
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
+    if a.size == 0:
+        raise ConfigError(f"{name} is empty: nothing to plot")
+    return a

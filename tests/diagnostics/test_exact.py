@@ -1,4 +1,5 @@
-"""compare(policy, posterior): exact KL both ways, TV and the RL objective."""
+"""diagnostics.exact: compare (exact KL both ways, TV, the RL objective), policy_log_probs, and the
+per-token KLs token_kl and position_kl against the chain rule."""
 
 import math
 
@@ -6,6 +7,9 @@ import pytest
 import torch
 
 import bayes_rlhf as br
+from bayes_rlhf.diagnostics.exact import policy_log_probs, position_kl, token_kl
+from bayes_rlhf.diagnostics.weights import EmptySamplesError
+from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.models.toy import tiny_lm
 
 
@@ -69,3 +73,61 @@ def test_float32_rounding_of_the_prior_is_not_a_negative_kl(gpt2_post):
     assert flat.prior_log_probs.dtype == torch.float64
     assert flat.kl_to_prior == 0.0 or 0.0 < flat.kl_to_prior < 1e-12
     assert abs(flat.log_z) < 1e-12
+
+
+# Tolerance of the sampled check below: a mean of iid terms, within Z = 4 standard errors of its
+# expectation except with probability 6e-5 (CLT); the seed is fixed.
+Z = 4.0
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return tiny_lm("gpt2", vocab_size=8, seed=3)
+
+
+def test_token_kl_chain_rule_exact(short_post, policy):
+    # E_pi*[sum_t KL_t(pi* || q)] = KL(pi* || q) and E_q[sum_t KL_t(q || pi*)] = KL(q || pi*)
+    post = short_post
+    lq = policy_log_probs(policy, post)
+    c = br.compare(lq, post)
+    fwd = token_kl(policy, post, post.completion_ids, post.mask, "forward")
+    rev = token_kl(policy, post, post.completion_ids, post.mask, "reverse")
+    assert float((post.probs * fwd.sum(-1)).sum()) == pytest.approx(c.kl_posterior_q, rel=1e-9)
+    assert float((lq.exp() * rev.sum(-1)).sum()) == pytest.approx(c.kl_q_posterior, rel=1e-9)
+    assert bool((fwd[~post.mask] == 0).all()) and bool((fwd >= -1e-12).all())
+
+
+def test_position_kl_from_tables(short_post, policy):
+    post = short_post
+    lq = policy_log_probs(policy, post)
+    c = br.compare(lq, post)
+    fwd = token_kl(policy, post, post.completion_ids, post.mask, "forward")
+    by_pos = position_kl(lq, post)
+    assert torch.allclose(by_pos, (post.probs[:, None] * fwd).sum(0), rtol=1e-9, atol=1e-12)
+    assert float(position_kl(lq, post, "reverse").sum()) == pytest.approx(c.kl_q_posterior, rel=1e-9)
+    assert float(position_kl(post.log_probs, post).sum()) == pytest.approx(0.0, abs=1e-12)
+    point_mass = torch.full_like(lq, -math.inf)
+    point_mass[0] = 0.0  # q misses everything pi* puts elsewhere
+    assert math.isinf(float(position_kl(point_mass, post).sum()))
+    with pytest.raises(ConfigError, match="entries"):
+        position_kl(lq[:5], post)
+
+
+def test_token_kl_along_posterior_samples(short_post, policy):
+    post = short_post
+    exact = br.compare(policy_log_probs(policy, post), post).kl_posterior_q
+    n = 300
+    s = post.sample(n, torch.Generator().manual_seed(4))
+    per_seq = token_kl(policy, post, s.ids, s.mask).sum(-1)
+    se = float(per_seq.std()) / math.sqrt(n)
+    assert abs(float(per_seq.mean()) - exact) < Z * se
+
+
+def test_token_kl_bad_input(short_post, policy):
+    other = tiny_lm("gpt2", vocab_size=10, seed=0)
+    with pytest.raises(TokenizerMismatchError):
+        token_kl(other, short_post, short_post.completion_ids[:2], short_post.mask[:2])
+    with pytest.raises(EmptySamplesError):
+        token_kl(policy, short_post, short_post.completion_ids[:0], short_post.mask[:0])
+    with pytest.raises(ConfigError, match="direction"):
+        token_kl(policy, short_post, short_post.completion_ids[:1], short_post.mask[:1], "both")

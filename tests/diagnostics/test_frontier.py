@@ -86,3 +86,10 @@ def test_bad_input(gpt2_post):
     with pytest.raises(ConfigError, match="not completions"):
         empirical_log_probs(gpt2_post, bad, bad_mask)
     assert br.compare(gpt2_post.log_probs, gpt2_post).kl_q_posterior == pytest.approx(0.0, abs=1e-12)
+
+
+def test_retilt_matches_a_fresh_enumeration(gpt2_lm, reward, short_post):
+    fresh = br.exact_posterior(br.Target(gpt2_lm, reward, 2.0, 3), "w1 w2")
+    re = retilt(short_post, 2.0)
+    assert re.log_z == pytest.approx(fresh.log_z, abs=1e-10)
+    assert torch.allclose(re.log_probs, fresh.log_probs, atol=1e-10)

@@ -10,7 +10,7 @@ import torch
 import bayes_rlhf as br
 from bayes_rlhf.diagnostics.frontier import table_rows
 from bayes_rlhf.diagnostics.inference_data import load_inference_data, save_inference_data, to_inference_data
-from bayes_rlhf.diagnostics.run_dir import table_log_probs
+from bayes_rlhf.diagnostics.exact import policy_log_probs
 from bayes_rlhf.diagnostics.sampled import forward_kl, reverse_kl
 from bayes_rlhf.models.toy import tiny_lm
 
@@ -20,7 +20,7 @@ samplers = pytest.importorskip("bayes_rlhf.samplers")
 @pytest.fixture(scope="module")
 def policy_and_table(gpt2_post):
     policy = tiny_lm("gpt2", vocab_size=8, seed=3)
-    return policy, table_log_probs(policy, gpt2_post)
+    return policy, policy_log_probs(policy, gpt2_post)
 
 
 def test_forward_kl_from_smc_runs(gpt2_target, gpt2_post, policy_and_table):

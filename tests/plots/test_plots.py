@@ -252,7 +252,8 @@ def test_legend_checks_catch_column_names():
 
 @pytest.mark.slow
 def test_report_figures_for_a_subword_vocabulary(bpe, tmp_path):
-    from bayes_rlhf.report import save_run, write_report
+    from bayes_rlhf.diagnostics.run_dir import save_run
+    from bayes_rlhf.report import write_report
 
     tok = bpe.tokenizer
     cake = word_id(tok, " cake")
