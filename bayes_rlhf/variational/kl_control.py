@@ -34,7 +34,7 @@ import math
 
 from bayes_rlhf.diagnostics.frontier import retilt
 from bayes_rlhf.errors import ConfigError
-from bayes_rlhf.variational.divergence import TrainingDivergedError
+from bayes_rlhf.variational.guards import TrainingDivergedError
 
 #: the controller's clip of the relative KL error (Ziegler et al.)
 ERROR_CLIP = 0.2

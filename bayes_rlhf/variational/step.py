@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from bayes_rlhf.variational import rollout as ro
-from bayes_rlhf.variational.divergence import TrainingDivergedError, check_finite
+from bayes_rlhf.variational.guards import TrainingDivergedError, check_finite
 from bayes_rlhf.variational.state import RunState
 
 

@@ -35,7 +35,7 @@ from bayes_rlhf.target import Target
 from bayes_rlhf.variational import checkpoint as ckpt
 from bayes_rlhf.variational.config import TrainerConfig
 from bayes_rlhf.variational.distributed import make_backend, require_accelerate
-from bayes_rlhf.variational.divergence import TrainingDivergedError  # noqa: F401 (raised by the step)
+from bayes_rlhf.variational.guards import TrainingDivergedError  # noqa: F401 (raised by the step)
 from bayes_rlhf.variational.evaluation import as_posteriors, evaluate
 from bayes_rlhf.variational.history import TrainingHistory
 from bayes_rlhf.variational.kl_control import at_beta, make_kl_control
