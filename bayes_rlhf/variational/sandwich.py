@@ -9,11 +9,13 @@ The ELBO comes from fresh policy draws at each evaluation; the EUBO from a fixed
 posterior draws (exact, rejection, or weighted SMC / importance samples) given once, since pi*
 does not change during training. log Z is the importance estimate from the policy draws.
 Evaluation uses its own generator, so attaching it does not change the training run.
+``SandwichEvaluator`` is an ``Evaluator`` (``evaluation.py``): check, prepare, evaluate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -41,6 +43,8 @@ class SandwichEvaluator:
     num_policy_samples: int = 256
     seed: int = 0
     _gen: torch.Generator = field(init=False, repr=False)
+    #: the posterior samples are of pi* at the target's beta: an adaptive KL controller is refused
+    follows_beta: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.posterior_samples, dict) or not self.posterior_samples:
@@ -54,6 +58,17 @@ class SandwichEvaluator:
             raise ConfigError(f"SandwichEvaluator.num_policy_samples must be an integer >= 2, "
                               f"got {self.num_policy_samples!r}")
         self._gen = torch.Generator().manual_seed(self.seed)
+
+    def check(self, prompts) -> None:
+        """ConfigError if some posterior samples are for a prompt that is not trained on."""
+        unknown = sorted(set(self.posterior_samples) - set(prompts))
+        if unknown:
+            raise ConfigError(f"the evaluator has posterior samples for {unknown}, which are not training prompts")
+
+    def prepare(self, target, prompts) -> dict:
+        """Nothing to prepare (the samples are given); no exact posteriors to share: {}."""
+        self.check(prompts)
+        return {}
 
     def evaluate(self, policy, target) -> dict:
         """Averages over prompts of elbo, eubo (with standard errors elbo_se, eubo_se),

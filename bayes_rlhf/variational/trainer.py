@@ -36,10 +36,9 @@ from bayes_rlhf.variational import checkpoint as ckpt
 from bayes_rlhf.variational.config import TrainerConfig
 from bayes_rlhf.variational.distributed import make_backend, require_accelerate
 from bayes_rlhf.variational.guards import TrainingDivergedError  # noqa: F401 (raised by the step)
-from bayes_rlhf.variational.evaluation import as_posteriors, evaluate
+from bayes_rlhf.variational.evaluation import Evaluator, as_evaluator
 from bayes_rlhf.variational.history import TrainingHistory
-from bayes_rlhf.variational.kl_control import at_beta, make_kl_control
-from bayes_rlhf.variational.sandwich import SandwichEvaluator
+from bayes_rlhf.variational.kl_control import make_kl_control
 from bayes_rlhf.variational.sources import POLICY, check_source, make_draw
 from bayes_rlhf.variational.state import RunState
 from bayes_rlhf.variational.step import Draws, train_step
@@ -65,7 +64,7 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
         The prompts the policy is amortised over (each step uses all, or ``prompts_per_step``).
     config : TrainerConfig, optional
         Defaults to ``TrainerConfig()``.
-    evaluator : None, True, ExactPosterior, list or dict of them, or SandwichEvaluator
+    evaluator : None, True, ExactPosterior, list or dict of them, SandwichEvaluator, or an Evaluator
         Exact posteriors of (some of) the prompts; their KL(q || pi*) and KL(pi* || q) are logged
         every ``eval_every`` steps. True enumerates every prompt's posterior first. For models
         too large to enumerate, a ``SandwichEvaluator`` logs the ELBO, EUBO and sampled KLs.
@@ -82,13 +81,14 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     history : TrainingHistory
     """
     config = TrainerConfig() if config is None else config
-    prompts, sandwich = _check_inputs(target, prompts, config, evaluator)
+    prompts, evaluator = _check_inputs(target, prompts, config, evaluator)
     objective = config.bound_objective()
     check_source(objective.source, sampler)
     backend = make_backend(config, target.prior)
-    control = make_kl_control(config, len(prompts), backend.num_processes, sandwich)  # None: beta fixed
+    fixed_beta = evaluator if evaluator is not None and not evaluator.follows_beta else None
+    control = make_kl_control(config, len(prompts), backend.num_processes, fixed_beta)  # None: beta fixed
     target = backend.place(target)
-    posteriors = as_posteriors(None if sandwich else evaluator, target, prompts)
+    posteriors = evaluator.prepare(target, prompts) if evaluator is not None else None
     extra = _target_fingerprint(target, prompts)
     if backend.num_processes > 1:  # each process adds a batch: resume only with as many processes
         extra["processes"] = backend.num_processes
@@ -96,8 +96,7 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     k = config.samples_per_prompt
     draws = Draws(make_draw(objective.source, target, run.policy, k, posteriors, sampler),
                   None if objective.on_policy else make_draw(POLICY, target, run.policy, k))
-    evaluation = (lambda: evaluate(run.policy, at_beta(posteriors, run.target.beta))) if posteriors else \
-        (lambda: sandwich.evaluate(run.policy, target)) if sandwich else None
+    evaluation = (lambda: evaluator.evaluate(run.policy, run.target)) if evaluator is not None else None
     start, rows = _resume(run, config, extra)
     if control is not None:
         control.resume(run, rows)
@@ -133,8 +132,8 @@ def _loop(run: RunState, draws: Draws, history: TrainingHistory, start: int, ext
         history.close()
 
 
-def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], SandwichEvaluator | None]:
-    """Every check on the arguments, before any work: the prompts as a list, and the sandwich evaluator."""
+def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], Evaluator | None]:
+    """Every check on the arguments, before any work: the prompts as a list, and the evaluator as one."""
     if not isinstance(target, Target):
         raise ConfigError(f"target must be a bayes_rlhf.Target, got {type(target).__name__}")
     if not isinstance(config, TrainerConfig):
@@ -145,12 +144,10 @@ def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], Sandwi
     if config.prompts_per_step is not None and config.prompts_per_step > len(prompts):
         raise ConfigError(f"TrainerConfig.prompts_per_step={config.prompts_per_step} is more than the "
                           f"{len(prompts)} prompts; lower it or set it to None")
-    sandwich = evaluator if isinstance(evaluator, SandwichEvaluator) else None
-    if sandwich is not None:
-        unknown = sorted(set(sandwich.posterior_samples) - set(prompts))
-        if unknown:
-            raise ConfigError(f"the evaluator has posterior samples for {unknown}, which are not training prompts")
-    return prompts, sandwich
+    evaluator = as_evaluator(evaluator)
+    if evaluator is not None:
+        evaluator.check(prompts)
+    return prompts, evaluator
 
 
 def _target_fingerprint(target: Target, prompts: list[str]) -> dict:
