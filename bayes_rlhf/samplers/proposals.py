@@ -183,7 +183,7 @@ class ExactProposal:
         table = posterior_table(posteriors)
         self.tables = [lookup(table, p, "proposal") for p in prompts]
         for post in self.tables:
-            if not post.lm.same_tokenizer(target.prior):
+            if not post.vocabulary.same_as(target.prior.vocabulary):
                 raise TokenizerMismatchError("the proposal posterior's tokenizer differs from the prior's")
             if post.completion_ids.shape[1] != target.max_new_tokens:
                 raise ConfigError(f"the proposal posterior has max_new_tokens={post.completion_ids.shape[1]}, "

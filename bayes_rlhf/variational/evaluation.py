@@ -70,7 +70,7 @@ class ExactEvaluator:
             return self.posteriors
         self.check(prompts)
         for p, post in self.table.items():
-            if not target.prior.same_tokenizer(post.lm):
+            if not target.prior.vocabulary.same_as(post.vocabulary):
                 raise TokenizerMismatchError("the evaluator's posterior was built on another tokenizer")
             if post.beta != target.beta or post.completion_ids.shape[1] != target.max_new_tokens:
                 raise ConfigError(f"the evaluator's posterior for {p!r} has beta={post.beta}, "

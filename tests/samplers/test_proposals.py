@@ -99,3 +99,14 @@ def test_a_user_proposal_gives_unbiased_log_z(mild_target, mild_post):
     se = float(z.std() / math.sqrt(R))
     assert se < 0.1 and abs(float(z.mean()) - 1.0) < 3 * se
     assert int(ws.history.num_resampling_steps.sum()) > 0
+
+
+def test_a_posterior_without_its_model_proposes(mild_target, mild_post):
+    # a table read back from a run directory holds only its Vocabulary (lm None): enough to propose
+    import dataclasses
+
+    bare = dataclasses.replace(mild_post, lm=None)
+    assert bare.lm is None
+    a = smc(mild_target, PROMPT, 8, proposal=bare, twist=mild_post, generator=torch.Generator().manual_seed(1))
+    b = smc(mild_target, PROMPT, 8, proposal=mild_post, twist=mild_post, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)

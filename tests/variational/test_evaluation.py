@@ -84,3 +84,12 @@ def test_exact_evaluator_retilts_to_the_steps_beta(small_target, small_posts):
     same = ev.evaluate(policy, small_target)
     assert abs(same["kl_q_posterior"] - sum(br.compare(policy, q).kl_q_posterior
                                             for q in small_posts.values()) / 2) < 1e-12
+
+
+def test_a_posterior_without_its_model_evaluates(small_target, small_posts):
+    # a table read back from a run directory holds only its Vocabulary (lm None): enough to check and evaluate
+    bare = {p: dataclasses.replace(q, lm=None) for p, q in small_posts.items()}
+    ev, ref = as_evaluator(bare), as_evaluator(small_posts)
+    ev.prepare(small_target, list(bare))
+    ref.prepare(small_target, list(small_posts))
+    assert ev.evaluate(small_target.prior, small_target) == ref.evaluate(small_target.prior, small_target)
