@@ -1,9 +1,8 @@
-"""Run directories (save_run / load_run), the HTML report, and the report / evaluate commands."""
+"""The HTML report of a run directory (write_report); the run directory itself is tested in
+tests/diagnostics/test_run_dir.py, the report and evaluate commands in tests/commands/."""
 
 from __future__ import annotations
 
-import argparse
-import base64
 import html
 import json
 import os
@@ -11,139 +10,33 @@ import re
 import shutil
 import stat
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import bayes_rlhf as br
-from bayes_rlhf.commands import evaluate as evaluate_cmd
-from bayes_rlhf.commands import report as report_cmd
-from bayes_rlhf.diagnostics.weights import EmptySamplesError
-from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
-from bayes_rlhf.models.toy import tiny_lm
-from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
+from bayes_rlhf.diagnostics.run_dir import load_run, save_run
 from bayes_rlhf.report import write_report
-
-
-def _policy_table(post):
-    return torch.log_softmax(0.6 * post.prior_log_probs, 0)
-
-
-def _samples(post, n=120):
-    g = torch.Generator().manual_seed(0)
-    rows = torch.multinomial(post.prior_log_probs.exp(), n, replacement=True, generator=g)
-    return SimpleNamespace(ids=post.completion_ids[rows], mask=post.mask[rows], rewards=post.rewards[rows],
-                           log_weights=post.rewards[rows] / post.beta, log_z=torch.tensor([0.3], dtype=torch.float64))
-
-
-HISTORY = [{"step": i, "objective": 0.1 * i, "kl_prior": 0.3 + 0.05 * (-1) ** i,
-            "kl_q_posterior": 1.0 / (i + 1) if i % 2 == 0 else None} for i in range(5)]
+from tests.saved_runs import HISTORY, write_run
+from tests.saved_runs import check_report as _check_report
+from tests.saved_runs import copy_run as _copy
+from tests.saved_runs import samples as _samples
 
 
 @pytest.fixture(scope="module")
 def run_dir(gpt2_post, tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    save_run(d, [gpt2_post], policies={"tempered": [_policy_table(gpt2_post)]}, histories={"train": HISTORY},
-             samples={"importance": _samples(gpt2_post)}, extra={"seed": 0})
-    return d
+    return write_run(tmp_path_factory.mktemp("run"), gpt2_post)
 
 
-def test_save_and_load_round_trip(run_dir, gpt2_post):
+def test_saved_samples_are_a_frontier_point(run_dir, gpt2_post):
+    # the saved importance draws become a point of the report's frontier (self-normalised E[r])
     run = load_run(run_dir)
     (post,) = run.posteriors
-    assert torch.equal(post.completion_ids, gpt2_post.completion_ids)
-    assert post.log_z == pytest.approx(gpt2_post.log_z, abs=1e-12) and post.prompt == gpt2_post.prompt
-    assert post.completions[:20] == gpt2_post.completions[:20]  # decoded by the saved tokenizer
-    assert torch.equal(post.token_posterior([3]), gpt2_post.token_posterior([3]))
-    assert torch.equal(run.policies["tempered"][0], _policy_table(gpt2_post))
-    assert run.histories["train"] == HISTORY
-    assert torch.equal(run.samples["importance"]["log_weights"], _samples(gpt2_post).log_weights)
-    assert run.summary["samples"]["importance"]["log_z"] == [0.3]
-    assert run.summary["extra"] == {"seed": 0}
-    assert set(run.summary["files"]) >= {"posterior_0.safetensors", "inference_data.nc", "history_train.json"}
-    assert run.inference_data_path.is_file()
-    # the saved importance draws become a point of the report's frontier (self-normalised E[r])
     from bayes_rlhf.report import _sampler_points
 
     (pt,) = _sampler_points(run, post, 0)
     s = _samples(gpt2_post)
     assert pt.reward == pytest.approx(float((torch.softmax(s.log_weights, 0) * s.rewards).sum()), rel=1e-9)
-
-
-def _copy(src, dst):
-    import shutil
-
-    shutil.copytree(src, dst)
-    return dst
-
-
-def test_missing_and_half_written_run_dirs(run_dir, tmp_path):
-    with pytest.raises(RunDirError, match="does not exist"):
-        load_run(tmp_path / "nope")
-    d = _copy(run_dir, tmp_path / "no_summary")
-    (d / "summary.json").unlink()  # writing was interrupted before the summary
-    with pytest.raises(RunDirError, match="no summary.json"):
-        write_report(d)
-    d = _copy(run_dir, tmp_path / "truncated")
-    f = d / "posterior_0.safetensors"
-    f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(RunDirError, match="half-written"):
-        load_run(d)
-    d = _copy(run_dir, tmp_path / "deleted")
-    (d / "inference_data.nc").unlink()
-    with pytest.raises(RunDirError, match="missing"):
-        load_run(d)
-    d = _copy(run_dir, tmp_path / "garbage")
-    (d / "summary.json").write_text("{not json")
-    with pytest.raises(RunDirError, match="not valid JSON"):
-        load_run(d)
-    (d / "summary.json").write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(RunDirError, match="summary"):
-        load_run(d)
-
-
-def test_save_run_bad_input(gpt2_post, tmp_path):
-    with pytest.raises(ConfigError, match="non-empty"):
-        save_run(tmp_path / "a", [])
-    with pytest.raises(ConfigError, match="one log q"):
-        save_run(tmp_path / "b", [gpt2_post], policies={"p": [torch.zeros(3)]})
-    with pytest.raises(EmptySamplesError):
-        save_run(tmp_path / "c", [gpt2_post], samples={"s": SimpleNamespace(log_weights=torch.zeros(0))})
-    with pytest.raises(TokenizerMismatchError):
-        save_run(tmp_path / "d", [gpt2_post], policies={"p": tiny_lm("gpt2", vocab_size=10)})
-    assert not (tmp_path / "d" / "summary.json").exists()
-
-
-class _Refs(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.imgs, self.links, self.tables = [], [], 0
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "img":
-            self.imgs.append(a["src"])
-        elif tag == "a":
-            self.links.append(a["href"])
-        elif tag == "table":
-            self.tables += 1
-
-
-def _check_report(path, min_figures=5):
-    p = _Refs()
-    p.feed(path.read_text(encoding="utf-8"))
-    assert len(p.imgs) >= min_figures and p.tables >= 3
-    for src in p.imgs:
-        if src.startswith("data:image/png;base64,"):
-            assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
-        else:
-            assert (path.parent / src).is_file(), src
-    for href in p.links:
-        assert (path.parent / href).is_file(), href
-    return p
 
 
 @pytest.mark.slow
@@ -156,53 +49,6 @@ def test_report_renders(run_dir, tmp_path):
     names = {f.name for f in (d / "figures").iterdir()}
     assert {"frontier_0.pdf", "frontier_0.png", "weights.pdf", "training_train.png"} <= names
     assert "nats" in (d / "report.html").read_text()
-
-
-def _parser():
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers()
-    evaluate_cmd.register(sub)
-    report_cmd.register(sub)
-    return ap
-
-
-def test_commands_reject_bad_input(tmp_path, default):
-    other = tmp_path / "other"
-    tiny_lm("gpt2", vocab_size=8).save_pretrained(other)
-    args = _parser().parse_args(["evaluate", "--policy", str(other), "--prompt", "the movie was"])
-    with pytest.raises(TokenizerMismatchError, match="another tokenizer"):
-        args.func(args)
-    args = _parser().parse_args(["report", str(tmp_path / "missing")])
-    with pytest.raises(RunDirError):
-        args.func(args)
-    args = _parser().parse_args(["evaluate", "--policy", str(other), "--model", str(other)])
-    with pytest.raises(ConfigError, match="--prompt"):
-        args.func(args)
-
-
-def test_cli_prints_a_clear_error(tmp_path, capsys):
-    cli = pytest.importorskip("bayes_rlhf.cli")
-    assert cli.main(["report", str(tmp_path / "missing")]) == 2
-    err = capsys.readouterr().err
-    assert "does not exist" in err and "Traceback" not in err
-
-
-@pytest.mark.slow
-def test_evaluate_end_to_end(tmp_path, default, capsys):
-    lm, _ = default
-    lm.save_pretrained(tmp_path / "policy")  # the prior itself as the "fine-tuned" policy
-    args = _parser().parse_args(["evaluate", "--policy", str(tmp_path / "policy"), "--prompt", "the movie was",
-                                 "--max-new-tokens", "2", "--out", str(tmp_path / "eval")])
-    assert args.func(args) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("q = the checkpoint as saved")  # which reading of q the table shows
-    header, row = out[1].split("\t"), out[2].split("\t")
-    values = dict(zip(header[1:], map(float, row[1:])))
-    post = br.exact_posterior(br.Target(lm, default[1], 1.0, 2), "the movie was")
-    assert values["kl_q_prior"] == pytest.approx(0.0, abs=1e-6)
-    assert values["optimal_objective"] == pytest.approx(post.optimal_objective, rel=1e-5)
-    assert values["mean_reward"] == pytest.approx(post.prior_mean_reward, abs=1e-5)
-    _check_report(tmp_path / "eval" / "report.html", min_figures=3)  # frontier, rewards, first token
 
 
 @pytest.fixture(scope="module")
