@@ -31,16 +31,15 @@ from bayes_rlhf.variational import TrainerConfig
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
-def run(target, prompt: str, beta0: float, args, post) -> dict:
+def run(target, prompt: str, beta0: float, args, post, seed: int) -> dict:
     """One controlled RLOO run from ``beta0``: beta and the batch KL per step, exact KLs when evaluated."""
     cfg = TrainerConfig(steps=args.steps, samples_per_prompt=args.samples_per_prompt, progress=False,
-                        eval_every=args.eval_every, kl_target=args.kl_target, kl_horizon=args.horizon,
-                        seed=args.seed)
+                        eval_every=args.eval_every, kl_target=args.kl_target, kl_horizon=args.horizon, seed=seed)
     start = dataclasses.replace(target, beta=beta0)
     _, hist = br.train_policy(start, prompt, cfg, evaluator=retilt(post, beta0))
     evals = [{"step": r["step"], "beta": r["beta"], "kl_prior_exact": r["kl_prior_exact"],
               "kl_q_posterior": r["kl_q_posterior"]} for r in hist.evaluated()]
-    return {"beta0": beta0, "beta": hist.column("beta"), "kl_prior_batch": hist.column("kl_prior"),
+    return {"beta0": beta0, "seed": seed, "beta": hist.column("beta"), "kl_prior_batch": hist.column("kl_prior"),
             "evaluations": evals}
 
 
@@ -83,14 +82,15 @@ def main(argv=None) -> int:
     ap.add_argument("--samples-per-prompt", type=int, default=32)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--starts", type=float, nargs="+", default=[2.0, 0.5], help="initial betas")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the first run (the next start gets seed + 1, ...)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     lm, reward = br.default_model()
     target = br.Target(lm, reward, 1.0, args.max_new_tokens)
     beta_star = br.beta_for_kl(target, args.prompt, kl=args.kl_target)
     post = br.exact_posterior(target, args.prompt)
-    runs = [run(target, args.prompt, b0, args, post) for b0 in args.starts]
+    # one seed per start: with a shared seed, two policies that have converged draw the same samples
+    runs = [run(target, args.prompt, b0, args, post, args.seed + i) for i, b0 in enumerate(args.starts)]
     fig = draw(runs, float(beta_star), args.kl_target,
                f"Adaptive KL control (RLOO, kl_horizon = {args.horizon:g}, {args.samples_per_prompt} samples a step) "
                f"on {args.prompt!r}, exact over {post.num_completions:,} completions")

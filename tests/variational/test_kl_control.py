@@ -184,17 +184,19 @@ def test_beta_approaches_beta_for_kl_on_the_default_model(default):
 
     The controller is stationary where E[clip(e_t)] = 0: KL(q || pi0) = kl_target for the current q,
     which is beta_for_kl's answer only once q = pi*_beta; q lags behind pi*_beta_t and KL_t is a
-    32-sample estimate, so beta_t wanders around that beta. Checked, on one fixed seed:
+    32-sample estimate, so beta_t wanders around that beta (within a run its sd over the last 200
+    steps was 0.9% to 2.0% of it). Checked, on one fixed seed:
 
-    - the mean of beta over the last 200 steps within 3% of beta_for_kl(kl=0.5) = 1.0436;
+    - the mean of beta over the last 200 steps within 5% of beta_for_kl(kl=0.5) = 1.0436;
     - the final beta within 6%;
-    - the mean exact KL(q || pi0) over the evaluations of the last 200 steps within 0.05 of 0.5;
+    - the mean exact KL(q || pi0) over the evaluations of the last 200 steps within 0.06 of 0.5;
     - the final policy's exact KL(q || pi*_beta_final) < 0.02.
 
-    Over seeds 0..7 of exactly this run (``/tmp`` calibration, recorded in the module's report):
-    the last-200 mean of beta was off by -0.2% to +1.0% (sd 0.4%, within-run sd of beta 1.2%), the
-    final beta by up to 2.5%, the last-200 mean exact KL(q || pi0) 0.49..0.52 and the final
-    KL(q || pi*_beta_final) 0.004..0.008: each tolerance is 3 or more times the spread seen.
+    Over seeds 0..7 of this run (a calibration outside the suite): the last-200 mean of beta was
+    off by -2.3% to +3.1% (sd 1.7%: beta_t is strongly autocorrelated, so 200 steps hold few
+    independent values), the final beta by -2.2% to +2.5% (sd 1.8%), the last-200 mean exact
+    KL(q || pi0) 0.478 to 0.531 (sd 0.018) and the final KL(q || pi*_beta_final) 0.003 to 0.008.
+    Each tolerance is about 3 sd of that spread (the last, 2.5 times the largest seen).
     """
     lm, reward = default
     s = DEFAULT
@@ -206,10 +208,10 @@ def test_beta_approaches_beta_for_kl_on_the_default_model(default):
     policy, hist = train_policy(target, s["prompt"], cfg, evaluator=post)
     beta = hist.column("beta")
     tail = beta[-200:]
-    assert abs(statistics.mean(tail) / choice - 1) < 0.03
+    assert abs(statistics.mean(tail) / choice - 1) < 0.05
     assert abs(beta[-1] / choice - 1) < 0.06
     kl0 = [r["kl_prior_exact"] for r in hist.evaluated() if r["step"] > s["steps"] - 200]
-    assert abs(statistics.mean(kl0) - s["kl_target"]) < 0.05
+    assert abs(statistics.mean(kl0) - s["kl_target"]) < 0.06
     final = br.compare(policy, retilt(post, beta[-1]))
     assert final.kl_q_posterior < 0.02
     assert final.kl_q_posterior == pytest.approx(hist.last["kl_q_posterior"], rel=1e-9)
