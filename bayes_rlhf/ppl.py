@@ -62,7 +62,7 @@ class CompletionDistribution(pdist.TorchDistribution):
     support = constraints.independent(constraints.nonnegative_integer, 1)
     has_rsample = False
 
-    def __init__(self, lm: CausalLM, prompt: str, max_new_tokens: int, generator: torch.Generator | None = None,
+    def __init__(self, lm: CausalLM, prompt: str, max_new_tokens: int, *, generator: torch.Generator | None = None,
                  differentiable: bool = True, validate_args=None):
         if not isinstance(lm, CausalLM):
             raise ConfigError(f"CompletionDistribution needs a CausalLM, got {type(lm).__name__}")
@@ -89,7 +89,7 @@ class CompletionDistribution(pdist.TorchDistribution):
         return lp.reshape(value.shape[:-1])
 
 
-def posterior_model(target: Target, prompt: str, generator: torch.Generator | None = None) -> Callable:
+def posterior_model(target: Target, prompt: str, *, generator: torch.Generator | None = None) -> Callable:
     """A pyro model of the unnormalised posterior: x ~ pi0(. | prompt), factor r(x) / beta.
 
     Works inside plates and with vectorised particles (x then has leading batch dims).
@@ -99,7 +99,7 @@ def posterior_model(target: Target, prompt: str, generator: torch.Generator | No
     T = target.max_new_tokens
 
     def model():
-        x = pyro.sample("x", CompletionDistribution(target.prior, prompt, T, generator, differentiable=False))
+        x = pyro.sample("x", CompletionDistribution(target.prior, prompt, T, generator=generator, differentiable=False))
         flat = x.reshape(-1, T).long().cpu()
         r = target.rewards(prompt, flat, completion_mask(flat, target.prior.eos_token_id))
         pyro.factor("reward", (r / target.beta).reshape(x.shape[:-1]))
@@ -108,7 +108,7 @@ def posterior_model(target: Target, prompt: str, generator: torch.Generator | No
     return model
 
 
-def policy_guide(target: Target, prompt: str, policy: CausalLM, generator: torch.Generator | None = None,
+def policy_guide(target: Target, prompt: str, policy: CausalLM, *, generator: torch.Generator | None = None,
                  name: str = "policy") -> Callable:
     """A pyro guide sampling x ~ policy(. | prompt); the policy's parameters are registered as ``name``."""
     check_target(target)
@@ -118,12 +118,12 @@ def policy_guide(target: Target, prompt: str, policy: CausalLM, generator: torch
 
     def guide():
         pyro.module(name, policy.model)
-        return pyro.sample("x", CompletionDistribution(policy, prompt, T, generator, differentiable=True))
+        return pyro.sample("x", CompletionDistribution(policy, prompt, T, generator=generator, differentiable=True))
 
     return guide
 
 
-def pyro_importance(target: Target, prompt: str, num_samples: int, guide: Callable | None = None,
+def pyro_importance(target: Target, prompt: str, num_samples: int, *, guide: Callable | None = None,
                     generator: torch.Generator | None = None) -> WeightedSamples:
     """Vectorised importance sampling by pyro (guide None: the prior), as ``WeightedSamples``.
 
@@ -133,7 +133,7 @@ def pyro_importance(target: Target, prompt: str, num_samples: int, guide: Callab
     from pyro.infer.importance import vectorized_importance_weights
 
     check_count(num_samples, "num_samples")
-    model = posterior_model(target, prompt, generator)
+    model = posterior_model(target, prompt, generator=generator)
     guide = guide if guide is not None else _prior_guide(target, prompt, generator)
     with torch.no_grad():
         log_w, model_trace, _ = vectorized_importance_weights(model, guide, num_samples=num_samples,
@@ -151,22 +151,23 @@ def _prior_guide(target: Target, prompt: str, generator) -> Callable:
     T = target.max_new_tokens
 
     def guide():
-        return pyro.sample("x", CompletionDistribution(target.prior, prompt, T, generator, differentiable=False))
+        return pyro.sample("x", CompletionDistribution(target.prior, prompt, T, generator=generator,
+                                                       differentiable=False))
 
     return guide
 
 
-def elbo(target: Target, prompt: str, policy: CausalLM, num_particles: int = 1000,
+def elbo(target: Target, prompt: str, policy: CausalLM, *, num_particles: int = 1000,
          generator: torch.Generator | None = None) -> float:
     """pyro's Trace_ELBO estimate of (E_q[r] - beta KL(q || pi0)) / beta for q = ``policy``."""
     check_count(num_particles, "num_particles")
     loss = pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=0)
     with torch.no_grad():
-        return -float(loss.loss(posterior_model(target, prompt, generator),
-                                policy_guide(target, prompt, policy, generator)))
+        return -float(loss.loss(posterior_model(target, prompt, generator=generator),
+                                policy_guide(target, prompt, policy, generator=generator)))
 
 
-def fit_policy_svi(target: Target, prompt: str, policy: CausalLM, steps: int = 100, lr: float = 1e-3,
+def fit_policy_svi(target: Target, prompt: str, policy: CausalLM, *, steps: int = 100, lr: float = 1e-3,
                    num_particles: int = 64, generator: torch.Generator | None = None) -> list[float]:
     """Fit ``policy`` to pi* with pyro's SVI and Trace_ELBO (score-function gradients).
 
@@ -176,8 +177,8 @@ def fit_policy_svi(target: Target, prompt: str, policy: CausalLM, steps: int = 1
     check_count(num_particles, "num_particles")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"lr must be > 0, got {lr!r}")
-    model = posterior_model(target, prompt, generator)
-    guide = policy_guide(target, prompt, policy, generator)
+    model = posterior_model(target, prompt, generator=generator)
+    guide = policy_guide(target, prompt, policy, generator=generator)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": lr}),
                          pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
                                                max_plate_nesting=0))

@@ -63,8 +63,8 @@ def test_completion_distribution_sample_and_log_prob(gpt2_lm):
 
 def test_trace_log_weight_is_log_density_ratio(target, policy):
     g = torch.Generator().manual_seed(1)
-    model = ppl.posterior_model(target, PROMPT, g)
-    guide = ppl.policy_guide(target, PROMPT, policy, g)
+    model = ppl.posterior_model(target, PROMPT, generator=g)
+    guide = ppl.policy_guide(target, PROMPT, policy, generator=g)
     guide_tr = poutine.trace(guide).get_trace()
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace()
     x = guide_tr.nodes["x"]["value"].reshape(1, 4)
@@ -101,7 +101,7 @@ def test_importance_log_normaliser_agrees(target, post):
 
 def test_pyro_importance_class_runs_with_our_weights(target):
     g = torch.Generator().manual_seed(4)
-    imp = pyro.infer.Importance(ppl.posterior_model(target, PROMPT, g), num_samples=20).run()
+    imp = pyro.infer.Importance(ppl.posterior_model(target, PROMPT, generator=g), num_samples=20).run()
     for tr, lw in zip(imp.exec_traces, imp.log_weights):
         x = tr.nodes["x"]["value"].reshape(1, 4)
         r = target.rewards(PROMPT, x, ppl.completion_mask(x, target.prior.eos_token_id))

@@ -34,7 +34,7 @@ from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
 
-def best_of_n(target: Target, prompt: str | Sequence[str], n: int, num_samples: int = 1,
+def best_of_n(target: Target, prompt: str | Sequence[str], n: int, num_samples: int = 1, *,
               proposal: CausalLM | None = None, generator: torch.Generator | None = None,
               batch_size: int = 1024) -> WeightedSamples:
     """``num_samples`` best-of-``n`` completions per prompt.

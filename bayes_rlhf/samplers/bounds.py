@@ -47,7 +47,7 @@ def _single_prompt(target: Target, prompt: str) -> str:
     return as_prompts(target, prompt)[0]
 
 
-def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalLM | None = None,
+def lower_bound(target: Target, prompt: str, num_samples: int, *, proposal: CausalLM | None = None,
                 num_inner: int = 1, generator: torch.Generator | None = None) -> Estimate:
     """lower_K with K = ``num_inner``, from ``num_samples`` groups of K proposals (K = 1: the ELBO)."""
     check_target(target)
@@ -56,13 +56,13 @@ def lower_bound(target: Target, prompt: str, num_samples: int, proposal: CausalL
     check_generator(generator)
     q = check_proposal_lm(target, proposal)
     prompt = _single_prompt(target, prompt)
-    comps = draw_proposals(target, q, [prompt], num_samples * num_inner, generator)
+    comps = draw_proposals(target, q, [prompt], num_samples * num_inner, generator=generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     terms = log_mean_exp(log_w.view(num_samples, num_inner), dim=-1)
     return Estimate.of_terms(terms, "lower")
 
 
-def upper_bound(target: Target, prompt: str, posterior_samples: Completions, proposal: CausalLM | None = None,
+def upper_bound(target: Target, prompt: str, posterior_samples: Completions, *, proposal: CausalLM | None = None,
                 num_inner: int = 1, generator: torch.Generator | None = None) -> Estimate:
     """upper_K with K = ``num_inner``: one exact posterior sample and K - 1 proposals per term.
 
@@ -97,7 +97,7 @@ def upper_bound(target: Target, prompt: str, posterior_samples: Completions, pro
         raise ConfigError("a posterior sample has zero target mass: it is not a sample of this target's posterior")
     if num_inner == 1:
         return Estimate.of_terms(log_w_star, "upper")
-    comps = draw_proposals(target, q, [prompt], m * (num_inner - 1), generator)
+    comps = draw_proposals(target, q, [prompt], m * (num_inner - 1), generator=generator)
     log_w, _, _ = weigh(target, q, [prompt], comps)
     all_w = torch.cat([log_w_star[:, None], log_w.view(m, num_inner - 1)], dim=1)
     return Estimate.of_terms(log_mean_exp(all_w, dim=-1), "upper")

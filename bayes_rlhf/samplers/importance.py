@@ -30,8 +30,8 @@ from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
 
-def draw_proposals(target: Target, proposal: CausalLM, prompts: list[str], num_samples: int,
-                   generator: torch.Generator | None, batch_size: int = 1024,
+def draw_proposals(target: Target, proposal: CausalLM, prompts: list[str], num_samples: int, *,
+                   generator: torch.Generator | None = None, batch_size: int = 1024,
                    progress: bool = False) -> Completions:
     """``num_samples`` proposals per prompt, grouped by prompt, in chunks of <= batch_size rows."""
     per_chunk = max(1, batch_size // len(prompts))
@@ -61,7 +61,7 @@ def weigh(target: Target, proposal: CausalLM, prompts: list[str], comps: Complet
 
 
 def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: int,
-                      proposal: CausalLM | None = None, generator: torch.Generator | None = None,
+                      *, proposal: CausalLM | None = None, generator: torch.Generator | None = None,
                       batch_size: int = 1024, progress: bool = False) -> WeightedSamples:
     """Self-normalised importance sampling of the posterior of ``target``.
 
@@ -101,7 +101,8 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
     q = check_proposal_lm(target, proposal)
     prompts = as_prompts(target, prompt)
     t0 = time.perf_counter()
-    comps = draw_proposals(target, q, prompts, num_samples, generator, batch_size, progress)
+    comps = draw_proposals(target, q, prompts, num_samples, generator=generator, batch_size=batch_size,
+                           progress=progress)
     log_w, r, _ = weigh(target, q, prompts, comps)
     log_z = log_z_per_prompt(log_w, comps.prompt_index, len(prompts), prompts, "proposal")
     info = {"num_proposals": num_samples, "seconds": time.perf_counter() - t0}
@@ -110,7 +111,7 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
 
 
 def sampling_importance_resampling(target: Target, prompt: str | Sequence[str], num_proposals: int,
-                                   num_samples: int, proposal: CausalLM | None = None,
+                                   num_samples: int, *, proposal: CausalLM | None = None,
                                    generator: torch.Generator | None = None,
                                    scheme: str = "multinomial") -> Completions:
     """SIR: ``importance_sample`` with ``num_proposals`` per prompt, then ``num_samples`` draws each.
@@ -123,4 +124,4 @@ def sampling_importance_resampling(target: Target, prompt: str | Sequence[str], 
     check_generator(generator)
     get_resampler(scheme)
     ws = importance_sample(target, prompt, num_proposals, proposal=proposal, generator=generator)
-    return ws.resample(num_samples, generator, scheme)
+    return ws.resample(num_samples, generator=generator, scheme=scheme)

@@ -35,7 +35,7 @@ def _check_log_c(log_c) -> float:
     return float(log_c)
 
 
-def quasi_rejection_sample(target: Target, prompt: str | Sequence[str], num_proposals: int, log_c: float,
+def quasi_rejection_sample(target: Target, prompt: str | Sequence[str], num_proposals: int, log_c: float, *,
                            proposal: CausalLM | None = None, generator: torch.Generator | None = None,
                            batch_size: int = 1024) -> WeightedSamples:
     """Quasi-rejection sampling of the posterior of ``target``.

@@ -60,13 +60,13 @@ from bayes_rlhf.target import Target
 
 
 class SMC:
-    """Token-level SMC for a target and prompts: ``init``, ``step(generator, state)``, ``run``.
+    """Token-level SMC for a target and prompts: ``init``, ``step(state, generator=)``, ``run(generator=)``.
 
     ``proposal`` is any form ``smc`` accepts, converted once by ``as_proposal`` (checked before the
     twist, which may enumerate); ``self.proposal`` is then a ``Proposal``.
     """
 
-    def __init__(self, target: Target, prompts: Sequence[str], config: SMCConfig, proposal=None, twist=None):
+    def __init__(self, target: Target, prompts: Sequence[str], config: SMCConfig, *, proposal=None, twist=None):
         check_target(target)
         self.target, self.config = target, config
         self.prompts = as_prompts(target, prompts)
@@ -102,7 +102,7 @@ class SMC:
                         torch.full((n,), math.nan, dtype=torch.float64), torch.zeros(self.P, dtype=torch.float64),
                         self.proposal.start(self.N))
 
-    def step(self, generator: torch.Generator | None, state: SMCState) -> tuple[SMCState, dict]:
+    def step(self, state: SMCState, *, generator: torch.Generator | None = None) -> tuple[SMCState, dict]:
         """Extend every live particle by one token, reweight, and resample where the ESS is low."""
         check_generator(generator)
         t, alive = state.t, state.alive
@@ -173,7 +173,7 @@ class SMC:
             ess[p] = kish_ess(log_w[g])
             # relative slack 1e-9: equal weights (ESS = N up to rounding) are never resampled
             if more and state.alive[g].any() and ess[p] < self.config.ess_threshold * N * (1 - 1e-9):
-                idx[g] = p * N + self.resampler(generator, log_w[g], N)
+                idx[g] = p * N + self.resampler(log_w[g], N, generator=generator)
                 log_z[p] = running[p]
                 log_w[g] = 0.0
                 resampled[p] = True
@@ -189,13 +189,13 @@ class SMC:
         info["num_alive"] = torch.zeros(self.P, dtype=torch.long).index_add_(0, self.group, new.alive.long())
         return new, info
 
-    def run(self, generator: torch.Generator | None = None) -> WeightedSamples:
+    def run(self, *, generator: torch.Generator | None = None) -> WeightedSamples:
         """All steps until every particle has finished; the final weighted particles."""
         check_generator(generator)
         t0 = time.perf_counter()
         state, infos, tokens, model_rows = self.init(), [], 0, 0
         for _ in tqdm(range(self.T), desc="smc", disable=not self.config.progress):
-            state, info = self.step(generator, state)
+            state, info = self.step(state, generator=generator)
             infos.append(info)
             tokens += info["tokens"]
             model_rows += info["model_rows"]
@@ -215,7 +215,7 @@ class SMC:
                                tuple(self.prompts), self.target.prior, hist, info)
 
 
-def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposal=None, twist=None,
+def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, proposal=None, twist=None,
         ess_threshold: float = 0.5, resampling="systematic", generator: torch.Generator | None = None,
         progress: bool = False, compact_threshold: float = 0.25) -> WeightedSamples:
     """Token-level SMC for the posterior of ``target`` (see the module docstring).
@@ -262,6 +262,7 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, proposa
         resampling_steps: resampling events summed over prompts; note: present when some prompt was
         never resampled, saying why). ``summary()`` gives each prompt's ``num_resampling_steps``.
     """
-    config = SMCConfig(num_particles, ess_threshold, resampling, progress, compact_threshold)
+    config = SMCConfig(num_particles, ess_threshold=ess_threshold, resampling=resampling, progress=progress,
+                       compact_threshold=compact_threshold)
     check_generator(generator)
-    return SMC(target, prompt, config, proposal=proposal, twist=twist).run(generator)
+    return SMC(target, prompt, config, proposal=proposal, twist=twist).run(generator=generator)

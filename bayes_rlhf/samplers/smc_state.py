@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 
@@ -25,7 +25,7 @@ class SMCConfig:
         Resample a prompt's particles when ESS < ess_threshold * N; in (0, 1] (1: whenever the
         weights are not all equal).
     resampling : str or callable
-        "systematic", "stratified", "multinomial", "residual", or (generator, log_weights, n) -> idx.
+        "systematic", "stratified", "multinomial", "residual", or (log_weights, num_samples, *, generator) -> idx.
     progress : bool
         Show a progress bar over the token steps.
     compact_threshold : float
@@ -36,6 +36,7 @@ class SMCConfig:
     """
 
     num_particles: int
+    _: KW_ONLY  # the options by keyword: SMCConfig(64, ess_threshold=0.5)
     ess_threshold: float = 0.5
     resampling: object = "systematic"
     progress: bool = False

@@ -67,9 +67,9 @@ POSITIVES = ("is", "smc", "twisted-smc")
 NEGATIVES = ("prior", "smc")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CTLConfig:
-    """Settings of contrastive twist learning (``fit_twist_ctl``).
+    """Settings of contrastive twist learning (``fit_twist_ctl``), given by keyword.
 
     Parameters
     ----------
@@ -215,8 +215,8 @@ def ctl_surrogate(twist: LearnedTwist, target: Target, prompts: Sequence[str], p
     return surrogate, {"gap": float(surrogate.detach()), "loss": loss}
 
 
-def draw_positives(config: CTLConfig, twist, target: Target, prompts: list[str],
-                   generator: torch.Generator | None) -> tuple[ContrastSet, float]:
+def draw_positives(config: CTLConfig, twist, target: Target, prompts: list[str], *,
+                   generator: torch.Generator | None = None) -> tuple[ContrastSet, float]:
     """Posterior samples for one step as a ContrastSet, and the mean Kish ESS of their weights."""
     p, n, T = config.positive, config.num_samples, target.max_new_tokens
     if p == "is":
@@ -235,8 +235,8 @@ def draw_positives(config: CTLConfig, twist, target: Target, prompts: list[str],
     return s, sum(ess) / len(ess)
 
 
-def draw_negatives(config: CTLConfig, twist, target: Target, prompts: list[str],
-                   generator: torch.Generator | None) -> ContrastSet:
+def draw_negatives(config: CTLConfig, twist, target: Target, prompts: list[str], *,
+                   generator: torch.Generator | None = None) -> ContrastSet:
     """Samples of sigma_t^theta for one step: tilted prior samples or SMC particles per token."""
     m = config.num_negative or config.num_samples
     if config.negative == "prior":
@@ -246,7 +246,7 @@ def draw_negatives(config: CTLConfig, twist, target: Target, prompts: list[str],
     sampler = SMC(target, prompts, SMCConfig(m), twist=twist)
     state, blocks = sampler.init(), []
     for t in range(1, T):
-        state, _ = sampler.step(generator, state)
+        state, _ = sampler.step(state, generator=generator)
         log_w = torch.full((state.ids.shape[0], T - 1), -math.inf, dtype=torch.float64)
         log_w[:, t - 1] = state.log_w
         unf = torch.zeros((state.ids.shape[0], T - 1), dtype=torch.bool)
@@ -283,10 +283,10 @@ def _check_twist(twist, target: Target) -> None:
         raise ConfigError("max_new_tokens=1 has no intermediate step to twist; use max_new_tokens >= 2")
 
 
-def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[str], steps: int = 200,
-                  num_samples: int = 256, positive="is", negative: str = "prior", lr: float = 1e-2,
-                  num_negative: int | None = None, max_grad_norm: float | None = None,
-                  generator: torch.Generator | None = None, progress: bool = False) -> list[dict]:
+def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[str], *, steps: int = 200,
+                  num_samples: int = 256, num_negative: int | None = None, positive="is", negative: str = "prior",
+                  lr: float = 1e-2, max_grad_norm: float | None = None, progress: bool = False,
+                  generator: torch.Generator | None = None) -> list[dict]:
     """Fit ``twist`` to the soft values of ``target`` by contrastive twist learning (no enumeration).
 
     Parameters
@@ -295,8 +295,8 @@ def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[s
         Trained in place (its parameters change); any device and dtype.
     target : Target
     prompts : str or sequence of str
-    steps, num_samples, positive, negative, lr, num_negative, max_grad_norm, progress
-        See ``CTLConfig`` (all checked before any sampling).
+    steps, num_samples, num_negative, positive, negative, lr, max_grad_norm, progress
+        See ``CTLConfig`` (the same fields in the same order, all checked before any sampling).
     generator : torch.Generator, optional
         Source of all sampling randomness (``torch.Generator().manual_seed(seed)``, not a seed).
 
@@ -312,7 +312,8 @@ def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[s
     ConfigError
         A bad setting, twist or sample set (names the field). PromptError for bad prompts.
     """
-    config = CTLConfig(steps, num_samples, num_negative, positive, negative, lr, max_grad_norm, progress)
+    config = CTLConfig(steps=steps, num_samples=num_samples, num_negative=num_negative, positive=positive,
+                       negative=negative, lr=lr, max_grad_norm=max_grad_norm, progress=progress)
     check_generator(generator)
     check_target(target)
     prompts = as_prompts(target, prompts)
@@ -324,8 +325,8 @@ def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[s
     for step in tqdm(range(config.steps), desc="CTL", disable=not config.progress):
         t0 = time.perf_counter()
         with torch.no_grad():
-            pos, ess = draw_positives(config, twist, target, prompts, generator)
-            neg = draw_negatives(config, twist, target, prompts, generator)
+            pos, ess = draw_positives(config, twist, target, prompts, generator=generator)
+            neg = draw_negatives(config, twist, target, prompts, generator=generator)
         surrogate, info = ctl_surrogate(twist, target, prompts, pos, neg)
         opt.zero_grad()
         surrogate.backward()

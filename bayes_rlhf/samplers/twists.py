@@ -233,7 +233,7 @@ def exact_prefix_values(posterior: ExactPosterior) -> tuple[torch.Tensor, torch.
     return torch.cat(out_ids), torch.cat(out_len), torch.cat(out_v), torch.cat(out_w)
 
 
-def fit_twist(twist: LearnedTwist, posteriors, steps: int = 300, lr: float = 1e-2, batch_size: int = 256,
+def fit_twist(twist: LearnedTwist, posteriors, *, steps: int = 300, lr: float = 1e-2, batch_size: int = 256,
               generator: torch.Generator | None = None, progress: bool = False) -> list[float]:
     """Fit ``twist`` to exact soft values V_t / beta by weighted least squares.
 

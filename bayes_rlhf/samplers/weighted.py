@@ -148,7 +148,7 @@ class WeightedSamples:
         lw = torch.log(self.normalized_weights())
         return Completions(self.ids, self.mask, lw, self.prompt_index)
 
-    def resample(self, num_samples: int, generator: torch.Generator | None = None,
+    def resample(self, num_samples: int, *, generator: torch.Generator | None = None,
                  scheme: str = "multinomial") -> Completions:
         """Sampling-importance-resampling: ``num_samples`` equally weighted draws per prompt.
 
@@ -163,7 +163,7 @@ class WeightedSamples:
         picked = []
         for p in range(self.num_prompts):
             r = self.rows(p)
-            picked.append(r[resampler(generator, self.log_weights[r], num_samples)])
+            picked.append(r[resampler(self.log_weights[r], num_samples, generator=generator)])
         idx = torch.cat(picked)
         return Completions(self.ids[idx], self.mask[idx], torch.zeros(idx.numel(), dtype=torch.float64),
                            self.prompt_index[idx], source="resampled")

@@ -40,7 +40,7 @@ ENTRY_POINTS = {
     "best_of_n": lambda t, post, g: best_of_n(t, PROMPT, 2, generator=g),
     "quasi_rejection_sample": lambda t, post, g: quasi_rejection_sample(t, PROMPT, 8, 0.0, generator=g),
     "smc": lambda t, post, g: smc(t, PROMPT, 4, generator=g),
-    "SMC.run": lambda t, post, g: SMC(t, [PROMPT], SMCConfig(4)).run(g),
+    "SMC.run": lambda t, post, g: SMC(t, [PROMPT], SMCConfig(4)).run(generator=g),
     "smc_twist_exact": lambda t, post, g: smc(t, PROMPT, 4, twist="exact", generator=g),
     "lower_bound": lambda t, post, g: lower_bound(t, PROMPT, 4, generator=g),
     "upper_bound": lambda t, post, g: upper_bound(t, PROMPT, post.sample(4, gen()), generator=g),
@@ -65,13 +65,13 @@ def test_bad_generator_refused_by_step_resample_and_resamplers(mild_target, bad)
     algo = SMC(mild_target, [PROMPT], SMCConfig(4))
     state = algo.init()
     with pytest.raises(ConfigError, match=GEN_MSG):
-        algo.step(bad, state)
+        algo.step(state, generator=bad)
     ws = importance_sample(mild_target, PROMPT, 8, generator=gen())
     with pytest.raises(ConfigError, match=GEN_MSG):
-        ws.resample(4, bad)
+        ws.resample(4, generator=bad)
     for resampler in RESAMPLERS.values():
         with pytest.raises(ConfigError, match=GEN_MSG):
-            resampler(bad, ws.log_weights, 4)
+            resampler(ws.log_weights, 4, generator=bad)
 
 
 def test_none_generator_still_allowed(mild_target, mild_post):
@@ -97,9 +97,10 @@ def test_numpy_numbers_same_results(mild_target, mild_post):
     b = quasi_rejection_sample(mild_target, PROMPT, np.int64(64), np.float32(0.5), generator=gen(4))
     assert torch.equal(a.ids, b.ids) and torch.equal(a.log_weights, b.log_weights)
     ws = importance_sample(mild_target, PROMPT, 32, generator=gen(5))
-    assert torch.equal(ws.resample(5, gen(6)).ids, ws.resample(np.int64(5), gen(6)).ids)
+    assert torch.equal(ws.resample(5, generator=gen(6)).ids, ws.resample(np.int64(5), generator=gen(6)).ids)
     for resampler in RESAMPLERS.values():
-        assert torch.equal(resampler(gen(7), ws.log_weights, 6), resampler(gen(7), ws.log_weights, np.int64(6)))
+        assert torch.equal(resampler(ws.log_weights, 6, generator=gen(7)),
+                           resampler(ws.log_weights, np.int64(6), generator=gen(7)))
     lo = lower_bound(mild_target, PROMPT, 8, num_inner=2, generator=gen(8))
     assert lo == lower_bound(mild_target, PROMPT, np.int64(8), num_inner=np.int64(2), generator=gen(8))
     a = br.exact_rejection_sample(mild_target, PROMPT, 5, reward_max=6.0, batch_size=64, generator=gen(11))

@@ -54,7 +54,7 @@ def test_exact_proposal_matches_the_table_prefix_by_prefix(mild_target, mild_pos
             assert (int(state.q_state.lo[i]), int(state.q_state.hi[i])) == post.prefix_range(prefix)
             assert torch.equal(out.log_q[j], post.token_posterior(prefix, log=True))
             checked += 1
-        state, _ = algo.step(g, state)
+        state, _ = algo.step(state, generator=g)
         if not state.alive.any():
             break
     assert checked > 20

@@ -18,7 +18,7 @@ LOG_W = torch.log(torch.tensor([0.05, 0.0, 0.3, 0.15, 0.0, 0.4, 0.1], dtype=torc
 def test_indices_valid_and_zero_weight_never_drawn(scheme):
     g = torch.Generator().manual_seed(0)
     for n in (1, 5, 64):
-        idx = get_resampler(scheme)(g, LOG_W, n)
+        idx = get_resampler(scheme)(LOG_W, n, generator=g)
         assert idx.shape == (n,) and idx.dtype == torch.long
         assert bool(((idx >= 0) & (idx < LOG_W.numel())).all())
         assert not bool(((idx == 1) | (idx == 4)).any())
@@ -32,7 +32,7 @@ def test_preserves_weighted_mean(scheme):
     g = torch.Generator().manual_seed(1)
     w = torch.softmax(LOG_W, 0)
     exact = float((w * torch.arange(7.0, dtype=torch.float64)).sum())
-    means = torch.stack([get_resampler(scheme)(g, LOG_W, 10).double().mean() for _ in range(2000)])
+    means = torch.stack([get_resampler(scheme)(LOG_W, 10, generator=g).double().mean() for _ in range(2000)])
     se = float(means.std() / math.sqrt(means.numel()))
     assert abs(float(means.mean()) - exact) < 4 * max(se, 1e-3)
 
@@ -43,7 +43,7 @@ def test_offspring_counts_unbiased(scheme):
     g = torch.Generator().manual_seed(2)
     n, R = 20, 1500
     w = torch.softmax(LOG_W, 0)
-    counts = torch.stack([torch.bincount(get_resampler(scheme)(g, LOG_W, n), minlength=7).double()
+    counts = torch.stack([torch.bincount(get_resampler(scheme)(LOG_W, n, generator=g), minlength=7).double()
                           for _ in range(R)])
     mean, se = counts.mean(0), counts.std(0) / math.sqrt(R)
     assert torch.all((mean - n * w).abs() <= 4 * se.clamp(min=0.02))
@@ -55,7 +55,7 @@ def test_low_variance_schemes_keep_floor_counts(fn):
     n = 50
     w = torch.softmax(LOG_W, 0)
     for _ in range(50):
-        c = torch.bincount(fn(g, LOG_W, n), minlength=7).double()
+        c = torch.bincount(fn(LOG_W, n, generator=g), minlength=7).double()
         if fn is systematic:  # systematic: every count within 1 of n w_i
             assert bool(((c - n * w).abs() < 1 + 1e-9).all())
         if fn is residual:
@@ -66,8 +66,8 @@ def test_low_variance_schemes_keep_floor_counts(fn):
 
 def test_same_seed_same_indices():
     for scheme in SCHEMES:
-        a = get_resampler(scheme)(torch.Generator().manual_seed(7), LOG_W, 33)
-        b = get_resampler(scheme)(torch.Generator().manual_seed(7), LOG_W, 33)
+        a = get_resampler(scheme)(LOG_W, 33, generator=torch.Generator().manual_seed(7))
+        b = get_resampler(scheme)(LOG_W, 33, generator=torch.Generator().manual_seed(7))
         assert torch.equal(a, b)
 
 
@@ -78,10 +78,10 @@ def test_bad_input():
     for scheme in SCHEMES:
         fn = get_resampler(scheme)
         with pytest.raises(ConfigError):
-            fn(g, LOG_W, 0)
+            fn(LOG_W, 0, generator=g)
         with pytest.raises(ConfigError):
-            fn(g, torch.tensor([0.0, float("nan")]), 3)
+            fn(torch.tensor([0.0, float("nan")]), 3, generator=g)
         with pytest.raises(ConfigError):
-            fn(g, torch.zeros(2, 2), 3)
+            fn(torch.zeros(2, 2), 3, generator=g)
         with pytest.raises(NoMassError):
-            fn(g, torch.full((4,), -math.inf), 3)
+            fn(torch.full((4,), -math.inf), 3, generator=g)

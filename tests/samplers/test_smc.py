@@ -70,7 +70,7 @@ def test_z_unbiased_every_scheme(mild_target, mild_post, scheme):
 
 def test_unbiasedness_check_detects_a_biased_resampler(mild_target, mild_post):
     # The same check rejects a resampler that always keeps the heaviest particle.
-    greedy = lambda g, lw, n: torch.full((n,), int(lw.argmax()))  # noqa: E731
+    greedy = lambda lw, n, generator=None: torch.full((n,), int(lw.argmax()))  # noqa: E731
     mean, se = _z_ratio_runs(mild_target, mild_post, greedy)
     assert abs(mean - 1.0) > 3 * se
 
@@ -114,7 +114,7 @@ def test_kv_cache_reindexed_not_recomputed_matches_fresh_forward(mild_target, mi
     state = algo.init()
     resampled = False
     for _ in range(3):
-        state, info = algo.step(g, state)
+        state, info = algo.step(state, generator=g)
         resampled |= bool(info["resampled"].any())
     assert resampled
     live = torch.nonzero(state.alive).squeeze(-1)

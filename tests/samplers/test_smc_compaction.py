@@ -141,7 +141,7 @@ def test_compact_state_matches_a_fresh_forward_after_resampling(setting):
     g = torch.Generator().manual_seed(2)
     state, resampled = algo.init(), False
     for _ in range(3):
-        state, info = algo.step(g, state)
+        state, info = algo.step(state, generator=g)
         resampled |= bool(info["resampled"].any())
         assert state.prior_state.batch_size == state.proposal_state.batch_size == int(state.alive.sum())
     assert resampled and 0 < int(state.alive.sum()) < state.ids.shape[0]
@@ -160,11 +160,11 @@ def test_step_does_not_mutate_its_input(setting):
     algo = SMC(target, PROMPTS, SMCConfig(8, ess_threshold=1.0, compact_threshold=0.0), proposal=proposal)
     state = algo.init()
     for _ in range(2):
-        state, _ = algo.step(torch.Generator().manual_seed(4), state)
+        state, _ = algo.step(state, generator=torch.Generator().manual_seed(4))
     rows_before, ids_before = state.rows.row.clone(), state.ids.clone()
     m_before = state.prior_state.batch_size
-    a, _ = algo.step(torch.Generator().manual_seed(7), state)
-    b, _ = algo.step(torch.Generator().manual_seed(7), state)  # same input, same seed: same result
+    a, _ = algo.step(state, generator=torch.Generator().manual_seed(7))
+    b, _ = algo.step(state, generator=torch.Generator().manual_seed(7))  # same input, same seed: same result
     assert torch.equal(state.rows.row, rows_before) and torch.equal(state.ids, ids_before)
     assert state.prior_state.batch_size == m_before
     assert torch.equal(a.ids, b.ids) and torch.equal(a.log_w, b.log_w) and torch.equal(a.rows.row, b.rows.row)

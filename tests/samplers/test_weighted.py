@@ -34,7 +34,7 @@ def test_normalisation_ess_and_expectation(gpt2_lm):
 
 def test_resample_draws_only_positive_weight_rows_per_prompt(gpt2_lm):
     ws = _samples(gpt2_lm)
-    c = ws.resample(200, torch.Generator().manual_seed(0))
+    c = ws.resample(200, generator=torch.Generator().manual_seed(0))
     assert len(c) == 400 and torch.equal(c.prompt_index, torch.tensor([0] * 200 + [1] * 200))
     assert bool((c.ids[200:] == torch.tensor([3, 3, 3])).all())
     frac = float((c.ids[:200, 0] == 4).double().mean())
