@@ -31,7 +31,8 @@ class RunState:
             groups.append({"params": list(self.value_head.parameters()), "lr": objective.value_head_lr})
         if objective.learns_log_z:
             groups.append({"params": [self.log_z], "lr": objective.log_z_lr, "weight_decay": 0.0})
-        opt = torch.optim.Adam(groups, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay)
+        opt = torch.optim.Adam(groups, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay,
+                               fused=_fused_ok(self.params + [self.log_z]))
         # train_model / train_value_head: the modules to call for a differentiated forward (DDP-wrapped
         # under accelerate); policy.model and value_head stay the plain modules for sampling and saving
         self.train_model, self.train_value_head, self.opt = self.backend.prepare(self.policy.model,
@@ -93,3 +94,13 @@ class RunState:
             policy = CausalLM(model, policy.tokenizer, device=policy.device, top_k=policy.top_k,
                               support=policy.support, source=policy.source)
         return merged(policy)
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool | None:
+    """True when every parameter is a CPU or CUDA float tensor: Adam's fused kernel then updates each
+    tensor in one pass (on CPU the per-op loop took 1.8 s of a 7 s SmolLM2 step; fused, about 0.2 s).
+    None (torch's default choice) otherwise."""
+    kinds = {(p.device.type, p.dtype) for p in params}
+    ok = all(dev in ("cpu", "cuda") and dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+             for dev, dt in kinds)
+    return True if ok and len({dev for dev, _ in kinds}) == 1 else None

@@ -1,0 +1,57 @@
+"""Transposed weight copies for small no-grad CPU forwards: same outputs, never stale."""
+
+from __future__ import annotations
+
+import torch
+
+from bayes_rlhf.models import linears
+from bayes_rlhf.models.toy import tiny_lm
+
+
+def _lin_modules(model):
+    return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+def _logits(model, ids, rows=None):
+    with torch.no_grad(), linears.transposed_linears(model, ids.numel() if rows is None else rows):
+        return model(input_ids=ids).logits
+
+
+def test_frozen_weights_are_copied_and_outputs_match():
+    lm = tiny_lm("llama", vocab_size=8, seed=0)
+    ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
+    with torch.no_grad():
+        plain = lm.model(input_ids=ids).logits
+    lm.model.requires_grad_(False)
+    fast = _logits(lm.model, ids)
+    mods = _lin_modules(lm.model)
+    assert mods and all(m in linears._COPIES for m in mods) and all("forward" not in m.__dict__ for m in mods)
+    torch.testing.assert_close(fast, plain, atol=1e-12, rtol=1e-12)  # float64: reassociation only
+
+
+def test_trainable_weights_are_never_copied_and_changed_frozen_ones_are_copied_again():
+    lm = tiny_lm("llama", vocab_size=8, seed=1)
+    ids = torch.tensor([[1, 3, 4]])
+    mods = _lin_modules(lm.model)
+    for _ in range(2):
+        _logits(lm.model, ids)
+    assert not any(m in linears._COPIES for m in mods)  # trainable: the same kernel on every call
+    lm.model.requires_grad_(False)
+    _logits(lm.model, ids)
+    before = {m: linears._COPIES[m][1] for m in mods}
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.mul_(1.5)                                  # an in-place change of the frozen weights
+        plain = lm.model(input_ids=ids).logits
+    torch.testing.assert_close(_logits(lm.model, ids), plain, atol=1e-12, rtol=1e-12)  # no stale copy used
+    assert all(linears._COPIES[m][1] is not before[m] for m in mods)
+
+
+def test_large_batches_and_grad_mode_are_left_alone():
+    lm = tiny_lm("gpt2", vocab_size=8, seed=2)
+    lm.model.requires_grad_(False)
+    ids = torch.ones((2, 40), dtype=torch.long)
+    _logits(lm.model, ids)  # 80 rows > MAX_ROWS
+    assert not any(m in linears._COPIES for m in _lin_modules(lm.model))
+    with linears.transposed_linears(lm.model, 1):  # grad enabled: nothing patched
+        assert all("forward" not in m.__dict__ for m in _lin_modules(lm.model))
