@@ -44,10 +44,10 @@ def main(argv=None) -> int:
     for n in args.ns:
         rows = {k: [] for k in series}
         for _ in range(args.repeats):
-            s = lm.sample(args.prompt, n, args.max_new_tokens, g)
+            s = lm.sample(args.prompt, n, args.max_new_tokens, generator=g)
             r = target.rewards(args.prompt, s.ids, s.mask)
             rev = reverse_kl(s.log_probs, s.log_probs, r, args.beta)
-            p = post.sample(n, g)
+            p = post.sample(n, generator=g)
             idx = torch.tensor([post.index_of(row[m].tolist()) for row, m in zip(p.ids, p.mask)])
             fwd = forward_kl(post.prior_log_probs[idx], post.prior_log_probs[idx], post.rewards[idx], args.beta)
             for k, v in zip(series, (rev.elbo.value, rev.log_z.value, fwd.log_z.value, fwd.eubo.value)):

@@ -76,7 +76,7 @@ class CompletionDistribution(pdist.TorchDistribution):
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         n = max(1, math.prod(shape))
-        comps = self.lm.sample(self.prompt, n, self.T, self.generator)
+        comps = self.lm.sample(self.prompt, n, self.T, generator=self.generator)
         return comps.ids.reshape(*shape, self.T)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:

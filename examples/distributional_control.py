@@ -41,7 +41,7 @@ def main(argv=None):
         phi = positive.fn(post.completion_ids, post.mask).double()
         prior = float(post.prior_log_probs.exp() @ phi)
         fractions[prompt] = float(post.probs @ phi)
-        samples = post.sample(4, torch.Generator().manual_seed(0))
+        samples = post.sample(4, generator=torch.Generator().manual_seed(0))
         print(f"  {prompt!r}: positive {prior:.3f} under pi0 -> {fractions[prompt]:.3f} under pi*; "
               f"samples {lm.decode(samples.ids, samples.mask)}")
 

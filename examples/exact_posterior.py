@@ -36,7 +36,7 @@ def main(argv=None):
         print(f"  {vocab[tok]:8s} {prior_first[tok]:.3f} -> {first[tok]:.3f}  "
               f"soft value V = {post.soft_value([tok]):+.3f}")
 
-    samples = post.sample(5, torch.Generator().manual_seed(0))
+    samples = post.sample(5, generator=torch.Generator().manual_seed(0))
     print("exact posterior samples:", lm.decode(samples.ids, samples.mask))
     c = br.compare(lm, post)
     print(f"the prior as a policy: KL(q || pi*) = {c.kl_q_posterior:.3f}, objective {c.objective:.3f} "

@@ -76,7 +76,7 @@ def main(argv=None):
 
     k = 8  # inner samples per term: IWAE / BDMC bounds, tighter than the ELBO / EUBO (k = 1)
     lo = lower_bound(target, args.prompt, args.particles // k, num_inner=k, generator=g)
-    up = upper_bound(target, args.prompt, post.sample(args.particles // k, g), num_inner=k, generator=g)
+    up = upper_bound(target, args.prompt, post.sample(args.particles // k, generator=g), num_inner=k, generator=g)
     print(f"truncated target: {lo.value:.4f} (+-{lo.stderr:.4f}) <= log Z = {post.log_z:.4f} <= "
           f"{up.value:.4f} (+-{up.stderr:.4f})")
 

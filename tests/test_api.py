@@ -15,7 +15,7 @@ def test_readme_flow(default):
     target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=3)
     post = br.exact_posterior(target, "the movie was")
     assert post.num_completions > 0 and post.mean_reward > post.prior_mean_reward
-    s = post.sample(10, torch.Generator().manual_seed(0))
+    s = post.sample(10, generator=torch.Generator().manual_seed(0))
     assert s.ids.shape == (10, 3)
     c = br.compare(lm, post)
     assert abs(c.kl_q_prior) < 1e-6 and c.kl_q_posterior > 0

@@ -227,7 +227,7 @@ class ExactPosterior:
         return self.beta * self.log_z
 
     # ------------------------------------------------------------------ sampling and summaries
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Completions:
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Completions:
         """n exact posterior samples (inverse CDF on the table; log_probs are posterior).
 
         Returns ``Completions`` with ``source="exact"`` (usable by ``upper_bound``).

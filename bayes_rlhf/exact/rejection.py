@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from bayes_rlhf._checks import check_generator, check_int, check_real
+from bayes_rlhf._deprecation import renamed_keywords
 from bayes_rlhf.errors import ConfigError, RewardError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.target import Target
@@ -28,10 +29,11 @@ class RejectionResult:
     log_z: float
 
 
-def exact_rejection_sample(target: Target, prompt: str, n: int, reward_max: float,
+@renamed_keywords(n="num_samples")
+def exact_rejection_sample(target: Target, prompt: str, num_samples: int, reward_max: float, *,
                            generator: torch.Generator | None = None, batch_size: int = 256,
                            max_proposals: int = 1_000_000) -> RejectionResult:
-    """n exact samples from the posterior of ``target`` for ``prompt``.
+    """``num_samples`` exact samples from the posterior of ``target`` for ``prompt`` (``n=``: deprecated).
 
     Parameters
     ----------
@@ -42,7 +44,7 @@ def exact_rejection_sample(target: Target, prompt: str, n: int, reward_max: floa
     max_proposals : int
         Give up (``ConfigError``) after this many proposals, e.g. when the rate is tiny.
     """
-    n = check_int(n, "n", 1)
+    n = check_int(num_samples, "num_samples", 1)
     reward_max = check_real(reward_max, "reward_max")
     batch_size = check_int(batch_size, "batch_size", 1)
     max_proposals = check_int(max_proposals, "max_proposals", 1)
@@ -55,7 +57,7 @@ def exact_rejection_sample(target: Target, prompt: str, n: int, reward_max: floa
         if proposals >= max_proposals:
             raise ConfigError(f"only {accepted} of {n} samples accepted after {proposals} proposals "
                               f"(rate {accepted / proposals:.2e}); raise max_proposals or lower reward_max")
-        prop = target.prior.sample(prompt, batch_size, T, generator)
+        prop = target.prior.sample(prompt, batch_size, T, generator=generator)
         r = target.rewards(prompt, prop.ids, prop.mask)
         if bool((r > reward_max).any()):
             raise RewardError(f"a reward of {float(r.max()):.4g} exceeds reward_max={reward_max}; "

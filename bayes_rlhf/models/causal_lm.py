@@ -331,7 +331,7 @@ class CausalLM:
         ids, mask = self.encode_completions(completions, max_new_tokens)
         return self.score(prompts, ids, mask).sum(-1)
 
-    def sample(self, prompts: str | Sequence[str], num_samples: int, max_new_tokens: int,
+    def sample(self, prompts: str | Sequence[str], num_samples: int, max_new_tokens: int, *,
                generator: torch.Generator | None = None) -> Completions:
         """Ancestral samples: ``num_samples`` completions per prompt, grouped by prompt.
 
@@ -347,7 +347,7 @@ class CausalLM:
         total = torch.zeros(n, dtype=logp.dtype, device=self.device)
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
         for t in range(max_new_tokens):
-            tok = sample_categorical(logp, generator)
+            tok = sample_categorical(logp, generator=generator)
             ids[:, t] = torch.where(alive, tok, ids[:, t])
             mask[:, t] = alive
             total = total + torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
@@ -361,7 +361,7 @@ class CausalLM:
         return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index)
 
 
-def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``."""
     probs = torch.exp(log_probs.double())
     cdf = probs.cumsum(-1)

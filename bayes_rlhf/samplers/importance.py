@@ -39,7 +39,7 @@ def draw_proposals(target: Target, proposal: CausalLM, prompts: list[str], num_s
     with tqdm(total=num_samples * len(prompts), desc="proposals", disable=not progress) as bar:
         for s in range(0, num_samples, per_chunk):
             m = min(per_chunk, num_samples - s)
-            chunks.append(proposal.sample(prompts, m, target.max_new_tokens, generator))
+            chunks.append(proposal.sample(prompts, m, target.max_new_tokens, generator=generator))
             bar.update(m * len(prompts))
     if len(chunks) == 1:
         return chunks[0]

@@ -111,7 +111,7 @@ class SMC:
                         self.potentials)  # next-token log-probs stay on the model's device
         proposed = self.proposal.log_probs(state.q_state, view)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
-        tok[live] = sample_categorical(proposed.log_q, generator).cpu()
+        tok[live] = sample_categorical(proposed.log_q, generator=generator).cpu()
         ids, mask = state.ids.clone(), state.mask.clone()
         ids[live, t], mask[live, t] = tok[live], True
         eos = self.target.prior.eos_token_id

@@ -78,7 +78,7 @@ class SandwichEvaluator:
         with torch.no_grad():
             for prompt, s in self.posterior_samples.items():
                 c, lw = (s[0], s[1]) if isinstance(s, tuple) else (s, None)
-                q = policy.sample(prompt, self.num_policy_samples, target.max_new_tokens, self._gen)
+                q = policy.sample(prompt, self.num_policy_samples, target.max_new_tokens, generator=self._gen)
                 lq = policy.score(prompt, q.ids, q.mask).sum(-1)
                 rev = reverse_kl(lq, target.prior.score(prompt, q.ids, q.mask).sum(-1),
                                  target.rewards(prompt, q.ids, q.mask), target.beta)

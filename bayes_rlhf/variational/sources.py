@@ -72,7 +72,7 @@ def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: d
         lm = policy if source.kind == "policy" else target.prior
 
         def draw_lm(prompts, gen):
-            c = lm.sample(list(prompts), num_per_prompt, target.max_new_tokens, gen)
+            c = lm.sample(list(prompts), num_per_prompt, target.max_new_tokens, generator=gen)
             return Drawn(c.ids, c.mask, c.prompt_index)
         return draw_lm
     one = {"exact": _exact, "rejection": _rejection, "given": _given}[source.kind](source, target, posteriors,
@@ -95,12 +95,13 @@ def _exact(source, target, posteriors, sampler):
     def one(prompt, n, gen):
         if prompt not in cache:
             cache[prompt] = exact_posterior(target, prompt)
-        return cache[prompt].sample(n, gen), None
+        return cache[prompt].sample(n, generator=gen), None
     return one
 
 
 def _rejection(source, target, posteriors, sampler):
-    return lambda prompt, n, gen: (exact_rejection_sample(target, prompt, n, source.reward_max, gen).samples, None)
+    return lambda prompt, n, gen: (exact_rejection_sample(target, prompt, n, source.reward_max,
+                                                          generator=gen).samples, None)
 
 
 def _given(source, target, posteriors, sampler):

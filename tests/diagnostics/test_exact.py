@@ -117,7 +117,7 @@ def test_token_kl_along_posterior_samples(short_post, policy):
     post = short_post
     exact = br.compare(policy_log_probs(policy, post), post).kl_posterior_q
     n = 300
-    s = post.sample(n, torch.Generator().manual_seed(4))
+    s = post.sample(n, generator=torch.Generator().manual_seed(4))
     per_seq = token_kl(policy, post, s.ids, s.mask).sum(-1)
     se = float(per_seq.std()) / math.sqrt(n)
     assert abs(float(per_seq.mean()) - exact) < Z * se

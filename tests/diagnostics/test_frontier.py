@@ -64,7 +64,7 @@ def test_empirical_distribution_and_sampler_point(gpt2_post):
     assert lq_w[0].exp() == pytest.approx(0.5)
     # exact posterior draws: mean reward within 4 standard errors (CLT on iid rewards)
     n = 4000
-    s = post.sample(n, torch.Generator().manual_seed(1))
+    s = post.sample(n, generator=torch.Generator().manual_seed(1))
     pt = sampler_point(post, s.ids, s.mask, label="exact draws")
     se = math.sqrt(post.expectation(post.rewards ** 2) - post.mean_reward ** 2) / math.sqrt(n)
     assert abs(pt.reward - post.mean_reward) < 4 * se

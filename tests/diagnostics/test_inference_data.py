@@ -53,7 +53,7 @@ def test_round_trip(gpt2_post, tmp_path):
 
 
 def test_history_with_rows_attribute_and_exact_draws(gpt2_post, tmp_path):
-    s = gpt2_post.sample(50, torch.Generator().manual_seed(0))
+    s = gpt2_post.sample(50, generator=torch.Generator().manual_seed(0))
     exact_draws = SimpleNamespace(completions=s, rewards=gpt2_post.rewards[:50])
     hist = SimpleNamespace(rows=[{"step": 0, "objective": 0.1}, {"step": 1, "objective": 0.3}])
     idata = to_inference_data(samples=exact_draws, history=hist)

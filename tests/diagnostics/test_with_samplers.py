@@ -47,7 +47,7 @@ def test_reverse_kl_from_policy_samples(gpt2_target, gpt2_post, policy_and_table
     # q is a real LM: ancestral samples with their log q; log pi0 from scoring with the prior.
     policy, log_q = policy_and_table
     exact = br.compare(log_q, gpt2_post).kl_q_posterior
-    s = policy.sample(gpt2_post.prompt, 3000, 4, torch.Generator().manual_seed(1))
+    s = policy.sample(gpt2_post.prompt, 3000, 4, generator=torch.Generator().manual_seed(1))
     lp0 = gpt2_target.prior.score(gpt2_post.prompt, s.ids, s.mask).sum(-1)
     r = gpt2_target.rewards(gpt2_post.prompt, s.ids, s.mask)
     est = reverse_kl(s.log_probs, lp0, r, gpt2_post.beta, log_z=gpt2_post.log_z)

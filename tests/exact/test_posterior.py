@@ -128,7 +128,7 @@ def test_sample_checks_and_marks_samples_exact(gpt2_post):
         with pytest.raises(br.ConfigError, match="n must be an integer >= 1"):
             gpt2_post.sample(n)
     with pytest.raises(br.ConfigError, match=r"torch\.Generator\(\)\.manual_seed"):
-        gpt2_post.sample(4, 123)
-    a = gpt2_post.sample(5, torch.Generator().manual_seed(0))
-    b = gpt2_post.sample(np.int64(5), torch.Generator().manual_seed(0))
+        gpt2_post.sample(4, generator=123)
+    a = gpt2_post.sample(5, generator=torch.Generator().manual_seed(0))
+    b = gpt2_post.sample(np.int64(5), generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.ids, b.ids) and a.source == "exact" and a.select(torch.tensor([0, 2])).source == "exact"

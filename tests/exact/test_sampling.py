@@ -22,7 +22,7 @@ def _binned_counts(post, ids, mask, n_bins=15):
 
 
 def test_exact_samples_chi_square(gpt2_post):
-    s = gpt2_post.sample(20000, torch.Generator().manual_seed(0))
+    s = gpt2_post.sample(20000, generator=torch.Generator().manual_seed(0))
     obs, exp = _binned_counts(gpt2_post, s.ids, s.mask)
     assert exp.min() > 5  # chi-square approximation valid
     # a p-value below 1e-3 would reject the sampler; fixed seed makes the test deterministic
@@ -33,14 +33,14 @@ def test_exact_samples_chi_square(gpt2_post):
 
 
 def test_sampling_is_reproducible(gpt2_post):
-    a = gpt2_post.sample(50, torch.Generator().manual_seed(7))
-    b = gpt2_post.sample(50, torch.Generator().manual_seed(7))
+    a = gpt2_post.sample(50, generator=torch.Generator().manual_seed(7))
+    b = gpt2_post.sample(50, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.ids, b.ids)
 
 
 def test_prior_sampler_matches_enumerated_prior(gpt2_lm):
     post = br.exact_posterior(br.Target(gpt2_lm, lambda p, c: [0.0] * len(c), 1.0, 3), "w1")
-    s = gpt2_lm.sample("w1", 8000, 3, torch.Generator().manual_seed(1))
+    s = gpt2_lm.sample("w1", 8000, 3, generator=torch.Generator().manual_seed(1))
     obs, exp = _binned_counts(post, s.ids, s.mask, n_bins=10)
     assert chisquare(obs, exp).pvalue > 1e-3
     # the sampler's log-probs equal the enumerated ones

@@ -44,8 +44,8 @@ def test_left_padded_batch_matches_single_prompts(gpt2_lm):
 
 
 def test_sample_semantics_and_reproducibility(gpt2_lm):
-    a = gpt2_lm.sample(["w0", "w1"], 64, 5, torch.Generator().manual_seed(0))
-    b = gpt2_lm.sample(["w0", "w1"], 64, 5, torch.Generator().manual_seed(0))
+    a = gpt2_lm.sample(["w0", "w1"], 64, 5, generator=torch.Generator().manual_seed(0))
+    b = gpt2_lm.sample(["w0", "w1"], 64, 5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.ids, b.ids) and a.ids.shape == (128, 5)
     assert a.prompt_index.tolist() == [0] * 64 + [1] * 64
     eos = gpt2_lm.eos_token_id

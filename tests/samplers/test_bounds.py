@@ -15,11 +15,11 @@ PROMPT = "w1 w2"
 def test_bounds_bracket_log_z_and_tighten_with_k(mild_target, mild_post, other_policy):
     # Each bound is a mean of i.i.d. terms; the comparisons allow 3 of its standard errors.
     g = torch.Generator().manual_seed(0)
-    exact_samples = mild_post.sample(800, g)
+    exact_samples = mild_post.sample(800, generator=g)
     lo1 = lower_bound(mild_target, PROMPT, 800, proposal=other_policy, generator=g)
     lo8 = lower_bound(mild_target, PROMPT, 400, proposal=other_policy, num_inner=8, generator=g)
     up1 = upper_bound(mild_target, PROMPT, exact_samples, proposal=other_policy, generator=g)
-    up8 = upper_bound(mild_target, PROMPT, mild_post.sample(400, g),
+    up8 = upper_bound(mild_target, PROMPT, mild_post.sample(400, generator=g),
                       proposal=other_policy, num_inner=8, generator=g)
     z = mild_post.log_z
     assert lo1.value < z + 3 * lo1.stderr and lo8.value < z + 3 * lo8.stderr
@@ -34,10 +34,10 @@ def test_bounds_bracket_log_z_and_tighten_with_k(mild_target, mild_post, other_p
 def test_kl_sandwich_contains_exact_kls(mild_target, mild_post, other_policy):
     g = torch.Generator().manual_seed(1)
     elbo = lower_bound(mild_target, PROMPT, 1000, proposal=other_policy, generator=g)
-    eubo = upper_bound(mild_target, PROMPT, mild_post.sample(1000, g), proposal=other_policy, generator=g)
+    eubo = upper_bound(mild_target, PROMPT, mild_post.sample(1000, generator=g), proposal=other_policy, generator=g)
     # tighter bounds on log Z from 40 SMC runs with 64 particles and the posterior-sample bound
     smc_lo = log_z_lower_bound(smc(mild_target, [PROMPT] * 40, 64, generator=g).log_z)
-    up = upper_bound(mild_target, PROMPT, mild_post.sample(300, g), num_inner=64, generator=g)
+    up = upper_bound(mild_target, PROMPT, mild_post.sample(300, generator=g), num_inner=64, generator=g)
     s = kl_sandwich(elbo, eubo, smc_lo, up)
     cmp = br.compare(other_policy, mild_post)
     assert s.log_z_lower - 3 * s.log_z_lower_se < mild_post.log_z < s.log_z_upper + 3 * s.log_z_upper_se
@@ -57,7 +57,7 @@ def test_bad_input(mild_target, mild_post):
         log_z_lower_bound([])
     bad = br.Target(prior=mild_target.prior, reward=mild_target.reward, beta=1.5, max_new_tokens=3)
     with pytest.raises(ConfigError, match="max_new_tokens"):
-        upper_bound(bad, PROMPT, mild_post.sample(5, g))
+        upper_bound(bad, PROMPT, mild_post.sample(5, generator=g))
 
 
 def test_upper_bound_needs_exact_samples(mild_target, mild_post):
@@ -66,7 +66,7 @@ def test_upper_bound_needs_exact_samples(mild_target, mild_post):
     assert sir.source == "resampled"
     with pytest.raises(ConfigError, match="source='resampled', not 'exact'"):
         upper_bound(mild_target, PROMPT, sir, generator=g)
-    drawn = mild_target.prior.sample(PROMPT, 8, mild_target.max_new_tokens, g)
+    drawn = mild_target.prior.sample(PROMPT, 8, mild_target.max_new_tokens, generator=g)
     with pytest.raises(ConfigError, match="source='model'"):
         upper_bound(mild_target, PROMPT, drawn, generator=g)
     # exact rejection samples are exact; and the estimate is an upper bound (3 SE slack)
@@ -80,7 +80,7 @@ def test_upper_bound_needs_exact_samples(mild_target, mild_post):
 def test_kl_sandwich_refuses_bounds_on_the_wrong_side(mild_target, mild_post):
     g = torch.Generator().manual_seed(3)
     elbo = lower_bound(mild_target, PROMPT, 64, generator=g)
-    eubo = upper_bound(mild_target, PROMPT, mild_post.sample(64, g), generator=g)
+    eubo = upper_bound(mild_target, PROMPT, mild_post.sample(64, generator=g), generator=g)
     assert elbo.side == "lower" and eubo.side == "upper"
     with pytest.raises(ConfigError, match="eubo is a lower bound"):
         kl_sandwich(elbo, elbo)

@@ -9,7 +9,11 @@ import inspect
 import pytest
 import torch
 
+import bayes_rlhf as br
 from bayes_rlhf import ppl
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.models.causal_lm import CausalLM, sample_categorical
 from bayes_rlhf.samplers import (RESAMPLERS, SMC, CTLConfig, SMCConfig, WeightedSamples, best_of_n, fit_twist,
                                  fit_twist_ctl, get_resampler, importance_sample, lower_bound, quasi_rejection_sample,
                                  sampling_importance_resampling, smc, upper_bound)
@@ -19,7 +23,8 @@ PROMPT = "w1 w2"
 PUBLIC = [importance_sample, sampling_importance_resampling, draw_proposals, best_of_n, quasi_rejection_sample,
           lower_bound, upper_bound, smc, fit_twist, fit_twist_ctl, SMC.step, SMC.run, WeightedSamples.resample,
           ppl.posterior_model, ppl.policy_guide, ppl.pyro_importance, ppl.elbo, ppl.fit_policy_svi,
-          ppl.CompletionDistribution.__init__, *RESAMPLERS.values()]
+          ppl.CompletionDistribution.__init__, *RESAMPLERS.values(), br.exact_rejection_sample, ExactPosterior.sample,
+          CausalLM.sample, sample_categorical]
 
 
 @pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__qualname__)
@@ -52,7 +57,7 @@ def test_fit_twist_ctl_takes_ctlconfigs_fields_in_its_order():
 def test_an_older_resampler_still_works_with_a_deprecation_warning():
     lw = torch.tensor([0.0, -1.0, -0.5, -3.0], dtype=torch.float64)
 
-    def old(generator, log_weights, n):  # the pre-0.x signature (generator first)
+    def old(generator, log_weights, n):  # the older signature (generator first)
         return RESAMPLERS["systematic"](log_weights, n, generator=generator)
 
     with pytest.warns(DeprecationWarning, match="num_samples"):
@@ -78,3 +83,15 @@ def test_smc_with_an_older_resampler_equals_the_current_one(mild_target):
             generator=torch.Generator().manual_seed(4))
     assert b.info["resampling_steps"] > 0  # the resampler was called
     assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)
+
+
+def test_exact_rejection_sample_counts_by_num_samples_and_n_is_deprecated(mild_target):
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    new = br.exact_rejection_sample(mild_target, PROMPT, num_samples=5, reward_max=6.0, generator=g())
+    with pytest.warns(DeprecationWarning, match="num_samples"):
+        old = br.exact_rejection_sample(mild_target, PROMPT, n=5, reward_max=6.0, generator=g())
+    assert torch.equal(new.samples.ids, old.samples.ids) and len(new.samples) == 5
+    with pytest.raises(ConfigError, match="num_samples= only"):
+        br.exact_rejection_sample(mild_target, PROMPT, n=5, num_samples=5, reward_max=6.0, generator=g())
+    with pytest.raises(TypeError):
+        br.exact_rejection_sample(mild_target, PROMPT, 5, 6.0, g())

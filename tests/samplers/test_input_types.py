@@ -43,13 +43,13 @@ ENTRY_POINTS = {
     "SMC.run": lambda t, post, g: SMC(t, [PROMPT], SMCConfig(4)).run(generator=g),
     "smc_twist_exact": lambda t, post, g: smc(t, PROMPT, 4, twist="exact", generator=g),
     "lower_bound": lambda t, post, g: lower_bound(t, PROMPT, 4, generator=g),
-    "upper_bound": lambda t, post, g: upper_bound(t, PROMPT, post.sample(4, gen()), generator=g),
+    "upper_bound": lambda t, post, g: upper_bound(t, PROMPT, post.sample(4, generator=gen()), generator=g),
     "fit_twist_ctl": lambda t, post, g: fit_twist_ctl(LearnedTwist(8), t, PROMPT, steps=1, num_samples=4,
                                                       generator=g),
     "fit_twist": lambda t, post, g: fit_twist(LearnedTwist(8), post, steps=1, generator=g),
     "exact_rejection_sample": lambda t, post, g: br.exact_rejection_sample(t, PROMPT, 2, reward_max=6.0,
                                                                            generator=g),
-    "ExactPosterior.sample": lambda t, post, g: post.sample(4, g),
+    "ExactPosterior.sample": lambda t, post, g: post.sample(4, generator=g),
 }
 
 
@@ -77,7 +77,7 @@ def test_bad_generator_refused_by_step_resample_and_resamplers(mild_target, bad)
 def test_none_generator_still_allowed(mild_target, mild_post):
     assert len(importance_sample(mild_target, PROMPT, 4, generator=None)) == 4
     assert len(smc(mild_target, PROMPT, 4, generator=None)) == 4
-    assert len(mild_post.sample(3, None)) == 3
+    assert len(mild_post.sample(3, generator=None)) == 3
 
 
 def test_numpy_numbers_same_results(mild_target, mild_post):
@@ -110,7 +110,7 @@ def test_numpy_numbers_same_results(mild_target, mild_post):
     for bad in ("6", True, float("inf")):
         with pytest.raises(ConfigError, match="reward_max"):
             br.exact_rejection_sample(mild_target, PROMPT, 5, reward_max=bad, generator=gen())
-    samples = mild_post.sample(6, gen(9))
+    samples = mild_post.sample(6, generator=gen(9))
     assert upper_bound(mild_target, PROMPT, samples, num_inner=3, generator=gen(10)) == \
         upper_bound(mild_target, PROMPT, samples, num_inner=np.int16(3), generator=gen(10))
 

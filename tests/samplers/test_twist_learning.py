@@ -61,7 +61,7 @@ def test_prefix_log_potentials_match_predict(mild_target, mild_post):
 
 
 def ctl_batch_gradient(twist, target, post, prior_probs, n_pos, n_neg, generator, tilt=True):
-    pos = ContrastSet.positive(post.sample(n_pos, generator), post.completion_ids.shape[1])
+    pos = ContrastSet.positive(post.sample(n_pos, generator=generator), post.completion_ids.shape[1])
     idx = torch.multinomial(prior_probs, n_neg, replacement=True, generator=generator)
     neg = ContrastSet.prior(post.completion_ids[idx], post.mask[idx], post.rewards[idx],
                             torch.zeros(n_neg, dtype=torch.long), post.beta)
@@ -218,7 +218,7 @@ def test_other_sources_run_and_are_reproducible(mild_target, mild_post):
     # SMC negatives (loss is NaN there: no normaliser), twisted-SMC positives, a fixed sample set.
     # Same seeds -> the same history; the twist's parameters move.
     def exact_samples(prompts, n, generator):
-        return mild_post.sample(n, generator)
+        return mild_post.sample(n, generator=generator)
 
     runs = []
     for _ in range(2):
@@ -234,7 +234,7 @@ def test_other_sources_run_and_are_reproducible(mild_target, mild_post):
     h = fit_twist_ctl(twist, mild_target, PROMPT, steps=2, num_samples=16, positive="twisted-smc",
                       max_grad_norm=0.5, generator=torch.Generator().manual_seed(4))
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] >= 0 for r in h)
-    fixed = mild_post.sample(64, torch.Generator().manual_seed(5))
+    fixed = mild_post.sample(64, generator=torch.Generator().manual_seed(5))
     h = fit_twist_ctl(twist, mild_target, PROMPT, steps=2, num_samples=16, positive=fixed, num_negative=64,
                       generator=torch.Generator().manual_seed(6))
     assert len(h) == 2 and h[0]["ess"] == pytest.approx(64)
@@ -281,12 +281,12 @@ def test_bad_twist_target_prompts_and_samples(mild_target, mild_post, short_targ
     with pytest.raises(PromptError):
         fit_twist_ctl(twist, mild_target, [], generator=g)
     with pytest.raises(ConfigError, match="max_new_tokens"):  # samples of another length
-        fit_twist_ctl(twist, short_target, PROMPT, positive=mild_post.sample(8, None), generator=g)
+        fit_twist_ctl(twist, short_target, PROMPT, positive=mild_post.sample(8, generator=None), generator=g)
     ws = smc(mild_target, "w3", 8, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="prompts"):  # weighted samples of another prompt
         fit_twist_ctl(twist, mild_target, PROMPT, positive=ws, generator=g)
     with pytest.raises(ConfigError, match="every prompt"):  # no sample for the second prompt
-        fit_twist_ctl(twist, mild_target, [PROMPT, "w3"], positive=mild_post.sample(8, None), generator=g)
+        fit_twist_ctl(twist, mild_target, [PROMPT, "w3"], positive=mild_post.sample(8, generator=None), generator=g)
     with pytest.raises(ConfigError, match="callable"):
         fit_twist_ctl(twist, mild_target, PROMPT, positive=lambda prompts, n, gen: [1, 2], steps=1, generator=g)
     assert torch.equal(g.get_state(), state)

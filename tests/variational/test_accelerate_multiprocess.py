@@ -156,7 +156,7 @@ def test_both_processes_samples_are_used(runs, small_target):
         backend = LocalBackend()
         backend.process_index = rank  # the seed logic of process `rank`
         gen = torch.Generator().manual_seed(backend.seed(cfg.seed))
-        c = policy.sample(PROMPTS, k, T, gen)
+        c = policy.sample(PROMPTS, k, T, generator=gen)
         got = runs.tensors("rloo", rank)
         assert torch.equal(c.ids, got["step1.ids"]) and torch.equal(c.mask, got["step1.mask"]), rank
         rows = [PROMPTS[i] for i in c.prompt_index.tolist()]

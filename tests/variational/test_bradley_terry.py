@@ -15,7 +15,7 @@ from bayes_rlhf.rewards.bradley_terry import (BradleyTerryConfig, BradleyTerryRe
 def _pairs(lm, n, seed):
     """Preference pairs labelled by a hidden true reward: +1 per "w0", -0.5 per "w2"."""
     gen = torch.Generator().manual_seed(seed)
-    c = lm.sample("w1", 2 * n, 3, gen)
+    c = lm.sample("w1", 2 * n, 3, generator=gen)
     texts = lm.decode(c.ids, c.mask)
     true = [t.split().count("w0") - 0.5 * t.split().count("w2") for t in texts]
     pairs = []

@@ -22,7 +22,7 @@ def test_every_form_is_converted_once(small_posts):
     for form in (post, [post], (post,), {"w0": post}, small_posts.values()):
         ev = as_evaluator(form)
         assert isinstance(ev, ExactEvaluator) and all(ev.table[p] is small_posts[p] for p in ev.table)
-    sandwich = SandwichEvaluator({"w0": post.sample(8, torch.Generator().manual_seed(0))})
+    sandwich = SandwichEvaluator({"w0": post.sample(8, generator=torch.Generator().manual_seed(0))})
     assert as_evaluator(sandwich) is sandwich and isinstance(sandwich, Evaluator)
     mine = Recorder()
     assert as_evaluator(mine) is mine

@@ -84,7 +84,7 @@ def test_a_horizon_too_short_for_the_batch_and_a_sandwich_evaluator_are_refused_
                         checkpoint_dir=str(ckpt))
     with pytest.raises(ConfigError, match=r"kl_horizon=3 must exceed 0.2 x the 16 policy samples"):
         train_policy(small_target, PROMPTS, cfg)
-    sandwich = SandwichEvaluator({"w0": br.exact_posterior(small_target, "w0").sample(4, torch.Generator())})
+    sandwich = SandwichEvaluator({"w0": br.exact_posterior(small_target, "w0").sample(4, generator=torch.Generator())})
     with pytest.raises(ConfigError, match="SandwichEvaluator"):
         train_policy(small_target, PROMPTS, TrainerConfig(steps=2, kl_target=0.5, checkpoint_dir=str(ckpt)),
                      evaluator=sandwich)

@@ -15,7 +15,8 @@ def test_sandwich_matches_exact_elbo_and_eubo(small_target, small_posts):
     post = small_posts["w0"]
     q = tiny_lm("gpt2", vocab_size=6, seed=11, hidden=16)  # a policy that is not the prior
     c = br.compare(q, post)
-    ev = SandwichEvaluator({"w0": post.sample(4000, torch.Generator().manual_seed(1))}, num_policy_samples=4000)
+    ev = SandwichEvaluator({"w0": post.sample(4000, generator=torch.Generator().manual_seed(1))},
+                           num_policy_samples=4000)
     out = ev.evaluate(q, small_target)
     # exact: ELBO = log Z - KL(q || pi*), EUBO = log Z + KL(pi* || q); both estimates are plain
     # Monte Carlo means, so 4 standard errors bound a false alarm at about 6e-5 each
@@ -25,7 +26,8 @@ def test_sandwich_matches_exact_elbo_and_eubo(small_target, small_posts):
 
 
 def test_sandwich_evaluator_in_training_does_not_change_the_run(small_target, small_posts, fast_config):
-    ev = SandwichEvaluator({p: post.sample(64, torch.Generator().manual_seed(0)) for p, post in small_posts.items()},
+    ev = SandwichEvaluator({p: post.sample(64, generator=torch.Generator().manual_seed(0))
+                            for p, post in small_posts.items()},
                            num_policy_samples=64)
     _, with_eval = train_policy(small_target, list(small_posts), fast_config(steps=4, eval_every=2), evaluator=ev)
     _, without = train_policy(small_target, list(small_posts), fast_config(steps=4))

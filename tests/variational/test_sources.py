@@ -27,7 +27,7 @@ def test_model_sources_draw_from_their_model(small_target, source):
     policy = make_policy(small_target.prior, TrainerConfig(steps=1))
     d = make_draw(source, small_target, policy, K)(["w0", "w1 w2"], _gen())
     lm = policy if source is POLICY else small_target.prior
-    c = lm.sample(["w0", "w1 w2"], K, small_target.max_new_tokens, _gen())
+    c = lm.sample(["w0", "w1 w2"], K, small_target.max_new_tokens, generator=_gen())
     assert torch.equal(d.ids, c.ids) and torch.equal(d.mask, c.mask) and d.log_weights is None
     assert d.group.tolist() == [0] * K + [1] * K
 
@@ -35,14 +35,14 @@ def test_model_sources_draw_from_their_model(small_target, source):
 def test_exact_and_rejection_sources_draw_posterior_samples(small_target, small_posts):
     d = make_draw(Source("exact"), small_target, None, K, small_posts)(["w1 w2", "w0"], _gen())
     gen = _gen()
-    ref = [small_posts[p].sample(K, gen) for p in ("w1 w2", "w0")]
+    ref = [small_posts[p].sample(K, generator=gen) for p in ("w1 w2", "w0")]
     assert torch.equal(d.ids, torch.cat([c.ids for c in ref])) and d.log_weights is None
     assert d.group.tolist() == [0] * K + [1] * K
     # a prompt without a given posterior is enumerated on first use
     d2 = make_draw(Source("exact"), small_target, None, K, {})(["w0"], _gen())
-    assert torch.equal(d2.ids, small_posts["w0"].sample(K, _gen()).ids)
+    assert torch.equal(d2.ids, small_posts["w0"].sample(K, generator=_gen()).ids)
     rej = make_draw(Source("rejection", reward_max=3.6), small_target, None, K)(["w0"], _gen())
-    ref = br.exact_rejection_sample(small_target, "w0", K, 3.6, _gen()).samples
+    ref = br.exact_rejection_sample(small_target, "w0", K, 3.6, generator=_gen()).samples
     assert torch.equal(rej.ids, ref.ids) and torch.equal(rej.mask, ref.mask)
 
 
@@ -50,10 +50,10 @@ def test_given_source_takes_completions_pairs_and_weighted_samples(small_target,
     post = small_posts["w0"]
     lw = torch.linspace(-1.0, 0.0, K, dtype=torch.float64)
     ws = br.importance_sample(small_target, "w0", K, generator=_gen())
-    returns = {"completions": lambda p, n, g: post.sample(n, g), "pair": lambda p, n, g: (post.sample(n, g), lw),
-               "weighted": lambda p, n, g: ws}
+    returns = {"completions": lambda p, n, g: post.sample(n, generator=g),
+               "pair": lambda p, n, g: (post.sample(n, generator=g), lw), "weighted": lambda p, n, g: ws}
     plain = make_draw(Source("given"), small_target, None, K, sampler=returns["completions"])(["w0"], _gen())
-    assert torch.equal(plain.ids, post.sample(K, _gen()).ids) and plain.log_weights is None
+    assert torch.equal(plain.ids, post.sample(K, generator=_gen()).ids) and plain.log_weights is None
     pair = make_draw(Source("given"), small_target, None, K, sampler=returns["pair"])(["w0"], _gen())
     assert torch.equal(pair.log_weights, lw)
     weighted = make_draw(Source("given"), small_target, None, K, sampler=returns["weighted"])(["w0", "w0"], _gen())

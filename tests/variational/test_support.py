@@ -55,7 +55,7 @@ def test_training_against_truncated_target_converges(truncated):
     end = br.compare(policy, post)
     assert end.q_outside == 0.0
     assert end.kl_q_posterior < 0.5 * start, (start, end.kl_q_posterior)
-    samples = policy.sample(PROMPT, 200, 3, torch.Generator().manual_seed(1))
+    samples = policy.sample(PROMPT, 200, 3, generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(prior.score(PROMPT, samples.ids, samples.mask).sum(-1)).all()
 
 

@@ -104,7 +104,7 @@ def test_distillation_from_given_weighted_sampler(small_target, small_posts, fas
 
     def sampler(prompt, n, gen):  # exact samples, returned with (uniform) log-weights
         calls.append(prompt)
-        return post.sample(n, gen), torch.zeros(n, dtype=torch.float64)
+        return post.sample(n, generator=gen), torch.zeros(n, dtype=torch.float64)
 
     before = br.compare(small_target.prior, post).kl_q_posterior
     policy, _ = train_policy(small_target, "w0", fast_config(steps=10, objective="distill", distill_source="given"),
