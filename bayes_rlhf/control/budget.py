@@ -141,7 +141,7 @@ def _solve(target: Target, prompts, value: float, budget: str, method: str, num_
         table = exact_reward_table(target, prompts, max_completions)
     else:
         check_generator(generator)
-        table = sampled_reward_table(target, prompts, check_int(num_samples, "num_samples", 2), generator)
+        table = sampled_reward_table(target, prompts, check_int(num_samples, "num_samples", 2), generator=generator)
     low, high = _reachable(table, budget)
     name = "KL(pi* || pi0)" if budget == "kl" else "E_pi*[r]"
     where = "" if method == "exact" else f" (estimated from {num_samples} prior draws per prompt)"

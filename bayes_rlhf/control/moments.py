@@ -110,13 +110,13 @@ def moment_target(prior, prompts: str | Sequence[str], features, moments, max_ne
         num_samples = check_int(num_samples, "num_samples", 2)
         check_generator(generator)
         table = sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
-                                      proposal, generator)
+                                      proposal=proposal, generator=generator)
     ranges = check_reachable(table, m, names)
     sol = solve_dual(table, m, tol, max_iter)
     achieved, se, ess = sol.tilt.means.mean(0), torch.zeros_like(m), ()
     if method == "snis":
         fresh = sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
-                                      proposal, generator)
+                                      proposal=proposal, generator=generator)
         ft = tilt(fresh, sol.coefficients)
         achieved, se = ft.means.mean(0), snis_standard_error(fresh, ft)
         ess = tuple(float(1.0 / (sol.tilt.probs[table.rows(g)] ** 2).sum()) for g in range(table.num_groups))

@@ -179,7 +179,7 @@ def exact_feature_table(prior, prompts: list[str], T: int, features: list, const
     return build_table(lbs, fs)
 
 
-def sampled_feature_table(prior, prompts: list[str], T: int, features: list, constraint, num_samples: int,
+def sampled_feature_table(prior, prompts: list[str], T: int, features: list, constraint, num_samples: int, *,
                           proposal, generator) -> AtomTable:
     """N proposals per prompt: atoms = draws meeting the constraint, log_base = log pi0 - log q - log N."""
     from bayes_rlhf.samplers.importance import importance_sample
@@ -210,7 +210,7 @@ def exact_reward_table(target: Target, prompts: list[str], max_completions: int 
     return build_table([a for a, _ in atoms], [f for _, f in atoms])
 
 
-def sampled_reward_table(target: Target, prompts: list[str], num_samples: int, generator) -> AtomTable:
+def sampled_reward_table(target: Target, prompts: list[str], num_samples: int, *, generator) -> AtomTable:
     """The one-feature table (phi = r) of N prior draws per prompt; log_base = -log N."""
     from bayes_rlhf.samplers.importance import importance_sample
 
