@@ -33,6 +33,8 @@ import torch
 from bayes_rlhf.errors import ConfigError, PromptError, TokenizerMismatchError
 from bayes_rlhf.models.cache import LMState, _fork_cache, _select_cache, cache_argument, forward_with_cache
 from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.models.linears import transposed_linears
+from bayes_rlhf.models.passes import completion_logits, full_logits
 from bayes_rlhf.models.text import encode_known, short
 from bayes_rlhf.models.vocabulary import Vocabulary
 
@@ -233,7 +235,8 @@ class CausalLM:
         return torch.log_softmax(logits, dim=-1)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache=None):
-        return forward_with_cache(self.model, input_ids, attention_mask, position_ids, cache)
+        with transposed_linears(self.model, input_ids.numel()):  # small no-grad CPU batches: x @ Wt
+            return forward_with_cache(self.model, input_ids, attention_mask, position_ids, cache)
 
     @staticmethod
     def _as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
@@ -286,24 +289,22 @@ class CausalLM:
         plist = self._as_prompt_list(prompts)
         if len(plist) == 1 and n != 1:
             plist = plist * n
-        p_ids, p_att = self._prompt_batch(plist)
+        distinct = {p: i for i, p in enumerate(dict.fromkeys(plist))}
+        index = torch.tensor([distinct[p] for p in plist], dtype=torch.long, device=self.device)
+        p_ids, p_att = self._prompt_batch(list(distinct))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        full = torch.cat([p_ids, ids], dim=1)
-        att = torch.cat([p_att, mask.long()], dim=1)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
-        out = (self.model if model is None else model)(input_ids=full, attention_mask=att, position_ids=pos,
-                                                       use_cache=False, output_hidden_states=hidden_states)
-        P = p_ids.shape[1]
-        window = slice(P - 1, P - 1 + T)
+        net = self.model if model is None else model
+        # each distinct prompt once (a cached prompt pass), unless a wrapper must be called once per backward
+        run = completion_logits if net is self.model else full_logits
+        logits, hidden = run(net, p_ids, p_att, index, ids, mask, hidden_states)
         support_lp = None
         if self.support is not None:
             with torch.no_grad():
-                s_logits = self.support.model(input_ids=full, attention_mask=att, position_ids=pos,
-                                              use_cache=False).logits
-            support_lp = self.support.log_softmax(s_logits[:, window])
-        logp = self.log_softmax(out.logits[:, window], support_lp)
+                s_logits, _ = completion_logits(self.support.model, p_ids, p_att, index, ids, mask)
+            support_lp = self.support.log_softmax(s_logits)
+        logp = self.log_softmax(logits, support_lp)
         tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
-        return tok, (out.hidden_states[-1][:, window] if hidden_states else None)
+        return tok, hidden
 
     def token_log_probs(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-token log-probs [n, T] of completions (0 at padding), differentiable.
