@@ -3,8 +3,9 @@
 ``nn.Linear`` computes ``x @ W.T`` with ``W`` stored [out, in]. On CPU, for the few rows of a
 sampling step (n completions, one token each) that layout took up to twice as long as ``x @ Wt``
 with a contiguous ``Wt`` [in, out] on SmolLM2's shapes (one matrix alone, 8 rows, one thread; a
-whole sampling step gained 7-15% on a loaded machine); from about 64 rows on the two are alike. ``transposed_linears(model, rows)`` runs a forward with ``x @ Wt`` for every
-``nn.Linear`` whose weight is frozen (``requires_grad`` False: LoRA's base layers, a model after
+whole sampling step gained 7-15% on a loaded machine); from about 64 rows on the two are alike.
+``transposed_linears(model, rows)`` runs a forward with ``x @ Wt`` for every ``nn.Linear`` whose
+weight is frozen (``requires_grad`` False: LoRA's base layers, a model after
 ``requires_grad_(False)``); trainable weights keep ``nn.Linear``, so which kernel runs
 depends on the model's flags only, never on what ran before (a resumed run repeats the original
 bit for bit).
