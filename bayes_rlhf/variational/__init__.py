@@ -9,6 +9,7 @@ from bayes_rlhf.variational.config import TrainerConfig
 from bayes_rlhf.variational.history import TrainingHistory
 from bayes_rlhf.variational.objectives import (OBJECTIVE_NAMES, OBJECTIVES, Objective, ObjectiveOutput, PolicyBatch,
                                                register_objective)
+from bayes_rlhf.variational.evaluation import Evaluator, ExactEvaluator, as_evaluator
 from bayes_rlhf.variational.sandwich import SandwichEvaluator
 from bayes_rlhf.variational.settings import (DistillConfig, DPGConfig, GRPOConfig, PPOConfig, RLOOConfig,
                                              VarGradConfig)
@@ -17,5 +18,6 @@ from bayes_rlhf.variational.trainer import TrainingDivergedError, train_policy
 
 __all__ = ["train_policy", "TrainerConfig", "TrainingHistory", "TrainingDivergedError", "objectives",
            "OBJECTIVES", "OBJECTIVE_NAMES", "PolicyBatch", "ObjectiveOutput", "SandwichEvaluator", "Objective",
+           "Evaluator", "ExactEvaluator", "as_evaluator",
            "register_objective", "Source", "RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig",
            "VarGradConfig"]
