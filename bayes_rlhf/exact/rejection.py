@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from bayes_rlhf._checks import check_generator, check_int, check_real
-from bayes_rlhf._deprecation import renamed_keywords
+from bayes_rlhf._deprecation import positional_generator, renamed_keywords
 from bayes_rlhf.errors import ConfigError, RewardError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.target import Target
@@ -30,6 +30,7 @@ class RejectionResult:
 
 
 @renamed_keywords(n="num_samples")
+@positional_generator(4)
 def exact_rejection_sample(target: Target, prompt: str, num_samples: int, reward_max: float, *,
                            generator: torch.Generator | None = None, batch_size: int = 256,
                            max_proposals: int = 1_000_000) -> RejectionResult:

@@ -93,5 +93,8 @@ def test_exact_rejection_sample_counts_by_num_samples_and_n_is_deprecated(mild_t
     assert torch.equal(new.samples.ids, old.samples.ids) and len(new.samples) == 5
     with pytest.raises(ConfigError, match="num_samples= only"):
         br.exact_rejection_sample(mild_target, PROMPT, n=5, num_samples=5, reward_max=6.0, generator=g())
-    with pytest.raises(TypeError):
-        br.exact_rejection_sample(mild_target, PROMPT, 5, 6.0, g())
+    with pytest.warns(DeprecationWarning, match="generator=..."):  # DESIGN.md's older documented call
+        positional = br.exact_rejection_sample(mild_target, PROMPT, 5, 6.0, g())
+    assert torch.equal(new.samples.ids, positional.samples.ids)
+    with pytest.raises(TypeError):  # only a generator (or None) is taken by position
+        br.exact_rejection_sample(mild_target, PROMPT, 5, 6.0, 256)
