@@ -1,6 +1,11 @@
 """Claim: at equal reward evaluations, the objectives whose expected gradient is grad KL(q || pi*)
 (RLOO with k1 in the reward, trajectory balance) settle far closer to pi* than GRPO, Dr. GRPO and
 k3-in-loss RLOO, whose fixed points are not pi*; PPO and DPG (unbiased, noisier here) lie between.
+The preference objectives join them: DPO and IPO on steps * samples / 2 pairs of pi0 samples
+labelled by a Bradley-Terry model of the reward (``sample_preferences``: the same reward
+evaluations, spent up front; their curves are drawn at the evaluations the other runs have spent by
+the same step), online DPO with the Bradley-Terry judge (fixed point pi*) and with TRL's "better"
+judge (fixed point pi0 on the best completions); f-DPG, BOND and vBoN when registered.
 
 On the default model (prompt "the movie was", beta 1, 4 new tokens; pi* enumerated exactly) every
 objective trains a policy from the prior with the same seed, samples per step and number of steps,
@@ -9,7 +14,7 @@ so the same number of reward evaluations; the exact KL(q || pi*) and KL(pi* || q
 
     post = exact_posterior(Target(pi0, r, beta, T), prompt)
     for each objective o:  q_o, history = train_policy(target, prompt, TrainerConfig(objective=o, ...),
-                                                       evaluator=post)
+                                                       evaluator=post[, preferences=pairs of pi0])
     figures: KL(q || pi*) and KL(pi* || q) against reward evaluations (log y), one line per objective;
              each final (KL(q || pi0), E_q[r]) on the exact reward-KL frontier of pi*_beta'
     table:   final exact KLs (and their mean over the last quarter of evaluations, which averages
@@ -36,6 +41,8 @@ from bayes_rlhf.diagnostics.frontier import FrontierPoint, beta_grid, policy_poi
 from bayes_rlhf.plots import new_figure, plot_frontier, save_figure
 from bayes_rlhf.plots.style import CYCLE, PAPER_RC
 from bayes_rlhf.variational import TrainerConfig, train_policy
+from bayes_rlhf.variational.objectives import OBJECTIVES
+from bayes_rlhf.variational.preferences import sample_preferences
 
 #: label -> TrainerConfig fields that pick the objective (everything else is shared).
 RUNS = {
@@ -46,7 +53,15 @@ RUNS = {
     "grpo": {"objective": "grpo"},
     "dr. grpo": {"objective": "grpo", "grpo_scale_rewards": False},
     "rloo k3_loss": {"objective": "rloo", "kl_estimator": "k3_loss"},
+    "dpo (pi0 pairs)": {"objective": "dpo"},
+    "ipo (pi0 pairs)": {"objective": "ipo"},
+    "online dpo": {"objective": "online_dpo"},
+    "online dpo (better)": {"objective": "online_dpo", "dpo_judge": "better"},
+    "fdpg (js)": {"objective": "fdpg", "f_divergence": "js"},
+    "bond (n=4)": {"objective": "bond", "bon_n": 4},
+    "vbon (n=4)": {"objective": "vbon", "bon_n": 4},
 }
+RUNS = {k: v for k, v in RUNS.items() if v["objective"] in OBJECTIVES}  # those registered in this version
 
 
 def train_all(target, post, runs: dict, steps: int, samples: int, eval_every: int, seed: int,
@@ -56,8 +71,15 @@ def train_all(target, post, runs: dict, steps: int, samples: int, eval_every: in
     for label, kw in tqdm(runs.items(), desc="objectives"):
         cfg = TrainerConfig(steps=steps, samples_per_prompt=samples, eval_every=eval_every, seed=seed,
                             lr=lr, progress=False, **kw)
+        pairs = None
+        if cfg.bound_objective().source.kind == "preferences":  # as many reward evaluations, 2 per pair
+            pairs = sample_preferences(target, post.prompt, max(1, steps * samples // 2),
+                                       generator=torch.Generator().manual_seed(seed))
         t0 = time.perf_counter()
-        policy, history = train_policy(target, post.prompt, cfg, evaluator=post)
+        policy, history = train_policy(target, post.prompt, cfg, evaluator=post, preferences=pairs)
+        if pairs is not None:  # count the 2 * pairs labels, spread over the steps (the loop also scores
+            for row in history.rows:  # the pair rows' rewards, which DPO and IPO never read)
+                row["reward_evals"] = row["step"] * samples
         out[label] = (policy, history, time.perf_counter() - t0)
     return out
 
@@ -84,7 +106,8 @@ def plot_curves(results: dict, post):
             x = [r["reward_evals"] for r in rows]
             for ax, key in zip(axes, ("kl_q_posterior", "kl_posterior_q")):
                 ax.plot(x, [r[key] for r in rows], color=CYCLE[i % len(CYCLE)], label=label,
-                        ls="--" if ("grpo" in label or "k3" in label) else "-")
+                        ls="--" if ("grpo" in label or "k3" in label) else
+                        ":" if ("dpo" in label or "bon" in label) else "-")
         prior = br.compare(post.prior_log_probs, post)
         for ax, key, name in ((axes[0], "kl_q_posterior", "KL(q || $\\pi^*$)"),
                               (axes[1], "kl_posterior_q", "KL($\\pi^*$ || q)")):
@@ -127,11 +150,11 @@ def write_curves(results: dict, out: Path) -> None:
 def print_table(rows: list[dict], post) -> None:
     print(f"beta log Z = {post.optimal_objective:.4f}; E_pi*[r] = {post.mean_reward:.4f}, "
           f"KL(pi* || pi0) = {post.kl_to_prior:.4f}; {rows[0]['reward_evals']} reward evaluations each")
-    head = (f"{'objective':<14}{'KL(q||pi*)':>11}{'tail':>9}{'KL(pi*||q)':>11}{'tail':>9}"
+    head = (f"{'objective':<20}{'KL(q||pi*)':>11}{'tail':>9}{'KL(pi*||q)':>11}{'tail':>9}"
             f"{'KL(q||pi0)':>11}{'E_q[r]':>9}{'gap J':>9}{'s':>6}")
     print(head)
     for r in rows:
-        print(f"{r['objective']:<14}{r['kl_q_posterior']:>11.4f}{r['kl_q_posterior_tail']:>9.4f}"
+        print(f"{r['objective']:<20}{r['kl_q_posterior']:>11.4f}{r['kl_q_posterior_tail']:>9.4f}"
               f"{r['kl_posterior_q']:>11.4f}{r['kl_posterior_q_tail']:>9.4f}{r['kl_q_prior']:>11.4f}"
               f"{r['mean_reward']:>9.4f}{r['gap_to_beta_log_z']:>9.4f}{r['wall_s']:>6.1f}")
 

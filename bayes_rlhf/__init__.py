@@ -25,8 +25,8 @@ from bayes_rlhf.samplers import (CTLConfig, ExactTwist, LearnedTwist, PrefixPote
                                  quasi_rejection_sample, residual, sampling_importance_resampling, smc, stratified,
                                  systematic, upper_bound)
 from bayes_rlhf.target import Target
-from bayes_rlhf.variational import (SandwichEvaluator, TrainerConfig, TrainingDivergedError, TrainingHistory,
-                                    objectives, train_policy)
+from bayes_rlhf.variational import (Preferences, SandwichEvaluator, TrainerConfig, TrainingDivergedError,
+                                    TrainingHistory, objectives, sample_preferences, train_policy)
 
 __version__ = "0.1.0"
 
@@ -63,7 +63,7 @@ __all__ = [
     "lower_bound", "upper_bound", "kl_sandwich", "log_z_lower_bound", "ppl",
     # variational policy
     "train_policy", "TrainerConfig", "TrainingHistory", "TrainingDivergedError", "SandwichEvaluator",
-    "objectives",
+    "objectives", "Preferences", "sample_preferences",
     # diagnostics and reports
     "Comparison", "compare", "reverse_kl", "forward_kl", "importance_log_z", "token_kl", "position_kl",
     "Estimate", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "FrontierPoint",

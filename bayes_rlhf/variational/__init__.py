@@ -10,6 +10,7 @@ from bayes_rlhf.variational.history import TrainingHistory
 from bayes_rlhf.variational.objectives import (OBJECTIVE_NAMES, OBJECTIVES, Objective, ObjectiveOutput, PolicyBatch,
                                                register_objective)
 from bayes_rlhf.variational.evaluation import Evaluator, ExactEvaluator, as_evaluator
+from bayes_rlhf.variational.preferences import Preferences, sample_preferences
 from bayes_rlhf.variational.sandwich import SandwichEvaluator
 from bayes_rlhf.variational.settings import (DistillConfig, DPGConfig, GRPOConfig, PPOConfig, RLOOConfig,
                                              VarGradConfig)
@@ -20,4 +21,4 @@ __all__ = ["train_policy", "TrainerConfig", "TrainingHistory", "TrainingDiverged
            "OBJECTIVES", "OBJECTIVE_NAMES", "PolicyBatch", "ObjectiveOutput", "SandwichEvaluator", "Objective",
            "Evaluator", "ExactEvaluator", "as_evaluator",
            "register_objective", "Source", "RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig",
-           "VarGradConfig"]
+           "VarGradConfig", "Preferences", "sample_preferences"]

@@ -22,9 +22,9 @@ from bayes_rlhf._checks import is_real, plain
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational.kl_control import check_kl_control
 from bayes_rlhf.variational.objectives import OBJECTIVE_NAMES, BoundObjective, Objective, get_objective
-from bayes_rlhf.variational.settings import (SECTIONS, DistillConfig, DPGConfig, GRPOConfig, KLControlConfig,
-                                             PPOConfig, RLOOConfig, VarGradConfig, check_bool, check_int_at_least,
-                                             check_number, check_positive)
+from bayes_rlhf.variational.settings import (SECTIONS, DistillConfig, DPGConfig, DPOConfig, GRPOConfig,
+                                             KLControlConfig, PPOConfig, RLOOConfig, VarGradConfig, check_bool,
+                                             check_int_at_least, check_number, check_positive)
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
@@ -52,9 +52,11 @@ class TrainerConfig:
         A name in ``bayes_rlhf.variational.objectives.OBJECTIVES``: "rloo", "ppo", "dpg", "distill",
         "vargrad", "grpo", or one added with ``register_objective``. "grpo" is TRL's GRPO
         (group-relative advantages, clipped ratio, k3 in the loss): a biased fit of pi*, kept to
-        measure how far its fixed point is from pi*.
+        measure how far its fixed point is from pi*. "dpo", "ipo" (from preference pairs) and
+        "online_dpo" are in ``objectives/dpo.py``.
     samples_per_prompt : int
-        Completions drawn per prompt and step (>= 2: RLOO's leave-one-out baseline needs two).
+        Completions drawn per prompt and step (>= 2: RLOO's leave-one-out baseline needs two);
+        DPO and IPO draw samples_per_prompt // 2 preference pairs per prompt and step.
     prompts_per_step : int or None
         Prompts per step, drawn without replacement each step; None uses every prompt.
     lr : float or None
@@ -78,6 +80,9 @@ class TrainerConfig:
         Adaptive beta (Ziegler et al. 2019, ``kl_control.py``): ``kl_target=0.5, kl_horizon=10000``
         (flat keywords of ``kl_control.target`` and ``kl_control.horizon``) move beta each step
         towards KL(q || pi0) = kl_target; off (``kl_target=None``) by default.
+    dpo : DPOConfig
+        DPO, IPO and online DPO: ``judge`` ("bradley_terry" or "better"; flat ``dpo_judge``), how
+        online DPO labels its pairs. DPO and IPO read ``train_policy(..., preferences=...)``.
     lora_rank : int
         0 fine-tunes every weight; > 0 trains LoRA adapters of this rank (needs ``peft``), merged
         into the returned policy.
@@ -121,6 +126,7 @@ class TrainerConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     vargrad: VarGradConfig = field(default_factory=VarGradConfig)
     kl_control: KLControlConfig = field(default_factory=KLControlConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     lora_rank: int = 0
     lora_alpha: float = 16.0
     bf16: bool = True

@@ -220,7 +220,26 @@ class KLControlConfig(Section):
     horizon: float = setting(10000.0, check_positive, "kl_horizon")
 
 
-SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig, KLControlConfig)
+@dataclass(frozen=True)
+class DPOConfig(Section):
+    """DPO, IPO and online DPO (``objectives/dpo.py``; pairs and fixed points in ``preferences.py``).
+
+    judge : {"bradley_terry", "better"}
+        How online DPO labels a pair of the policy's samples: "bradley_terry" takes the expectation
+        over a label with P(a > b) = sigmoid(r_a - r_b) (fixed point pi*); "better" prefers the higher
+        reward (TRL's OnlineDPOTrainer with a reward judge; q drifts towards pi0 on the best
+        completions, not pi*); flat keyword ``dpo_judge``. DPO and IPO read their labels from
+        ``train_policy(preferences=...)``.
+
+    Recorded in checkpoints and run folders only when set (``recorded_at_default``).
+    """
+
+    name = "dpo"
+    recorded_at_default = False
+    judge: str = setting("bradley_terry", check_choice, "dpo_judge", options=("bradley_terry", "better"))
+
+
+SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig, KLControlConfig, DPOConfig)
 
 __all__ = ["RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig", "VarGradConfig",
-           "KLControlConfig", "SECTIONS", "Section"]
+           "KLControlConfig", "DPOConfig", "SECTIONS", "Section"]

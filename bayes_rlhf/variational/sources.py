@@ -6,6 +6,8 @@
     rejection  pi* by exact rejection sampling (``reward_max``: an upper bound of the reward)
     given      ``train_policy(sampler=f)``: ``f(prompt, n, generator)`` returns Completions,
                (Completions, log_weights [n]) or WeightedSamples (weighted draws of pi*)
+    preferences  ``train_policy(preferences=...)``: n // 2 pairs per prompt drawn uniformly (with
+               replacement) from the prompt's pairs, rows (chosen, rejected) in turn
 
 ``make_draw(source, ...)`` returns ``draw(prompts, generator) -> Drawn``: ``num_per_prompt`` rows
 per prompt (the given sampler may return another number), grouped by prompt.
@@ -23,8 +25,9 @@ from bayes_rlhf.exact.rejection import exact_rejection_sample
 from bayes_rlhf.exact.solve import exact_posterior
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers.weighted import WeightedSamples
+from bayes_rlhf.variational.preferences import check_covers
 
-KINDS = ("policy", "prior", "exact", "rejection", "given")
+KINDS = ("policy", "prior", "exact", "rejection", "given", "preferences")
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,16 @@ class Drawn:
     log_weights: torch.Tensor | None = None
 
 
-def check_source(source: Source, sampler: Callable | None) -> None:
+def check_source(source: Source, sampler: Callable | None, preferences=None, prompts=None) -> None:
     """ConfigError, before any work, when ``source`` cannot draw with what ``train_policy`` was given."""
+    if source.kind == "preferences" and preferences is None:
+        raise ConfigError("this objective learns from preference pairs: pass train_policy(..., preferences=...) "
+                          "with (prompt, chosen, rejected) triples, a datasets.Dataset or br.sample_preferences(...)")
+    if source.kind != "preferences" and preferences is not None:
+        raise ConfigError("train_policy(preferences=...) is read by objective='dpo' or 'ipo' only; choose one of "
+                          "those or leave preferences out")
+    if preferences is not None and prompts is not None:
+        check_covers(preferences, prompts)
     if source.kind not in KINDS:
         raise ConfigError(f"unknown sample source {source.kind!r}; an objective's source is one of {list(KINDS)}")
     if source.kind == "given" and sampler is None:
@@ -65,9 +76,11 @@ def check_source(source: Source, sampler: Callable | None) -> None:
 
 
 def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: dict | None = None,
-              sampler: Callable | None = None) -> Callable[[Sequence[str], torch.Generator], Drawn]:
+              sampler: Callable | None = None, preferences=None) -> Callable[[Sequence[str], torch.Generator], Drawn]:
     """``draw(prompts, generator) -> Drawn`` for ``source`` (``policy`` is the model being trained)."""
-    check_source(source, sampler)
+    check_source(source, sampler, preferences)
+    if source.kind == "preferences":
+        return _pairs(preferences, max(1, num_per_prompt // 2))
     if source.kind in ("policy", "prior"):
         lm = policy if source.kind == "policy" else target.prior
 
@@ -118,3 +131,14 @@ def _given(source, target, posteriors, sampler):
                               "(Completions, log_weights) or WeightedSamples")
         return completions, None if log_w is None else torch.as_tensor(log_w, dtype=torch.float64)
     return one
+
+
+def _pairs(preferences, m: int):
+    rows = {p: preferences.rows_of(p) for p in set(preferences.prompts)}
+
+    def draw(prompts, gen):
+        idx = torch.cat([rows[p][torch.randint(len(rows[p]), (m,), generator=gen)] for p in prompts])
+        ids = torch.stack([preferences.chosen_ids[idx], preferences.rejected_ids[idx]], 1).flatten(0, 1)
+        mask = torch.stack([preferences.chosen_mask[idx], preferences.rejected_mask[idx]], 1).flatten(0, 1)
+        return Drawn(ids, mask, torch.arange(len(prompts)).repeat_interleave(2 * m))
+    return draw

@@ -39,6 +39,7 @@ from bayes_rlhf.variational.guards import TrainingDivergedError  # noqa: F401 (r
 from bayes_rlhf.variational.evaluation import Evaluator, as_evaluator
 from bayes_rlhf.variational.history import TrainingHistory
 from bayes_rlhf.variational.kl_control import make_kl_control
+from bayes_rlhf.variational.preferences import as_preferences
 from bayes_rlhf.variational.sources import POLICY, check_source, make_draw
 from bayes_rlhf.variational.state import RunState
 from bayes_rlhf.variational.step import Draws, train_step
@@ -53,7 +54,7 @@ def check_prompts(target: Target, prompts) -> list[str]:
 
 
 def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerConfig | None = None, *,
-                 evaluator=None, sampler: Callable | None = None,
+                 evaluator=None, sampler: Callable | None = None, preferences=None,
                  callback: Callable[[int, dict], None] | None = None) -> tuple[CausalLM, TrainingHistory]:
     """Train a policy q initialised from ``target.prior`` to approximate ``target``'s posterior.
 
@@ -71,6 +72,10 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     sampler : callable, optional
         ``sampler(prompt, n, generator) -> Completions``, ``(Completions, log_weights [n])`` or
         ``WeightedSamples``: samples of pi* for ``objective="distill"``, ``distill_source="given"``.
+    preferences : Preferences, datasets.Dataset or sequence of (prompt, chosen, rejected) str, optional
+        Preference pairs for ``objective="dpo"`` or ``"ipo"`` (a Dataset with those columns;
+        ``sample_preferences`` labels pi0's samples by a Bradley-Terry model of the reward), with
+        pairs for every prompt.
     callback : callable, optional
         ``callback(step, row)`` after each step.
 
@@ -83,7 +88,8 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     config = TrainerConfig() if config is None else config
     prompts, evaluator = _check_inputs(target, prompts, config, evaluator)
     objective = config.bound_objective()
-    check_source(objective.source, sampler)
+    pairs = None if preferences is None else as_preferences(preferences, target.prior, target.max_new_tokens)
+    check_source(objective.source, sampler, pairs, prompts)
     backend = make_backend(config, target.prior)
     fixed_beta = evaluator if evaluator is not None and not evaluator.follows_beta else None
     control = make_kl_control(config, len(prompts), backend.num_processes, fixed_beta)  # None: beta fixed
@@ -92,9 +98,11 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     extra = _target_fingerprint(target, prompts)
     if backend.num_processes > 1:  # each process adds a batch: resume only with as many processes
         extra["processes"] = backend.num_processes
+    if pairs is not None:
+        extra["preferences"] = pairs.fingerprint()
     run = RunState(target, prompts, config, objective, backend)
     k = config.samples_per_prompt
-    draws = Draws(make_draw(objective.source, target, run.policy, k, posteriors, sampler),
+    draws = Draws(make_draw(objective.source, target, run.policy, k, posteriors, sampler, pairs),
                   None if objective.on_policy else make_draw(POLICY, target, run.policy, k))
     evaluation = (lambda: evaluator.evaluate(run.policy, run.target)) if evaluator is not None else None
     start, rows = _resume(run, config, extra)

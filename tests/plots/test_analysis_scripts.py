@@ -66,13 +66,16 @@ def test_log_z_sandwich(tmp_path):
 def test_objectives_vs_posterior_smoke(tmp_path):
     """Tiny settings: every run has the same number of reward evaluations; the table is consistent."""
     mod = _load("objectives_vs_posterior")
-    assert list(mod.RUNS) == ["rloo", "ppo", "dpg (policy)", "vargrad (TB)", "grpo", "dr. grpo", "rloo k3_loss"]
+    assert list(mod.RUNS)[:11] == ["rloo", "ppo", "dpg (policy)", "vargrad (TB)", "grpo", "dr. grpo", "rloo k3_loss",
+                                   "dpo (pi0 pairs)", "ipo (pi0 pairs)", "online dpo", "online dpo (better)"]
+    runs = ["dpg (policy)", "grpo", "dpo (pi0 pairs)"]
     assert mod.main(["--out", str(tmp_path), "--steps", "4", "--eval-every", "2", "--samples-per-prompt", "4",
-                     "--max-new-tokens", "2", "--objectives", "dpg (policy)", "grpo"]) == 0
+                     "--max-new-tokens", "2", "--objectives", *runs]) == 0
     rows = json.loads((tmp_path / "result.json").read_text())
     meta = json.loads((tmp_path / "meta.json").read_text())
-    assert [r["objective"] for r in rows] == ["dpg (policy)", "grpo"]
-    assert {r["reward_evals"] for r in rows} == {4 * 4}  # on-policy: one evaluation per sample
+    assert [r["objective"] for r in rows] == runs
+    # on-policy: one evaluation per sample; DPO: 4 * 4 / 2 pairs of two (its history counts its policy samples)
+    assert {r["reward_evals"] for r in rows} == {4 * 4}
     for r in rows:
         assert r["kl_q_posterior"] > 0 and r["kl_posterior_q"] > 0
         # J(q) = beta log Z - beta KL(q || pi*), beta = 1: the gap is the reverse KL (to float32
@@ -81,7 +84,7 @@ def test_objectives_vs_posterior_smoke(tmp_path):
         assert r["kl_q_posterior_tail"] == pytest.approx(r["kl_q_posterior"], abs=1e-12)  # last eval = final
     assert meta["beta_log_z"] < 0 and meta["num_completions"] > 0
     lines = (tmp_path / "curves.csv").read_text().splitlines()
-    assert lines[0] == "objective,step,reward_evals,kl_q_posterior,kl_posterior_q" and len(lines) == 1 + 2 * 2
+    assert lines[0] == "objective,step,reward_evals,kl_q_posterior,kl_posterior_q" and len(lines) == 1 + 3 * 2
     for stem in ("kl_vs_reward_evals", "frontier"):
         assert (tmp_path / f"{stem}.pdf").is_file() and (tmp_path / f"{stem}.png").is_file()
 
@@ -113,3 +116,18 @@ def test_kl_estimators_smoke(tmp_path):
     assert r["min_cos_forward_k3_sequence"] == pytest.approx(1.0, abs=1e-9)
     assert r["min_cos_reverse"]["k3 in loss, per token"] < 1 - 1e-6
     assert (tmp_path / "kl_estimators.pdf").is_file() and (tmp_path / "kl_estimators.png").is_file()
+
+
+def test_dpo_vs_pairs_smoke(tmp_path):
+    """Tiny settings: DPO, IPO and RLOO per number of pairs, DPO and IPO at 2 reward evaluations per pair."""
+    assert _load("dpo_vs_pairs").main(["--out", str(tmp_path), "--pairs", "8", "32", "--epochs", "1",
+                                       "--samples-per-prompt", "16", "--rloo-samples", "16"]) == 0
+    rows = json.loads((tmp_path / "result.json").read_text())
+    assert [(r["objective"], r["pairs"]) for r in rows] == [(o, n) for n in (8, 32) for o in ("dpo", "ipo", "rloo")]
+    for r in rows:
+        assert r["reward_evals"] == 2 * r["pairs"] and r["kl_q_posterior"] > 0
+        if r["objective"] != "ipo":  # their fixed point is pi*
+            assert r["kl_q_fixed_point"] == r["kl_q_posterior"]
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["kl_ipo_fixed_point_posterior"] > 0.01  # IPO's fixed point is not pi*
+    assert (tmp_path / "dpo_vs_pairs.pdf").is_file() and (tmp_path / "dpo_vs_pairs.png").is_file()

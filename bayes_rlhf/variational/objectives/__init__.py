@@ -9,6 +9,9 @@ of a divergence to pi*, whatever the reward's scale::
     dpg      forward KL, self-normalised importance weights               policy or prior samples
     distill  forward KL from samples of pi*                               exact, rejection or given samples
     vargrad  trajectory balance (learned log Z per prompt) or VarGrad     policy samples, learned log Z
+    dpo      Bradley-Terry loss of beta log q / pi0 on preference pairs    train_policy(preferences=...)
+    ipo      squared loss of log-ratio margins (fixed point not pi*)       train_policy(preferences=...)
+    online_dpo  DPO on pairs of q's samples labelled by a judge            policy samples
 
 ``OBJECTIVES`` maps ``TrainerConfig.objective`` names to their ``Objective`` records (``base.py``
 says what a record declares); ``register_objective`` adds one. A record is called like a loss,
@@ -22,6 +25,7 @@ from bayes_rlhf.logweights import group_softmax  # noqa: F401 (the weights DPG a
 from bayes_rlhf.variational.objectives.base import (BoundObjective, Objective, ObjectiveOutput, PolicyBatch, k3_kl,
                                                     weighted_nll)
 from bayes_rlhf.variational.objectives.distill import distill_loss
+from bayes_rlhf.variational.objectives.dpo import dpo_objective, ipo_objective, online_dpo_objective
 from bayes_rlhf.variational.objectives.dpg import dpg_loss
 from bayes_rlhf.variational.objectives.grpo import GRPO_EPS, group_relative_advantages, grpo_loss
 from bayes_rlhf.variational.objectives.ppo import gae, ppo_loss
@@ -30,7 +34,8 @@ from bayes_rlhf.variational.objectives.vargrad import vargrad_loss
 
 #: name -> Objective, the built-in objectives first
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (rloo_loss, ppo_loss, dpg_loss, distill_loss, vargrad_loss,
-                                                          grpo_loss)}
+                                                          grpo_loss, dpo_objective, ipo_objective,
+                                                          online_dpo_objective)}
 #: the built-in objectives' names
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
@@ -57,5 +62,5 @@ def get_objective(name: str) -> Objective:
 
 __all__ = ["PolicyBatch", "ObjectiveOutput", "Objective", "BoundObjective", "OBJECTIVES", "OBJECTIVE_NAMES",
            "register_objective", "get_objective", "rloo_loss", "ppo_loss", "dpg_loss", "distill_loss", "vargrad_loss",
-           "grpo_loss", "leave_one_out_advantages", "group_relative_advantages", "group_softmax", "gae", "k3_kl",
-           "weighted_nll", "GRPO_EPS"]
+           "grpo_loss", "dpo_objective", "ipo_objective", "online_dpo_objective", "leave_one_out_advantages",
+           "group_relative_advantages", "group_softmax", "gae", "k3_kl", "weighted_nll", "GRPO_EPS"]
