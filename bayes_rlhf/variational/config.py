@@ -22,9 +22,10 @@ from bayes_rlhf._checks import is_real, plain
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational.kl_control import check_kl_control
 from bayes_rlhf.variational.objectives import OBJECTIVE_NAMES, BoundObjective, Objective, get_objective
-from bayes_rlhf.variational.settings import (SECTIONS, DistillConfig, DPGConfig, DPOConfig, GRPOConfig,
-                                             KLControlConfig, PPOConfig, RLOOConfig, VarGradConfig, check_bool,
-                                             check_int_at_least, check_number, check_positive)
+from bayes_rlhf.variational.settings import (SECTIONS, BoNConfig, DistillConfig, DPGConfig, DPOConfig,
+                                             FDPGConfig, GRPOConfig, KLControlConfig, PPOConfig, RLOOConfig,
+                                             VarGradConfig, check_bool, check_int_at_least, check_number,
+                                             check_positive)
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
@@ -83,6 +84,14 @@ class TrainerConfig:
     dpo : DPOConfig
         DPO, IPO and online DPO: ``judge`` ("bradley_terry" or "better"; flat ``dpo_judge``), how
         online DPO labels its pairs. DPO and IPO read ``train_policy(..., preferences=...)``.
+    fdpg : FDPGConfig
+        f-DPG (``objectives/fdpg.py``): ``f_divergence`` ("forward_kl", "reverse_kl", "js", "tv",
+        "chi2", "jeffreys"), ``proposal``, ``baseline``; flat ``f_divergence``, ``fdpg_proposal``,
+        ``fdpg_baseline``.
+    bon : BoNConfig
+        Best-of-N distillation, "bond" and "vbon" (``objectives/bond.py``): ``n`` (flat ``bon_n``),
+        ``quantile`` ("exact" or "prior"), ``quantile_samples``, ``quantile_seed``, ``proposal``
+        (flat ``bon_quantile``, ``bon_quantile_samples``, ``bon_quantile_seed``, ``bon_proposal``).
     lora_rank : int
         0 fine-tunes every weight; > 0 trains LoRA adapters of this rank (needs ``peft``), merged
         into the returned policy.
@@ -127,6 +136,8 @@ class TrainerConfig:
     vargrad: VarGradConfig = field(default_factory=VarGradConfig)
     kl_control: KLControlConfig = field(default_factory=KLControlConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    fdpg: FDPGConfig = field(default_factory=FDPGConfig)
+    bon: BoNConfig = field(default_factory=BoNConfig)
     lora_rank: int = 0
     lora_alpha: float = 16.0
     bf16: bool = True

@@ -239,7 +239,62 @@ class DPOConfig(Section):
     judge: str = setting("bradley_terry", check_choice, "dpo_judge", options=("bradley_terry", "better"))
 
 
-SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig, KLControlConfig, DPOConfig)
+F_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "tv", "chi2", "jeffreys")
+BON_QUANTILES = ("exact", "prior")
+
+
+@dataclass(frozen=True)
+class FDPGConfig(Section):
+    """f-DPG: an f-divergence D_f(pi* || q) by importance weights (``objectives/fdpg.py``).
+
+    f_divergence : {"forward_kl", "reverse_kl", "js", "tv", "chi2", "jeffreys"}
+        The generator (flat keyword ``f_divergence``); "js" (Go et al.'s recommendation) by default.
+    proposal : {"policy", "prior"}
+        Policy samples (ratio pi*/q) or prior samples (pi*/pi0, re-weighted to q); ``fdpg_proposal``.
+    baseline : bool
+        Subtract the leave-one-out mean of phi(u) per prompt (lower variance, same expectation).
+
+    Recorded in checkpoints and run folders only when set (``recorded_at_default``).
+    """
+
+    name = "fdpg"
+    recorded_at_default = False
+    f_divergence: str = setting("js", check_choice, "f_divergence", options=F_DIVERGENCES)
+    proposal: str = setting("policy", check_choice, "fdpg_proposal", options=("policy", "prior"))
+    baseline: bool = setting(True, check_bool, "fdpg_baseline")
+
+
+@dataclass(frozen=True)
+class BoNConfig(Section):
+    """Best-of-N distillation, BOND and vBoN (``objectives/bond.py``).
+
+    n : int
+        N of best-of-N (flat keyword ``bon_n``).
+    quantile : {"exact", "prior"}
+        The reward's law under pi0 per prompt: enumerated (exact BoN_N), or the empirical law of
+        ``quantile_samples`` prior draws (``bon_quantile``).
+    quantile_samples : int
+        Prior draws per prompt for ``quantile="prior"`` (``bon_quantile_samples``).
+    quantile_seed : int
+        Seed of those draws' generator (``bon_quantile_seed``).
+    proposal : {"policy", "prior"}
+        BOND's samples (``bon_proposal``); vBoN always samples the policy.
+
+    Recorded in checkpoints and run folders only when set (``recorded_at_default``).
+    """
+
+    name = "bon"
+    recorded_at_default = False
+    n: int = setting(4, check_int_at_least, "bon_n", low=1)
+    quantile: str = setting("exact", check_choice, "bon_quantile", options=BON_QUANTILES)
+    quantile_samples: int = setting(1024, check_int_at_least, "bon_quantile_samples", low=2)
+    quantile_seed: int = setting(0, check_int_at_least, "bon_quantile_seed", low=0)
+    proposal: str = setting("policy", check_choice, "bon_proposal", options=("policy", "prior"))
+
+
+SECTIONS = (RLOOConfig, PPOConfig, GRPOConfig, DPGConfig, DistillConfig, VarGradConfig, KLControlConfig, DPOConfig,
+            FDPGConfig, BoNConfig)
 
 __all__ = ["RLOOConfig", "PPOConfig", "GRPOConfig", "DPGConfig", "DistillConfig", "VarGradConfig",
-           "KLControlConfig", "DPOConfig", "SECTIONS", "Section"]
+           "KLControlConfig", "DPOConfig", "FDPGConfig", "BoNConfig", "F_DIVERGENCES", "BON_QUANTILES", "SECTIONS",
+           "Section"]

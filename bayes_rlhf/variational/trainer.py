@@ -69,6 +69,8 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
         Exact posteriors of (some of) the prompts; their KL(q || pi*) and KL(pi* || q) are logged
         every ``eval_every`` steps. True enumerates every prompt's posterior first. For models
         too large to enumerate, a ``SandwichEvaluator`` logs the ELBO, EUBO and sampled KLs.
+        "bond" and "vbon" fit the best-of-N law: True measures against it, as does
+        ``bon_posterior(post, n)`` (a posterior of ``target`` would measure against pi*).
     sampler : callable, optional
         ``sampler(prompt, n, generator) -> Completions``, ``(Completions, log_weights [n])`` or
         ``WeightedSamples``: samples of pi* for ``objective="distill"``, ``distill_source="given"``.
@@ -94,6 +96,7 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     fixed_beta = evaluator if evaluator is not None and not evaluator.follows_beta else None
     control = make_kl_control(config, len(prompts), backend.num_processes, fixed_beta)  # None: beta fixed
     target = backend.place(target)
+    target = objective.fit_target(target, prompts)  # the target the objective fits (best-of-N: its law)
     posteriors = evaluator.prepare(target, prompts) if evaluator is not None else None
     extra = _target_fingerprint(target, prompts)
     if backend.num_processes > 1:  # each process adds a batch: resume only with as many processes

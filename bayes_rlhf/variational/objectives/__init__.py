@@ -12,6 +12,11 @@ of a divergence to pi*, whatever the reward's scale::
     dpo      Bradley-Terry loss of beta log q / pi0 on preference pairs    train_policy(preferences=...)
     ipo      squared loss of log-ratio margins (fixed point not pi*)       train_policy(preferences=...)
     online_dpo  DPO on pairs of q's samples labelled by a judge            policy samples
+    fdpg     f-divergence D_f(pi* || q) (forward/reverse KL, JS, TV,       policy or prior samples
+             chi2, Jeffreys), self-normalised importance weights
+    bond     Jeffreys divergence to best-of-N (BoN_N = pi0 e^{r_N},       policy or prior samples, BoN target
+             r_N from the reward's quantile under pi0), fixed point BoN_N
+    vbon     reverse KL(q || BoN_N): RLOO with reward r_N, beta 1          policy samples, BoN target
 
 ``OBJECTIVES`` maps ``TrainerConfig.objective`` names to their ``Objective`` records (``base.py``
 says what a record declares); ``register_objective`` adds one. A record is called like a loss,
@@ -24,9 +29,11 @@ from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.logweights import group_softmax  # noqa: F401 (the weights DPG and distillation use)
 from bayes_rlhf.variational.objectives.base import (BoundObjective, Objective, ObjectiveOutput, PolicyBatch, k3_kl,
                                                     weighted_nll)
+from bayes_rlhf.variational.objectives.bond import bon_posterior, bon_target, bond_loss, vbon_loss
 from bayes_rlhf.variational.objectives.distill import distill_loss
 from bayes_rlhf.variational.objectives.dpo import dpo_objective, ipo_objective, online_dpo_objective
 from bayes_rlhf.variational.objectives.dpg import dpg_loss
+from bayes_rlhf.variational.objectives.fdpg import fdpg_loss
 from bayes_rlhf.variational.objectives.grpo import GRPO_EPS, group_relative_advantages, grpo_loss
 from bayes_rlhf.variational.objectives.ppo import gae, ppo_loss
 from bayes_rlhf.variational.objectives.rloo import leave_one_out_advantages, rloo_loss
@@ -35,7 +42,7 @@ from bayes_rlhf.variational.objectives.vargrad import vargrad_loss
 #: name -> Objective, the built-in objectives first
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (rloo_loss, ppo_loss, dpg_loss, distill_loss, vargrad_loss,
                                                           grpo_loss, dpo_objective, ipo_objective,
-                                                          online_dpo_objective)}
+                                                          online_dpo_objective, fdpg_loss, bond_loss, vbon_loss)}
 #: the built-in objectives' names
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
@@ -63,4 +70,5 @@ def get_objective(name: str) -> Objective:
 __all__ = ["PolicyBatch", "ObjectiveOutput", "Objective", "BoundObjective", "OBJECTIVES", "OBJECTIVE_NAMES",
            "register_objective", "get_objective", "rloo_loss", "ppo_loss", "dpg_loss", "distill_loss", "vargrad_loss",
            "grpo_loss", "dpo_objective", "ipo_objective", "online_dpo_objective", "leave_one_out_advantages",
-           "group_relative_advantages", "group_softmax", "gae", "k3_kl", "weighted_nll", "GRPO_EPS"]
+           "group_relative_advantages", "group_softmax", "gae", "k3_kl", "weighted_nll", "GRPO_EPS", "fdpg_loss",
+           "bond_loss", "vbon_loss", "bon_target", "bon_posterior"]

@@ -4,15 +4,17 @@ that declares the objective to the training loop.
 An objective is one ``Objective`` record::
 
     Objective(name, loss, settings=None, source=policy, inner_epochs=1, value_head_lr=None,
-              log_z_lr=None, check=accept, default_lr=1e-3, fixed_point="pi*")
+              log_z_lr=None, check=accept, default_lr=1e-3, fixed_point="pi*", retarget=None)
 
 ``loss(batch: PolicyBatch, settings) -> ObjectiveOutput`` is a pure function in nats (rewards enter
 as r / beta); ``settings`` is the ``TrainerConfig`` section the record names (``config.ppo`` for
 PPO), or None. The other hooks are functions of that section too: where the samples come from
 (``sources.Source``), how many gradient steps a batch takes, the learning rate of a value head or
 of a learned log Z per prompt (None: the objective has none), and cross-field checks run when a
-``TrainerConfig`` naming the objective is built. ``record.bind(config)`` resolves them all into a
-``BoundObjective`` of plain values, which is all the loop reads. Calling a record,
+``TrainerConfig`` naming the objective is built. ``retarget(settings, target, prompts) -> Target``,
+where given, replaces the target before training by the one the objective fits (best-of-N
+distillation: the Target whose posterior is the best-of-N law). ``record.bind(config)`` resolves
+them all into a ``BoundObjective`` of plain values, which is all the loop reads. Calling a record,
 ``record(batch, config)``, is its loss on the config's section.
 """
 
@@ -109,6 +111,8 @@ class BoundObjective:
         Adam learning rate of a value head; None: no value head.
     log_z_lr : float or None
         Learning rate of a learned log Z per prompt; None: none is learned.
+    retarget : callable or None
+        ``retarget(target, prompts) -> Target``: the target the loop trains on; None: the given one.
     """
 
     name: str
@@ -117,6 +121,11 @@ class BoundObjective:
     inner_epochs: int
     value_head_lr: float | None
     log_z_lr: float | None
+    retarget: Callable | None = None
+
+    def fit_target(self, target, prompts: list[str]):
+        """The Target the objective fits: ``target`` itself unless the record retargets it."""
+        return target if self.retarget is None else self.retarget(target, prompts)
 
     @property
     def on_policy(self) -> bool:
@@ -152,6 +161,9 @@ class Objective:
         The policy's learning rate when ``TrainerConfig.lr`` is None.
     fixed_point : str
         What the loss converges to: "pi*" or how it differs.
+    retarget : callable or None
+        ``retarget(settings, target, prompts) -> Target``: the target to fit instead of the given
+        one (see the module docstring); None fits the given target.
     """
 
     name: str
@@ -164,6 +176,7 @@ class Objective:
     check: Callable[[Any], None] = _nothing
     default_lr: float = 1e-3
     fixed_point: str = "pi*"
+    retarget: Callable[[Any, Any, list], Any] | None = None
 
     def settings_of(self, config):
         """The config's section this objective reads (None when it has none)."""
@@ -175,8 +188,9 @@ class Objective:
 
     def bind(self, config) -> BoundObjective:
         s = self.settings_of(config)
+        retarget = None if self.retarget is None else (lambda target, prompts: self.retarget(s, target, prompts))
         return BoundObjective(self.name, lambda batch: self.loss(batch, s), self.source(s), self.inner_epochs(s),
-                              self.value_head_lr(s), self.log_z_lr(s))
+                              self.value_head_lr(s), self.log_z_lr(s), retarget)
 
 
 # ----------------------------------------------------------------------------- shared pieces
