@@ -19,8 +19,10 @@ truncated to its top k tokens per step. Timed side by side, on the same prompt a
 
 Fairness: each side is warmed up before timing; exact and bare are timed ``--repeats`` times,
 interleaved (alternating which goes first), and the best of each is used, all times printed
-(the machine's speed drifts on a shared VM). Peak resident memory during each side is sampled
-every 10 ms. Printed: naive / exact and exact / bare.
+(the machine's speed drifts on a shared VM). ``--clock cpu`` times every side by this process's
+CPU time instead of elapsed time (with ``--threads 1`` the work each side does, less disturbed by
+other processes on a shared machine). Peak resident memory during each side is sampled every
+10 ms. Printed: naive / exact and exact / bare.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bayes_rlhf.models.cache import _fork_cache
 from bayes_rlhf.models.toy import tiny_lm
 
 PROMPT = "w0 w1"
+clock = time.perf_counter  # --clock cpu: time.process_time
 SMOLLM2_PROMPT = "My favourite animal is"
 
 
@@ -75,7 +78,7 @@ def _sync(lm):
 
 def time_exact(lm, prompt, T, args, reward, walk_only=False):
     with PeakRSS() as rss:
-        t0 = time.perf_counter()
+        t0 = clock()
         if walk_only:
             out = enumerate_completions(lm, prompt, T, batch_size=args.batch_size, max_completions=1 << 40,
                                         memory_budget=args.memory_budget)
@@ -84,7 +87,7 @@ def time_exact(lm, prompt, T, args, reward, walk_only=False):
             out = br.exact_posterior(target, prompt, batch_size=args.batch_size, max_completions=1 << 40,
                                      memory_budget=args.memory_budget)
         _sync(lm)
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
     return elapsed, out, rss.peak
 
 
@@ -109,13 +112,13 @@ def time_bare(lm, prompt, counts: list[int], B: int):
             sizes = [B] * (n // B) + ([n % B] if n % B else [])
             states = {r: state.reindex(torch.zeros(r, dtype=torch.long)) for r in set(sizes)}
             _sync(lm)
-            t0 = time.perf_counter()
+            t0 = clock()
             for r in sizes:
                 st = states[r]
                 att = torch.cat([st.attention_mask, st.attention_mask.new_ones(r, 1)], 1)
                 lm._forward(tok[:r], att, st.positions.view(-1, 1), _fork_cache(st.cache))
             _sync(lm)
-            total += time.perf_counter() - t0
+            total += clock() - t0
             del states
             if d < len(counts):
                 state, _ = lm.step(state, tok[:1, 0])  # the next depth's cache, untimed
@@ -127,9 +130,9 @@ def time_naive(lm, prompt, post, fraction: float, batch_size: int) -> tuple[floa
     n = min(K, max(1, int(K * fraction)))
     idx = torch.randperm(K, generator=torch.Generator().manual_seed(0))[:n]
     ids, mask = post.completion_ids[idx], post.mask[idx]
-    t0 = time.perf_counter()
+    t0 = clock()
     lp = lm.score(prompt, ids, mask, batch_size=batch_size).sum(-1).double().cpu()
-    elapsed = time.perf_counter() - t0
+    elapsed = clock() - t0
     return elapsed * K / n, float((lp - post.prior_log_probs[idx]).abs().max())
 
 
@@ -141,7 +144,7 @@ def run(lm, prompt, T, args, reward) -> None:
     base_rss = PeakRSS().__enter__()
     base_rss.__exit__()
     print(f"T = {T}, prompt {prompt!r}, batch_size {args.batch_size}, memory budget {gb(args.memory_budget)}, "
-          f"{torch.get_num_threads()} threads; resident before: {gb(base_rss.peak)}")
+          f"{torch.get_num_threads()} threads, {args.clock} clock; resident before: {gb(base_rss.peak)}")
     state, _ = lm.start(prompt)
     B = walk_batch_size(lm, state, T, args.batch_size, args.memory_budget)
     del state
@@ -193,11 +196,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, choices=range(1, 21), metavar="N",
                         help="timings of exact and bare, 1..20 (the best is used)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (user + system, every "
+                             "thread), steadier on a shared machine with --threads 1; CPU devices only")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when redirected to a file
     if args.threads:
         torch.set_num_threads(args.threads)
     args.memory_budget = int(args.memory_budget * 2 ** 30)
+    if args.clock == "cpu":
+        if args.device != "cpu":
+            parser.error("--clock cpu measures CPU time: it does not see GPU work; use --clock wall")
+        global clock
+        clock = time.process_time
     if args.smollm2:
         from bayes_rlhf.models.smollm2 import smollm2
 

@@ -33,6 +33,7 @@ from bayes_rlhf.errors import ConfigError, SpaceTooLargeError
 from bayes_rlhf.exact.budget import (DEFAULT_MEMORY_BUDGET, available_memory, config_cache_bytes, gib,
                                      plan_batch, state_cache_bytes, table_bytes, walk_bytes)
 from bayes_rlhf.exact.leaves import Leaves, lexicographic_order
+from bayes_rlhf.exact.slots import slot_reindex
 from bayes_rlhf.models.causal_lm import CausalLM, LMState
 
 __all__ = ["enumerate_completions", "count_completions", "check_space", "kept_tokens", "lexicographic_order",
@@ -105,22 +106,29 @@ def kept_tokens(lm: CausalLM, logits: torch.Tensor) -> tuple[torch.Tensor, torch
     (float32 at least), as ``CausalLM.log_softmax`` does. Returns rows [m], tokens [m], log-probs [m] (float64), on
     CPU, ordered by row then token id; tokens of probability zero are left out.
     """
+    rows, toks, lp = _kept(lm, logits)
+    return _flatten(lp, toks) if rows is None else (rows, toks, lp)
+
+
+def _kept(lm: CausalLM, logits: torch.Tensor):
+    """``kept_tokens``, with the common case left dense: (None, tokens [n, k], log-probs [n, k])
+    when every row keeps k tokens (no zeros, no ties at the k-th value), else flat (rows, tokens, lp)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     n, V = logits.shape
     k = lm.top_k
     if k is None or k >= V:  # the whole vocabulary, in the model's precision as CausalLM.log_softmax
         lp = torch.log_softmax(logits, dim=-1).double().cpu()
-        return _flatten(lp, torch.arange(V).expand(n, V))
+        return _dense_or_flat(lp, torch.arange(V).expand(n, V))
     vals, toks = torch.topk(logits, k + 1, dim=-1)
     tie = (vals[:, k] == vals[:, k - 1]).cpu()
     kth = vals[:, k - 1]
     toks, order = toks[:, :k].sort(dim=-1)
     vals = vals[:, :k].gather(-1, order).double()
     lp = (vals - torch.logsumexp(vals, dim=-1, keepdim=True)).cpu()
-    rows, toks, lp = _flatten(lp, toks.cpu())
     if not bool(tie.any()):
-        return rows, toks, lp
+        return _dense_or_flat(lp, toks.cpu())
+    rows, toks, lp = _flatten(lp, toks.cpu())
     keep = ~tie[rows]  # rows with a tie at the k-th value: every token >= the k-th value, densely
     tied = torch.nonzero(tie).squeeze(-1)
     sub = logits[tied.to(logits.device)].double()
@@ -131,9 +139,16 @@ def kept_tokens(lm: CausalLM, logits: torch.Tensor) -> tuple[torch.Tensor, torch
     return rows[order], toks[order], lp[order]
 
 
+def _dense_or_flat(lp: torch.Tensor, toks: torch.Tensor):
+    """(None, toks, lp) when every entry of lp [n, k] is finite, else ``_flatten``'s rows, tokens, lp."""
+    if math.isfinite(float(lp.sum())):  # log-probs are <= 0: the sum is finite iff every entry is
+        return None, toks, lp
+    return _flatten(lp, toks)
+
+
 def _flatten(lp: torch.Tensor, toks: torch.Tensor):
     """(rows, tokens, log-probs) of the finite entries of lp [n, k] with token ids toks [n, k]."""
-    if math.isfinite(float(lp.sum())):  # log-probs are <= 0: the sum is finite iff every entry is
+    if math.isfinite(float(lp.sum())):
         n, k = lp.shape
         return torch.arange(n).repeat_interleave(k), toks.reshape(-1), lp.reshape(-1)
     rows, cols = torch.nonzero(torch.isfinite(lp), as_tuple=True)
@@ -156,11 +171,13 @@ def _expand(lm: CausalLM, depth: int, T: int, state: LMState | None, logits: tor
             prefix: torch.Tensor, prefix_lp: torch.Tensor, key: torch.Tensor | None,
             leaves: Leaves) -> _Node | None:
     """Emit the ending children of a node as leaves; return the node if some children continue."""
-    rows, toks, lp = kept_tokens(lm, logits)
-    child_lp = prefix_lp[rows] + lp
-    if depth + 1 == T:
-        leaves.add(prefix, rows, toks, child_lp, key)
+    rows, toks, lp = _kept(lm, logits)
+    if depth + 1 == T:  # every child is a leaf: dense chunks stay dense ([n, k], no row index)
+        leaves.add(prefix, rows, toks, prefix_lp[:, None] + lp if rows is None else prefix_lp[rows] + lp, key)
         return None
+    if rows is None:
+        rows, toks, lp = _flatten(lp, toks)
+    child_lp = prefix_lp[rows] + lp
     if lm.eos_token_id is not None:
         ends = toks == lm.eos_token_id
         if bool(ends.any()):
@@ -232,7 +249,9 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
         s = node.offset
         node.offset += B
         rows, toks = node.rows[s: s + B], node.tokens[s: s + B]
-        chunk_state = node.state.reindex(rows)
+        chunk_state = slot_reindex(node.state, rows)  # the step writes its token into a free slot
+        if chunk_state is None:
+            chunk_state = node.state.reindex(rows)
         if node.offset >= node.rows.numel():  # last chunk: the node's own cache can go now
             stack.pop()
             node.state = None

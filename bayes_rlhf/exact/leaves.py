@@ -27,6 +27,8 @@ import torch
 
 from bayes_rlhf.errors import SpaceTooLargeError
 
+_GROUP = 1 << 16  # table rows per group of the column writes (their unit index stays in cache)
+
 
 @dataclass
 class Leaves:
@@ -38,21 +40,32 @@ class Leaves:
     T: int
     pad_id: int
     base: int
-    main: list = field(default_factory=list)   # (prefix [n, T-1], rows [m], tokens [m], lp [m], key [n])
+    # (prefix [n, T-1], rows [m], tokens [m], lp [m], key [n]); dense: rows None, tokens and lp [n, k]
+    main: list = field(default_factory=list)
     early: list = field(default_factory=list)  # (prefix [n, d], rows [m], tokens [m], lp [m], key [n]), d < T-1
 
     @property
     def keyed(self) -> bool:
         return self.T * self.base.bit_length() < 63
 
-    def add(self, prefix: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor,
+    def add(self, prefix: torch.Tensor, rows: torch.Tensor | None, tokens: torch.Tensor, lp: torch.Tensor,
             key: torch.Tensor | None) -> None:
-        """Leaves ``prefix[rows] + tokens`` with log-probs ``lp`` (float64); ``rows`` non-decreasing."""
+        """Leaves ``prefix[rows] + tokens`` with log-probs ``lp`` (float64); ``rows`` non-decreasing.
+
+        ``rows=None``: a dense chunk, every row of ``prefix`` followed by each of its k tokens
+        ``tokens[i]`` (tokens and lp [n, k]; full-length leaves only).
+        """
+        if rows is None:
+            if prefix.shape[1] + 1 != self.T:
+                rows, tokens, lp = _flat(prefix.shape[0], rows, tokens, lp)
+            elif lp.numel():
+                self.main.append((prefix, None, tokens, lp, key))
+                return
         if rows.numel():
             (self.main if prefix.shape[1] + 1 == self.T else self.early).append((prefix, rows, tokens, lp, key))
 
     def __len__(self) -> int:
-        return sum(c[1].numel() for c in self.main + self.early)
+        return sum(c[3].numel() for c in self.main + self.early)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids [K, T] and mask [K, T] (transposed views of contiguous [T, K] tables), log-probs [K]."""
@@ -99,7 +112,8 @@ class Leaves:
         par_keys = torch.cat([c[4] for c in self.main]) if self.main else torch.zeros(0, dtype=torch.long)
         if par_keys.numel() > 1 and not bool((par_keys[1:] > par_keys[:-1]).all()):
             return None
-        sizes = torch.cat([torch.bincount(c[1], minlength=c[0].shape[0]) for c in self.main]) if self.main \
+        sizes = torch.cat([torch.full((c[0].shape[0],), c[3].shape[1], dtype=torch.long) if c[1] is None
+                           else torch.bincount(c[1], minlength=c[0].shape[0]) for c in self.main]) if self.main \
             else torch.zeros(0, dtype=torch.long)
         order = torch.argsort(e_keys)
         e_ids, e_len, e_lp = e_ids[order], e_len[order], e_lp[order]
@@ -129,16 +143,13 @@ class Leaves:
         del end, par_units
         cols = torch.empty((T, K), dtype=torch.long)
         if T > 1:
-            unit = torch.repeat_interleave(torch.arange(unit_sizes.numel()), unit_sizes, output_size=K)
-            for j in range(T - 1):
-                torch.index_select(table[j], 0, unit, out=cols[j])
-            del unit
+            self._write_prefix_columns(table, unit_sizes, cols)
         is_main = torch.ones(K, dtype=torch.bool)
         is_main[pos_e] = False
         lp = torch.empty(K, dtype=torch.float64)
         for (a, b), (_, _, tokens, chunk_lp, _) in zip(spans, self.main):
-            cols[T - 1, a:b].masked_scatter_(is_main[a:b], tokens)
-            lp[a:b].masked_scatter_(is_main[a:b], chunk_lp)
+            cols[T - 1, a:b].masked_scatter_(is_main[a:b], tokens.reshape(-1))
+            lp[a:b].masked_scatter_(is_main[a:b], chunk_lp.reshape(-1))
         cols[T - 1, pos_e] = e_ids[:, T - 1]
         lp[pos_e] = e_lp
         mask = torch.ones((T, K), dtype=torch.bool)
@@ -146,19 +157,44 @@ class Leaves:
             mask[j, pos_e[e_len <= j]] = False
         return cols.t(), mask.t(), lp
 
+    @staticmethod
+    def _write_prefix_columns(table, unit_sizes, cols):
+        """cols[j, row] = table[j, unit of row] for j < T - 1, in groups of about ``_GROUP`` rows
+        (whole units), so that each group's unit index stays in the CPU's cache."""
+        U, K = unit_sizes.numel(), cols.shape[1]
+        end = torch.cumsum(unit_sizes, 0)
+        cuts = torch.searchsorted(end, torch.arange(1, (K - 1) // _GROUP + 1) * _GROUP, right=True)
+        bounds = torch.unique_consecutive(torch.cat([torch.zeros(1, dtype=torch.long), cuts,
+                                                     torch.tensor([U])])).tolist()
+        rows = [0] + end[torch.tensor(bounds[1:]) - 1].tolist()
+        for (u0, u1), (r0, r1) in zip(zip(bounds, bounds[1:]), zip(rows, rows[1:])):
+            unit = torch.repeat_interleave(torch.arange(u1 - u0), unit_sizes[u0:u1], output_size=r1 - r0)
+            for j in range(table.shape[0]):
+                torch.index_select(table[j, u0:u1], 0, unit, out=cols[j, r0:r1])
+
     def _sorted_by_columns(self, early):
         """Unkeyed assembly: the table in emission order, then a column-by-column stable sort."""
         e_ids, e_len, e_lp, _ = early
         parts = []
+        lps = []
         for prefix, rows, tokens, lp, _ in self.main:
+            rows, tokens, lp = _flat(prefix.shape[0], rows, tokens, lp)
             parts.append(torch.cat([prefix[rows], tokens[:, None]], dim=1))
+            lps.append(lp)
         ids = torch.cat(parts + [e_ids]) if parts else e_ids
         lengths = torch.cat([torch.full((ids.shape[0] - e_ids.shape[0],), self.T, dtype=torch.long), e_len])
-        lp = torch.cat([c[3] for c in self.main] + [e_lp])
+        lp = torch.cat(lps + [e_lp])
         mask = torch.arange(self.T)[None, :] < lengths[:, None]
         order = lexicographic_order(ids, mask, self.base - 1)
         cols, mask_cols = ids.t()[:, order].contiguous(), mask.t()[:, order].contiguous()
         return cols.t(), mask_cols.t(), lp[order]
+
+
+def _flat(n: int, rows: torch.Tensor | None, tokens: torch.Tensor, lp: torch.Tensor):
+    """A chunk's (rows [m], tokens [m], lp [m]); a dense chunk (rows None, [n, k]) flattened."""
+    if rows is not None:
+        return rows, tokens, lp
+    return torch.arange(n).repeat_interleave(lp.shape[1]), tokens.reshape(-1), lp.reshape(-1)
 
 
 def lexicographic_order(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -25,6 +25,36 @@ from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.models.vocabulary import Vocabulary
 
 
+# rows per slice of the normalisation's passes: each slice's temporaries stay in the CPU's cache
+_SLICE = 1 << 16
+
+
+def _logsumexp(x: torch.Tensor) -> float:
+    """logsumexp of a 1-d tensor, slice by slice (no temporary the size of ``x``); -inf if empty."""
+    if x.numel() <= _SLICE:
+        return float(torch.logsumexp(x, 0))
+    return float(torch.logsumexp(torch.stack([torch.logsumexp(x[a: a + _SLICE], 0)
+                                              for a in range(0, x.numel(), _SLICE)]), 0))
+
+
+def _normalise(l0: torch.Tensor, rewards: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(prior log-probs renormalised, log-weights l0 + r / beta, their logsumexp) in two passes over
+    slices; the prior is shifted by its logsumexp when that is within 1e-4 of 0 (float rounding)."""
+    total = _logsumexp(l0)
+    shift = abs(total) < 1e-4
+    prior = torch.empty_like(l0) if shift else l0
+    log_w = torch.empty_like(l0)
+    parts = []
+    for a in range(0, l0.numel(), _SLICE):
+        b = a + _SLICE
+        if shift:
+            torch.sub(l0[a:b], total, out=prior[a:b])
+        torch.add(prior[a:b], rewards[a:b] / beta, out=log_w[a:b])
+        parts.append(torch.logsumexp(log_w[a:b], 0))
+    log_z = float(torch.logsumexp(torch.stack(parts), 0)) if parts else -math.inf
+    return prior, log_w, log_z
+
+
 @dataclass(repr=False)
 class ExactPosterior:
     """The exact posterior over every completion of ``prompt`` (float64 throughout).
@@ -68,16 +98,10 @@ class ExactPosterior:
             self.vocabulary = self.lm.vocabulary
         # the table is the prior's whole (truncated) space: renormalise in float64 so that float32
         # rounding (masses summing to 1 + 4e-9) does not show up as a negative KL or a shifted log Z
-        l0 = self.prior_log_probs.double()
-        total = float(torch.logsumexp(l0, 0))
-        if abs(total) < 1e-4:
-            l0 = l0 - total
-        self.prior_log_probs = l0
-        log_w = self.prior_log_probs + self.rewards / self.beta
-        self.log_z = float(torch.logsumexp(log_w, 0))
+        self.prior_log_probs, log_w, self.log_z = _normalise(self.prior_log_probs.double(), self.rewards, self.beta)
         if not math.isfinite(self.log_z):
             raise ConfigError("every completion has reward -inf: the posterior has no mass")
-        self.log_probs = log_w - self.log_z
+        self.log_probs = log_w.sub_(self.log_z)
         self._cols = self.completion_ids.t().contiguous()
         self._cdf = None
         self._texts = None
