@@ -20,6 +20,10 @@ of M prior draws, each of mass 1/M; r_N is then that of the best of N draws from
 A reward that matches no level (a prior draw never saw it) takes G = 0, and one below every level
 takes F = half the smallest level's mass, so r_N stays finite. The history's reward columns are
 r_N's, and its "objective" column is then E_q[r_N] - KL(q || pi0) = -KL(q || BoN_N) (Z = 1).
+Measure a run with ``train_policy(..., evaluator=True)`` (the fitted target's posteriors) or with
+``bon_posterior(post, N)``. r_N is very negative on low rewards (-6.3 nats on 12% of pi0 for N = 4
+on the default model), so the gradients are noisier than for pi*: there 64 samples per prompt at
+lr 2e-3 reached KL(q || BoN_4) <= 0.036 in 300 steps (seeds 0-2), the defaults (32, 1e-3) 0.031-0.048.
 """
 
 from __future__ import annotations
