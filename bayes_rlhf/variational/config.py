@@ -170,6 +170,9 @@ class TrainerConfig:
             setattr(self, name, _as_section(getattr(self, name), kind))
         record.check(record.settings_of(self))
         check_kl_control(self.kl_control, record.source(record.settings_of(self)), self.objective)
+        if self.kl_control.target is not None and record.retarget is not None:  # it fits its own target
+            raise ConfigError(f"TrainerConfig.kl_target cannot steer objective={self.objective!r}: it fits a target of "
+                              "its own (best-of-N: beta 1), which the controller would re-tilt; set kl_target=None")
         self.lora_rank = check_int_at_least(self.lora_rank, "TrainerConfig.lora_rank", 0)
         self.lora_alpha = check_positive(self.lora_alpha, "TrainerConfig.lora_alpha")
         for name, low in (("seed", 0), ("eval_every", 1), ("checkpoint_every", 1)):

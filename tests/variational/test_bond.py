@@ -120,6 +120,8 @@ def test_inputs_are_checked_before_work(default_target):
     assert cfg.bon == BoNConfig(n=8, quantile="prior") and cfg.bound_objective().source.kind == "policy"
     assert TrainerConfig(objective="bond", bon_proposal="prior").bound_objective().source.kind == "prior"
     assert "bon_n" not in TrainerConfig().fingerprint_dict()  # earlier configs keep their fingerprints
+    with pytest.raises(ConfigError, match="kl_target cannot steer objective='vbon'"):
+        TrainerConfig(objective="vbon", kl_target=0.5)  # the controller would re-tilt the best-of-N law
 
 
 def test_a_short_run_fits_the_bon_law_and_the_evaluator_measures_against_it(small_target, small_posts, fast_config):
