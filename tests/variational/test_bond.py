@@ -3,6 +3,7 @@ prior draws), BOND and vBoN trained to KL(q || BoN_N) <= 0.05 on the default mod
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -169,3 +170,13 @@ def test_the_analysis_script_runs(tmp_path):
     rows = json.loads((tmp_path / "result.json").read_text())
     assert {r["objective"] for r in rows} == {"bond", "vbon"} and all(math.isfinite(r["kl_to_bon"]) for r in rows)
     assert (tmp_path / "bon_distillation.pdf").exists() and (tmp_path / "bon_distillation.png").exists()
+
+
+def test_a_posterior_of_pi_star_is_refused_as_the_evaluator_of_a_bon_run(small_target, fast_config):
+    target = dataclasses.replace(small_target, beta=1.0)  # beta 1: the BoN target's beta, so only the reward differs
+    post = br.exact_posterior(target, "w0")
+    cfg = fast_config(steps=2, objective="bond", bon_n=4, eval_every=2)
+    with pytest.raises(ConfigError, match="another reward"):  # it would measure against pi*, not BoN_4
+        train_policy(target, "w0", cfg, evaluator=post)
+    _, hist = train_policy(target, "w0", cfg, evaluator=bon_posterior(post, 4))
+    assert math.isfinite(hist.last["kl_q_posterior"])
