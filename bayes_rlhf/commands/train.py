@@ -187,7 +187,10 @@ def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> di
     from bayes_rlhf.variational.evaluation import evaluate
 
     prompts = cfg["target"]["prompts"]
-    posts = {p: exact_posterior(target, p) for p in prompts} if cfg.get("evaluate", {}).get("exact") else None
+    posts = None
+    if cfg.get("evaluate", {}).get("exact"):  # against the law the objective fits (bond / vbon: BoN_N, not pi*)
+        fitted = config.bound_objective().fit_target(target, prompts)
+        posts = {p: exact_posterior(fitted, p) for p in prompts}
     policy, history = train_policy(target, prompts, config, evaluator=posts)
     if not main:
         return {}

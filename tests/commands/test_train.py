@@ -127,3 +127,20 @@ def test_bad_config_through_the_cli_leaves_out_alone(tmp_path, capsys):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_bon_run_is_evaluated_against_the_best_of_n_law(tmp_path):
+    from bayes_rlhf.variational.objectives import bon_posterior
+
+    cfg = tmp_path / "bond.toml"
+    cfg.write_text(TOML.replace("checkpoint_every = 2", 'checkpoint_every = 2\nobjective = "bond"\nbon_n = 4')
+                   .replace('prompts = ["the movie was", "the food is"]', 'prompts = ["the movie was"]'))
+    summary = train_from_config(cfg, tmp_path / "out")
+    import bayes_rlhf as br
+    from bayes_rlhf.demo import demo_target
+
+    post = br.exact_posterior(demo_target(beta=1.0, max_new_tokens=2), "the movie was")
+    policy = br.load_model(tmp_path / "out" / "policy")
+    want = br.compare(policy, bon_posterior(post, 4)).kl_q_posterior  # against BoN_4, not pi*
+    assert summary["exact"]["kl_q_posterior"] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    assert abs(br.compare(policy, post).kl_q_posterior - want) > 1e-3  # the two laws are told apart
