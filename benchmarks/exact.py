@@ -8,7 +8,9 @@ Default: a tiny GPT-2 (vocabulary V, 2 layers, float32). ``--smollm2 DIR``: Smol
 truncated to its top k tokens per step. Timed side by side, on the same prompt and tree:
 
 1. ``exact_posterior`` (tree walk over a re-indexed KV cache, rewards, normalisation), and the
-   walk alone (``enumerate_completions``);
+   walk alone (``enumerate_completions``); the walk's last forward runs each parent's children
+   as one block of query positions over the parent's row (``exact/siblings.py``), which is why
+   it can beat the bare model's one-token steps below;
 2. the bare model: the same one-token forwards on the same number of prefixes at each depth,
    in chunks of the same rows per forward as the walk (its memory budget decides them), with a
    KV cache of the right length, and nothing else (no re-indexing, no bookkeeping, no top-k):

@@ -19,6 +19,12 @@ Each internal prefix is run through the model exactly once, one token at a time,
 leaf's log-probability is the sum of the per-step log-probs along its path. With top-k, a
 step touches the vocabulary only in the model's last layer and one ``topk``; everything after
 works on the k kept entries.
+
+Two copies are saved per step (same numbers, up to float rounding): ``reindex`` gathers the
+rows into buffers with a free slot for the next token, so the forward does not concatenate
+(``slots.py``); and the last forward (prefixes of length T - 1, most of the tree) runs the
+children of each parent as one block of query positions over the parent's own row, with a 4-d
+attention mask, instead of copying the parent's cache to every child (``siblings.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from bayes_rlhf.errors import ConfigError, SpaceTooLargeError
 from bayes_rlhf.exact.budget import (DEFAULT_MEMORY_BUDGET, available_memory, config_cache_bytes, gib,
                                      plan_batch, state_cache_bytes, table_bytes, walk_bytes)
 from bayes_rlhf.exact.leaves import Leaves, lexicographic_order
+from bayes_rlhf.exact.siblings import sibling_check, sibling_logits
 from bayes_rlhf.exact.slots import slot_reindex
 from bayes_rlhf.models.causal_lm import CausalLM, LMState
 
@@ -41,6 +48,8 @@ __all__ = ["enumerate_completions", "count_completions", "check_space", "kept_to
 
 # None: the size guard compares the table's bytes with the memory available (see check_space)
 DEFAULT_MAX_COMPLETIONS: int | None = None
+# the last forward runs each parent's children as one query block over its row (siblings.py)
+SIBLING_STEP = True
 
 
 def count_completions(branching: int, T: int, has_eos: bool) -> tuple[int, int]:
@@ -242,6 +251,7 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
     root = _expand(lm, 0, T, state, logp, torch.zeros((1, 0), dtype=torch.long),
                    torch.zeros(1, dtype=torch.float64), key, leaves)
     stack = [root] if root is not None else []
+    siblings = None if SIBLING_STEP else False  # None: not checked yet
     bar = tqdm(total=internal, desc="enumerating prefixes", unit="prefix", disable=not progress)
     bar.update(1)  # the prompt, the tree's root
     while stack:
@@ -249,15 +259,25 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
         s = node.offset
         node.offset += B
         rows, toks = node.rows[s: s + B], node.tokens[s: s + B]
-        chunk_state = slot_reindex(node.state, rows)  # the step writes its token into a free slot
-        if chunk_state is None:
-            chunk_state = node.state.reindex(rows)
-        if node.offset >= node.rows.numel():  # last chunk: the node's own cache can go now
+        state = node.state
+        if node.offset >= node.rows.numel():  # last chunk: the node's own cache can go after it
             stack.pop()
             node.state = None
-        child_state, logits = _step(lm, chunk_state, toks)
-        del chunk_state
         depth = node.depth + 1
+        logits = child_state = None
+        if depth + 1 == T and siblings is not False:  # the last forward: siblings share their parent's row
+            if siblings is None:  # once, on the first chunk: does this model take a 4-d mask?
+                siblings = sibling_check(lm, state, rows, toks, lambda st, r, t: _step(lm, st.reindex(r), t)[1])
+            logits = sibling_logits(lm, state, rows, toks) if siblings else None
+        if logits is None:
+            chunk_state = slot_reindex(state, rows)  # the step writes its token into a free slot
+            if chunk_state is None:
+                chunk_state = state.reindex(rows)
+            del state
+            child_state, logits = _step(lm, chunk_state, toks)
+            del chunk_state
+        else:
+            del state
         if depth + 1 == T:  # a last-depth node only emits leaves: drop its cache before the next forward
             child_state = None
         prefix = torch.cat([node.prefix[rows], toks[:, None]], dim=1)

@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from bayes_rlhf.models.causal_lm import LMState
 
-__all__ = ["slot_reindex"]
+__all__ = ["slot_reindex", "supports_slots"]
 
 
 class _SlotLayer(DynamicLayer):
@@ -58,19 +58,24 @@ def _gather_with_slot(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return buf
 
 
+def supports_slots(state: LMState) -> bool:
+    """Whether ``state``'s cache is a ``DynamicCache`` of initialised plain layers, without a support model."""
+    cache = state.cache
+    if state.support is not None or type(cache) is not DynamicCache or getattr(cache, "offloading", False):
+        return False
+    return all(type(layer) in (DynamicLayer, _SlotLayer) and layer.is_initialized and layer.keys.dim() == 4
+               for layer in cache.layers)
+
+
 def slot_reindex(state: LMState, idx: torch.Tensor) -> LMState | None:
     """``state.reindex(idx)`` whose next one-token step writes into a free slot (see the module
     docstring), or None when the cache is not one this applies to."""
+    if not supports_slots(state):
+        return None
     cache = state.cache
-    if state.support is not None or type(cache) is not DynamicCache or getattr(cache, "offloading", False):
-        return None
-    layers = cache.layers
-    if not all(type(layer) in (DynamicLayer, _SlotLayer) and layer.is_initialized and layer.keys.dim() == 4
-               for layer in layers):
-        return None
     idx = idx.to(state.attention_mask.device)
     new_layers = []
-    for layer in layers:
+    for layer in cache.layers:
         new = _SlotLayer.__new__(_SlotLayer)
         new.__dict__.update(layer.__dict__)
         kbuf, vbuf = _gather_with_slot(layer.keys, idx), _gather_with_slot(layer.values, idx)

@@ -106,7 +106,8 @@ def evaluate_reward(reward, lm, prompts: Sequence[str], ids: torch.Tensor, mask:
     """
     n = ids.shape[0]
     name = reward_name(reward)
-    prompts = list(prompts)
+    if not isinstance(prompts, list):  # a list is read, never changed: no copy
+        prompts = list(prompts)
     if hasattr(reward, "score_batch"):
         texts = None
     elif callable(reward):
