@@ -103,9 +103,11 @@ def best_of_n_log_probs(posterior: ExactPosterior, n: int, base_log_probs: torch
     log_g = torch.log(mass) + m_safe                       # log G per level
     log_fg = torch.logcumsumexp(log_g, 0)                  # log (F + G)
     log_f = torch.cat([torch.tensor([-math.inf], dtype=torch.float64), log_fg[:-1]])
-    # log((F + G)^n - F^n) = n log(F+G) + log1p(-exp(n (log F - log(F+G))))
-    ratio = torch.where(torch.isfinite(log_f), n * (log_f - log_fg), -math.inf)
-    log_top = n * log_fg + torch.log1p(-torch.exp(ratio).clamp(max=1.0))
+    # log((F + G)^n - F^n) = n log(F+G) + log(1 - e^ratio), ratio = n log(F / (F+G)) = -n log1p(G / F):
+    # no difference of nearby logs where G << F, and log(1 - e^x) in its stable two-branch form
+    ratio = torch.where(torch.isfinite(log_f), -n * torch.log1p(torch.exp(log_g - log_f)), -math.inf)
+    log_top = n * log_fg + torch.where(ratio > -math.log(2), torch.log(-torch.expm1(ratio)),
+                                       torch.log1p(-torch.exp(ratio)))
     out = lp - log_g[inv] + log_top[inv]
     return torch.where(torch.isfinite(lp), out, -math.inf)
 

@@ -80,3 +80,16 @@ def test_bad_input(mild_target, mild_post):
         best_of_n_log_probs(mild_post, 0)
     with pytest.raises(ConfigError):
         best_of_n_log_probs(mild_post, 2, base_log_probs=torch.zeros(3))
+
+
+def test_tiny_top_levels_keep_their_precision():
+    # two reward levels, the top one with mass 3e-14: (F+G)^n - F^n is a difference of nearby numbers, so the
+    # top level's log-probability is checked against its series n G F^(n-1) (1 + (n-1) G / (2F) + ...) to 1e-9
+    from types import SimpleNamespace
+
+    g = 3e-14
+    lp = torch.tensor([math.log1p(-g), math.log(g)], dtype=torch.float64)
+    post = SimpleNamespace(prior_log_probs=lp, rewards=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    for n in (1, 2, 4, 16):
+        want = math.log(n) + math.log(g) + (n - 1) * math.log1p(-g) + math.log1p((n - 1) * g / (2 * (1 - g)))
+        assert float(best_of_n_log_probs(post, n)[1]) == pytest.approx(want, abs=1e-9)
