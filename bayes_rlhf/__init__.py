@@ -27,6 +27,7 @@ from bayes_rlhf.samplers import (CTLConfig, ExactTwist, LearnedTwist, PrefixPote
 from bayes_rlhf.target import Target
 from bayes_rlhf.variational import (Preferences, SandwichEvaluator, TrainerConfig, TrainingDivergedError,
                                     TrainingHistory, objectives, sample_preferences, train_policy)
+from bayes_rlhf.variational.objectives import bon_posterior, bon_target
 
 __version__ = "0.1.0"
 
@@ -63,7 +64,7 @@ __all__ = [
     "lower_bound", "upper_bound", "kl_sandwich", "log_z_lower_bound", "ppl",
     # variational policy
     "train_policy", "TrainerConfig", "TrainingHistory", "TrainingDivergedError", "SandwichEvaluator",
-    "objectives", "Preferences", "sample_preferences",
+    "objectives", "Preferences", "sample_preferences", "bon_target", "bon_posterior",
     # diagnostics and reports
     "Comparison", "compare", "reverse_kl", "forward_kl", "importance_log_z", "token_kl", "position_kl",
     "Estimate", "WeightDiagnostics", "weight_diagnostics", "psis_khat", "FrontierPoint",
