@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from bayes_rlhf._checks import check_generator, check_int
+from bayes_rlhf._deprecation import positional_generator
 from bayes_rlhf.errors import ConfigError, PromptError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.models.vocabulary import Vocabulary
@@ -251,6 +252,7 @@ class ExactPosterior:
         return self.beta * self.log_z
 
     # ------------------------------------------------------------------ sampling and summaries
+    @positional_generator(2)  # post.sample(n, generator), DESIGN.md's older documented call
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Completions:
         """n exact posterior samples (inverse CDF on the table; log_probs are posterior).
 

@@ -98,3 +98,12 @@ def test_exact_rejection_sample_counts_by_num_samples_and_n_is_deprecated(mild_t
     assert torch.equal(new.samples.ids, positional.samples.ids)
     with pytest.raises(TypeError):  # only a generator (or None) is taken by position
         br.exact_rejection_sample(mild_target, PROMPT, 5, 6.0, 256)
+
+
+def test_exact_posterior_sample_takes_the_older_positional_generator(mild_post):
+    new = mild_post.sample(6, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(DeprecationWarning, match="generator=..."):
+        old = mild_post.sample(6, torch.Generator().manual_seed(5))
+    assert torch.equal(new.ids, old.ids)
+    with pytest.raises(TypeError):
+        mild_post.sample(6, 7)
