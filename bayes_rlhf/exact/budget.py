@@ -11,7 +11,9 @@ depth d::
     walk(B) = sum_{d=1}^{T-2} min(B, cap_d) * c * (P + d)            # the stack
               + min(B, cap_{T-1}) * (c * (2 (P + T - 2) + 1) + 2 * V * s)   # the step in flight
 
-and ``plan_batch`` picks the largest ``B <= batch_size`` with ``walk(B) <= budget``.
+and ``plan_batch`` picks the largest ``B <= batch_size`` with ``walk(B) <= budget``. The walk's
+last forward (``siblings.py``) holds less: the chunk's parents' cache once, and logits for at
+most 1.5 B padded rows, within the two copies and two logits per row counted here.
 """
 
 from __future__ import annotations
