@@ -8,9 +8,11 @@ averaged over the prompts (conditional GDC). Pseudocode::
     validate everything (prompts, features, moments, method) before any model call
     table = exact:  each prompt enumerated once, phi evaluated on every completion
             snis:   N proposals per prompt (prior or a given proposal), importance weights
+            smc:    N SMC particles per prompt for the current tilt pi0 exp(lambda_k . phi); the dual is
+                    solved on them, and again on particles of the new tilt, until it stops moving
     check m is reachable on the table (UnreachableError naming the range)
     lambda = Newton on the convex dual mean_c log Z_c(lambda) - lambda . m      (dual.py)
-    snis:   E_lambda[phi] re-estimated on N fresh proposals: the moment error and its SE
+    snis / smc: E_lambda[phi] re-estimated on N fresh draws: the moment error and its SE
     return Target(prior, MomentReward(lambda, phi, constraint, fit), beta=1, T)
 
 A pointwise constraint (0 / -inf) restricts the support first: the result is then the
@@ -26,8 +28,9 @@ import torch
 from bayes_rlhf._checks import check_generator, check_int, check_real, is_real
 from bayes_rlhf.control.dual import check_reachable, kl_to_prior, solve_dual
 from bayes_rlhf.control.reward import MomentFit, MomentReward
-from bayes_rlhf.control.tables import (check_prompts, exact_feature_table, is_reward, resolve_method,
-                                       sampled_feature_table, snis_standard_error, tilt, zero_reward)
+from bayes_rlhf.control.tables import (AtomTable, check_prompts, exact_feature_table, is_reward, resolve_method,
+                                       sampled_feature_table, smc_feature_table, snis_standard_error, tilt,
+                                       zero_reward)
 from bayes_rlhf.errors import ConfigError, RewardError
 from bayes_rlhf.rewards.base import reward_name
 from bayes_rlhf.target import Target
@@ -55,7 +58,7 @@ def _check_features(features, moments) -> tuple[list, torch.Tensor]:
 def moment_target(prior, prompts: str | Sequence[str], features, moments, max_new_tokens: int, *,
                   constraint=None, method: str = "auto", num_samples: int = 4096, proposal=None,
                   generator: torch.Generator | None = None, tol: float = 1e-10, max_iter: int = 100,
-                  max_completions: int | None = None, progress: bool = False) -> Target:
+                  max_completions: int | None = None, progress: bool = False, rounds: int = 4) -> Target:
     """The I-projection ``pi0 exp(lambda . phi) / Z`` whose features have the given means.
 
     Parameters
@@ -71,14 +74,21 @@ def moment_target(prior, prompts: str | Sequence[str], features, moments, max_ne
     max_new_tokens : int
     constraint : reward, optional
         A pointwise ``Constraint`` (0 or -inf) combined with the moments.
-    method : {'auto', 'exact', 'snis'}
+    method : {'auto', 'exact', 'snis', 'smc'}
         'exact' solves on enumerated tables (moments to ``tol``); 'snis' on ``num_samples``
         importance samples per prompt from ``proposal`` (the prior by default) and re-estimates the
-        moments, with SEs, on as many fresh ones; 'auto' is 'exact' when the space fits.
+        moments, with SEs, on as many fresh ones; 'smc' on ``num_samples`` SMC particles per prompt
+        of the current tilt (``twist="prefix"``), re-solving on particles of each new tilt for up to
+        ``rounds`` rounds, for moments the prior rarely reaches (where 'snis' has few effective
+        draws; its SE treats the particles as independent, so it is too small where resampling
+        duplicated many); 'auto' is 'exact' when the space fits, else 'snis'.
     generator : torch.Generator, optional
-        Randomness of 'snis'.
+        Randomness of 'snis' and 'smc'.
     tol : float
         Moment accuracy of the dual solve on its table (features' units).
+    rounds : int
+        'smc': at most this many tilts to draw particles from; it stops early once a round's
+        solution keeps >= 90% of its particles' effective sample size (the tilt barely moved).
 
     Returns
     -------
@@ -104,23 +114,55 @@ def moment_target(prior, prompts: str | Sequence[str], features, moments, max_ne
     if proposal is not None and method == "exact":
         raise ConfigError("a proposal is used by method='snis' only; pass method='snis' to sample from it")
     names = [reward_name(f) for f in features]
-    if method == "exact":
-        table = exact_feature_table(prior, prompts, max_new_tokens, features, constraint, max_completions, progress)
-    else:
+    if method != "exact":
         num_samples = check_int(num_samples, "num_samples", 2)
+        rounds = check_int(rounds, "rounds", 1)
         check_generator(generator)
-        table = sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
-                                      proposal=proposal, generator=generator)
-    ranges = check_reachable(table, m, names)
-    sol = solve_dual(table, m, tol, max_iter)
+        if proposal is not None and method == "smc":
+            raise ConfigError("a proposal is used by method='snis' only; 'smc' draws from the current tilt")
+
+    def draw(lam):  # a sampled table: N draws per prompt (lam: the tilt SMC's particles follow)
+        if method == "smc":
+            return smc_feature_table(prior, prompts, max_new_tokens, features, constraint, lam, num_samples,
+                                     generator=generator)
+        return sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
+                                     proposal=proposal, generator=generator)
+
+    if method == "smc":
+        table, ranges, sol = _smc_rounds(draw, m, names, tol, max_iter, rounds)
+    else:
+        table = draw(None) if method == "snis" else exact_feature_table(prior, prompts, max_new_tokens, features,
+                                                                         constraint, max_completions, progress)
+        ranges = check_reachable(table, m, names)
+        sol = solve_dual(table, m, tol, max_iter)
     achieved, se, ess = sol.tilt.means.mean(0), torch.zeros_like(m), ()
-    if method == "snis":
-        fresh = sampled_feature_table(prior, prompts, max_new_tokens, features, constraint, num_samples,
-                                      proposal=proposal, generator=generator)
+    if method != "exact":
+        fresh = draw(sol.coefficients)
         ft = tilt(fresh, sol.coefficients)
         achieved, se = ft.means.mean(0), snis_standard_error(fresh, ft)
-        ess = tuple(float(1.0 / (sol.tilt.probs[table.rows(g)] ** 2).sum()) for g in range(table.num_groups))
+        ess = tuple(_ess(sol.tilt.probs, table, g) for g in range(table.num_groups))
     fit = MomentFit(method, tuple(m.tolist()), tuple(achieved.tolist()), tuple(se.tolist()), tuple(ranges),
                     kl_to_prior(sol, m), sol.iterations, len(prompts), ess)
     reward = MomentReward(sol.coefficients.tolist(), features, constraint, fit)
     return Target(prior, reward, 1.0, max_new_tokens)
+
+
+def _ess(probs: torch.Tensor, table: AtomTable, g: int) -> float:
+    """Kish effective sample size of group ``g``'s atom probabilities."""
+    return float(1.0 / (probs[table.rows(g)] ** 2).sum())
+
+
+def _smc_rounds(draw, m: torch.Tensor, names, tol: float, max_iter: int, rounds: int):
+    """Particles of the tilt lambda_k, the dual solved on them: lambda_{k+1}; stop when lambda_{k+1}
+    keeps >= 90% of the particles' ESS in every group (or after ``rounds``). Returns (table, ranges, sol)."""
+    lam = torch.zeros_like(m)
+    for _ in range(rounds):
+        table = draw(lam)
+        ranges = check_reachable(table, m, names)
+        sol = solve_dual(table, m, tol, max_iter)
+        base = tilt(table, lam).probs  # the particles' own weights
+        kept = min(_ess(sol.tilt.probs, table, g) / _ess(base, table, g) for g in range(table.num_groups))
+        lam = sol.coefficients
+        if kept >= 0.9:
+            break
+    return table, ranges, sol

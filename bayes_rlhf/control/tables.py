@@ -5,6 +5,8 @@ A table holds, for P groups (prompts), atoms x with a base log-mass and features
     exact:  atoms = every completion satisfying the constraint,  log_base = log pi0(x)
     snis:   atoms = N draws x_i ~ q per prompt (those satisfying the constraint),
             log_base = log pi0(x_i) - log q(x_i) - log N        (so logsumexp is an IS mean)
+    smc:    atoms = N SMC particles for pi0 exp(lambda_k . phi), normalised weights w_i,
+            log_base = log w_i - lambda_k . phi(x_i)             (pi0 up to a per-group constant)
 
 The tilt by lambda is the same arithmetic for both::
 
@@ -144,7 +146,7 @@ def feature_table(lm, prompt: str, ids: torch.Tensor, mask: torch.Tensor, featur
     return torch.cat(chunks) if chunks else torch.zeros((0, len(features)), dtype=torch.float64)
 
 
-METHODS = ("auto", "exact", "snis")
+METHODS = ("auto", "exact", "snis", "smc")
 
 
 def zero_reward() -> TokenReward:
@@ -194,6 +196,26 @@ def sampled_feature_table(prior, prompts: list[str], T: int, features: list, con
     return build_table(lbs, fs, [num_samples] * len(prompts))
 
 
+def smc_feature_table(prior, prompts: list[str], T: int, features: list, constraint, lam: torch.Tensor,
+                      num_samples: int, *, generator) -> AtomTable:
+    """N SMC particles per prompt for the tilt ``pi0 exp(lam . phi)`` (the constraint included), as atoms of
+    pi0: log_base = log w - lam . phi, with w the particles' self-normalised weights. SMC runs with the
+    ``"prefix"`` twist (the tilt's reward on prefixes), which resamples on the way."""
+    from bayes_rlhf.control.reward import MomentReward
+    from bayes_rlhf.samplers.smc import smc
+
+    tilted = Target(prior, MomentReward(lam.tolist(), features, constraint), 1.0, T)
+    ws = smc(tilted, prompts, num_samples, twist="prefix", generator=generator)
+    lbs, fs = [], []
+    for g, prompt in enumerate(prompts):
+        rows = ws.rows(g)
+        phi = feature_table(prior, prompt, ws.ids[rows], ws.mask[rows], features)
+        lw = ws.log_weights[rows].double()
+        lbs.append(lw - torch.logsumexp(lw, 0) - phi @ lam)
+        fs.append(phi)
+    return build_table(lbs, fs, [num_samples] * len(prompts))
+
+
 def _reward_atoms(log_base: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log_base, rewards [K, 1]) with the atoms of reward -inf (a hard constraint) given no mass."""
     finite = torch.isfinite(rewards)
@@ -226,8 +248,7 @@ def resolve_method(method: str, prior, T: int, max_completions: int | None = Non
     from bayes_rlhf.exact.enumerate import check_space
 
     if method not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got {method!r} (SMC-based fitting is not "
-                          "available: use 'snis' with a proposal close to the target)")
+        raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
     try:
