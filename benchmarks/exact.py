@@ -176,6 +176,11 @@ def run(lm, prompt, T, args, reward) -> None:
     scaled = f" (scaled from {100 * args.naive_fraction:g}% of the table)" if args.naive_fraction < 1 else ""
     print(f"naive batched score    {t_naive:8.2f} s{scaled}; agrees with the walk to {err:.1e}")
     print(f"process peak RSS (lifetime) {gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
+    steps = sum(counts)  # one-token positions of the walk after the prompt (the bare model's too)
+    naive_steps = post.num_completions * (T - 1)  # CausalLM.score: a cached prompt pass, then T - 1 positions
+    print(f"positions through the model after the prompt: naive {naive_steps:,} (K x (T - 1)), walk "
+          f"{steps:,}: {naive_steps / steps:.1f}x fewer (naive / exact above this needs the walk to cost "
+          "less per position than the naive's batched forward)")
     print(f"\nratio naive / exact = {t_naive / best['exact']:.1f}x   (target >= 90x on the tiny model)")
     print(f"ratio naive / walk  = {t_naive / best['walk']:.1f}x   (the same work: prior log-probs of every completion)")
     print(f"ratio exact / bare  = {best['exact'] / best['bare']:.2f}x   (target <= 1.3x)")
@@ -190,7 +195,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=16)
     parser.add_argument("--T", type=int, default=6)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 4096 (tiny), 2048 (SmolLM2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per forward of the walk and the bare model; default 16384 (tiny: about the "
+                        "naive's 4096 sequences x (T - 1) positions per forward), 2048 (SmolLM2)")
     parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2 ** 30, metavar="GB")
     parser.add_argument("--naive-fraction", type=float, default=None, help="default 1 (tiny), 0.01 (SmolLM2)")
     parser.add_argument("--naive-batch-size", type=int, default=None,
@@ -221,7 +227,7 @@ def main() -> None:
         print(f"SmolLM2-135M-Instruct, top-{args.top_k}, float32, {args.device}")
         run(lm, SMOLLM2_PROMPT, args.T, args, count_reward(lm.eos_token_id))
         return
-    args.batch_size = args.batch_size or 4096
+    args.batch_size = args.batch_size or 16384
     args.naive_fraction = args.naive_fraction if args.naive_fraction is not None else 1.0
     args.naive_batch_size = args.naive_batch_size or 4096
     lm = tiny_lm("gpt2", vocab_size=args.vocab, seed=0, dtype=torch.float32, device=args.device)
