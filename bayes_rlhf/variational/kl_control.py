@@ -106,9 +106,9 @@ def make_kl_control(config, num_prompts: int, num_processes: int, sandwich) -> A
     if settings.target is None:
         return None
     if sandwich is not None:
-        raise ConfigError("TrainerConfig.kl_target with a SandwichEvaluator: its posterior samples are of pi* at "
-                          "the target's beta, which the controller changes; attach exact posteriors "
-                          "(evaluator=True) or no evaluator")
+        raise ConfigError("TrainerConfig.kl_target with an evaluator that holds only at the target's own beta "
+                          "(follows_beta False, e.g. a SandwichEvaluator, whose samples are of pi* at that beta), "
+                          "which the controller changes; attach exact posteriors (evaluator=True) or no evaluator")
     per_step = config.prompts_per_step if config.prompts_per_step is not None else num_prompts
     n = config.samples_per_prompt * min(per_step, num_prompts) * num_processes
     if not settings.horizon > ERROR_CLIP * n:
