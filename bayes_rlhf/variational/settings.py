@@ -252,7 +252,8 @@ class FDPGConfig(Section):
     proposal : {"policy", "prior"}
         Policy samples (ratio pi*/q) or prior samples (pi*/pi0, re-weighted to q); ``fdpg_proposal``.
     baseline : bool
-        Subtract the leave-one-out mean of phi(u) per prompt (lower variance, same expectation).
+        Subtract the leave-one-out mean of phi(u) per prompt (lower variance, same expectation) with
+        policy samples; prior samples never use it (it made every generator diverge there).
 
     Recorded in checkpoints and run folders only when set (``recorded_at_default``).
     """

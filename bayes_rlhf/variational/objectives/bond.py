@@ -196,7 +196,7 @@ def _retarget(settings: BoNConfig, target: Target, prompts: list[str]) -> Target
 
 def bond_objective_loss(batch: PolicyBatch, settings: BoNConfig) -> ObjectiveOutput:
     """BOND: Jeffreys divergence to BoN_N (the batch's rewards are r_N, beta 1)."""
-    return f_divergence_loss(batch, "jeffreys", baseline=True)
+    return f_divergence_loss(batch, "jeffreys", baseline=settings.proposal == "policy")
 
 
 def vbon_objective_loss(batch: PolicyBatch, settings: BoNConfig) -> ObjectiveOutput:
