@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the first run (the next start gets seed + 1, ...)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    lm, reward = br.default_model()
-    target = br.Target(lm, reward, 1.0, args.max_new_tokens)
+    target = br.demo_target(1.0, args.max_new_tokens)
     beta_star = br.beta_for_kl(target, args.prompt, kl=args.kl_target)
     post = br.exact_posterior(target, args.prompt)
     # one seed per start: with a shared seed, two policies that have converged draw the same samples

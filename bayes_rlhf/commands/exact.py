@@ -103,8 +103,9 @@ def run(args) -> int:
     folder = claim(args, "exact", settings)
     max_completions = args.max_completions or DEFAULT_MAX_COMPLETIONS
     target = _controlled_target(args, moments, prompts, max_completions)
-    if format_control(target):
-        print(format_control(target), end="\n\n")
+    control = format_control(target)
+    if control:
+        print(control, end="\n\n")
     posteriors = []
     for prompt in prompts:
         post = exact_posterior(target, prompt, max_completions=max_completions, progress=True)

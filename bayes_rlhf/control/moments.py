@@ -32,6 +32,7 @@ from bayes_rlhf.control.tables import (AtomTable, check_prompts, exact_feature_t
                                        sampled_feature_table, smc_feature_table, snis_standard_error, tilt,
                                        zero_reward)
 from bayes_rlhf.errors import ConfigError, RewardError
+from bayes_rlhf.logweights import group_sum
 from bayes_rlhf.rewards.base import reward_name
 from bayes_rlhf.target import Target
 
@@ -140,16 +141,16 @@ def moment_target(prior, prompts: str | Sequence[str], features, moments, max_ne
         fresh = draw(sol.coefficients)
         ft = tilt(fresh, sol.coefficients)
         achieved, se = ft.means.mean(0), snis_standard_error(fresh, ft)
-        ess = tuple(_ess(sol.tilt.probs, table, g) for g in range(table.num_groups))
+        ess = tuple(_ess(sol.tilt.probs, table).tolist())
     fit = MomentFit(method, tuple(m.tolist()), tuple(achieved.tolist()), tuple(se.tolist()), tuple(ranges),
                     kl_to_prior(sol, m), sol.iterations, len(prompts), ess)
     reward = MomentReward(sol.coefficients.tolist(), features, constraint, fit)
     return Target(prior, reward, 1.0, max_new_tokens)
 
 
-def _ess(probs: torch.Tensor, table: AtomTable, g: int) -> float:
-    """Kish effective sample size of group ``g``'s atom probabilities."""
-    return float(1.0 / (probs[table.rows(g)] ** 2).sum())
+def _ess(probs: torch.Tensor, table: AtomTable) -> torch.Tensor:
+    """Kish effective sample size of each group's atom probabilities, Tensor [P]."""
+    return 1.0 / group_sum(probs ** 2, table.group, table.num_groups)
 
 
 def _smc_rounds(draw, m: torch.Tensor, names, tol: float, max_iter: int, rounds: int):
@@ -161,7 +162,7 @@ def _smc_rounds(draw, m: torch.Tensor, names, tol: float, max_iter: int, rounds:
         ranges = check_reachable(table, m, names)
         sol = solve_dual(table, m, tol, max_iter)
         base = tilt(table, lam).probs  # the particles' own weights
-        kept = min(_ess(sol.tilt.probs, table, g) / _ess(base, table, g) for g in range(table.num_groups))
+        kept = float((_ess(sol.tilt.probs, table) / _ess(base, table)).min())
         lam = sol.coefficients
         if kept >= 0.9:
             break

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from bayes_rlhf.errors import ConfigError, SpaceTooLargeError
-from bayes_rlhf.logweights import group_logsumexp
+from bayes_rlhf.logweights import group_logsumexp, normalized_log_weights
 from bayes_rlhf.rewards.base import TokenReward
 from bayes_rlhf.target import Target
 
@@ -211,7 +211,7 @@ def smc_feature_table(prior, prompts: list[str], T: int, features: list, constra
         rows = ws.rows(g)
         phi = feature_table(prior, prompt, ws.ids[rows], ws.mask[rows], features)
         lw = ws.log_weights[rows].double()
-        lbs.append(lw - torch.logsumexp(lw, 0) - phi @ lam)
+        lbs.append(normalized_log_weights(lw) - phi @ lam)
         fs.append(phi)
     return build_table(lbs, fs, [num_samples] * len(prompts))
 

@@ -27,6 +27,7 @@ import torch
 from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
+from bayes_rlhf.logweights import group_logsumexp
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.samplers._common import check_count
 from bayes_rlhf.samplers.importance import importance_sample
@@ -97,10 +98,7 @@ def best_of_n_log_probs(posterior: ExactPosterior, n: int, base_log_probs: torch
         raise ConfigError(f"base_log_probs must have shape {tuple(posterior.rewards.shape)}, got {tuple(lp.shape)}")
     levels, inv = torch.unique(posterior.rewards, sorted=True, return_inverse=True)
     L = levels.numel()
-    m = torch.full((L,), -math.inf, dtype=torch.float64).scatter_reduce(0, inv, lp, "amax")
-    m_safe = torch.where(torch.isfinite(m), m, 0.0)
-    mass = torch.zeros(L, dtype=torch.float64).index_add_(0, inv, torch.exp(lp - m_safe[inv]))
-    log_g = torch.log(mass) + m_safe                       # log G per level
+    log_g = group_logsumexp(lp, inv, L)                    # log G per level
     log_fg = torch.logcumsumexp(log_g, 0)                  # log (F + G)
     log_f = torch.cat([torch.tensor([-math.inf], dtype=torch.float64), log_fg[:-1]])
     # log((F + G)^n - F^n) = n log(F+G) + log(1 - e^ratio), ratio = n log(F / (F+G)) = -n log1p(G / F):

@@ -20,7 +20,7 @@ reads ``PolicyBatch.beta`` (rloo, ppo, grpo, dpg, vargrad). Refused with a Confi
 whose samples are draws of pi* at the target's beta (sources "exact", "rejection", "given", i.e.
 distillation), which no change of beta reaches, and a ``SandwichEvaluator``, whose posterior
 samples are fixed at the target's beta. An exact evaluator is re-tilted to beta_t at each
-evaluation (``at_beta``: the same table, no model calls), so ``kl_q_posterior`` is
+evaluation (``ExactEvaluator.evaluate``: the same table, no model calls), so ``kl_q_posterior`` is
 KL(q || pi*_beta_t).
 
 Resume: beta_t+1 is a function of the last history row (beta_t and KL_t, stored exactly in the
@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bayes_rlhf.diagnostics.frontier import retilt
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational.guards import TrainingDivergedError
 
@@ -96,7 +95,7 @@ class AdaptiveKL:
             run.target = dataclasses.replace(run.target, beta=self.next_beta(rows[-1]))
 
 
-def make_kl_control(config, num_prompts: int, num_processes: int, sandwich) -> AdaptiveKL | None:
+def make_kl_control(config, num_prompts: int, num_processes: int, fixed_beta_evaluator) -> AdaptiveKL | None:
     """The run's controller (None when ``config.kl_control.target`` is None), checked before any work.
 
     n_t = samples_per_prompt * prompts per step * processes; ``kl_horizon`` must exceed 0.2 n_t,
@@ -105,7 +104,7 @@ def make_kl_control(config, num_prompts: int, num_processes: int, sandwich) -> A
     settings = config.kl_control
     if settings.target is None:
         return None
-    if sandwich is not None:
+    if fixed_beta_evaluator is not None:
         raise ConfigError("TrainerConfig.kl_target with an evaluator that holds only at the target's own beta "
                           "(follows_beta False, e.g. a SandwichEvaluator, whose samples are of pi* at that beta), "
                           "which the controller changes; attach exact posteriors (evaluator=True) or no evaluator")
@@ -118,12 +117,4 @@ def make_kl_control(config, num_prompts: int, num_processes: int, sandwich) -> A
     return AdaptiveKL(settings, n)
 
 
-def at_beta(posteriors: dict | None, beta: float) -> dict | None:
-    """The exact posteriors re-tilted to ``beta`` (the same tables; unchanged when already at beta)."""
-    if not posteriors:
-        return posteriors
-    return {p: post if post.beta == beta else retilt(post, beta) for p, post in posteriors.items()}
-
-
-__all__ = ["AdaptiveKL", "kl_error", "update_beta", "check_kl_control", "make_kl_control", "at_beta",
-           "ERROR_CLIP"]
+__all__ = ["AdaptiveKL", "kl_error", "update_beta", "check_kl_control", "make_kl_control", "ERROR_CLIP"]

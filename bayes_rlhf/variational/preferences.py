@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from bayes_rlhf._checks import check_generator, check_int, check_real
 from bayes_rlhf.errors import ConfigError, PromptError
+from bayes_rlhf.logweights import group_sum, normalized_log_weights
 from bayes_rlhf.models.text import encode_known
 
 JUDGES = ("bradley_terry", "better")
@@ -153,8 +154,8 @@ def as_preferences(data, lm, max_new_tokens: int) -> Preferences:
     for i, (prompt, chosen, rejected) in enumerate(triples):
         for key, text in (("chosen", chosen), ("rejected", rejected)):
             rows[key].append(_completion_ids(lm, text, max_new_tokens, f"{key} completion of pair {i}"))
-    c_ids, c_mask = _pad(rows["chosen"], max_new_tokens, lm.pad_id)
-    r_ids, r_mask = _pad(rows["rejected"], max_new_tokens, lm.pad_id)
+    c_ids, c_mask = lm.vocabulary.pad(rows["chosen"], max_new_tokens)
+    r_ids, r_mask = lm.vocabulary.pad(rows["rejected"], max_new_tokens)
     return Preferences(tuple(t[0] for t in triples), c_ids, c_mask, r_ids, r_mask)
 
 
@@ -190,15 +191,6 @@ def _completion_ids(lm, text: str, T: int, what: str) -> list[int]:
     return ids
 
 
-def _pad(rows: list[list[int]], T: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = True
-    return ids, mask
-
-
 def check_covers(preferences: Preferences, prompts: Sequence[str]) -> None:
     """ConfigError unless every training prompt has a pair and every pair's prompt is a training prompt."""
     have, want = set(preferences.prompts), set(prompts)
@@ -216,20 +208,16 @@ def win_rates(post, judge: str = "bradley_terry", temperature: float = 1.0, bloc
 
     Computed over the distinct reward values (K x U work for U of them, in blocks)."""
     values, inverse = torch.unique(post.rewards, return_inverse=True)
-    mass = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, post.prior_log_probs.exp())
+    mass = group_sum(post.prior_log_probs.exp(), inverse, len(values))
     out = torch.cat([label_probabilities(values[s: s + block, None], values[None, :], judge, temperature) @ mass
                      for s in range(0, len(values), block)])
     return out[inverse]
 
 
-def _normalised(log_w: torch.Tensor) -> torch.Tensor:
-    return log_w - torch.logsumexp(log_w, 0)
-
-
 def dpo_fixed_point(post, temperature: float = 1.0) -> torch.Tensor:
     """log q [K] minimising DPO's population loss on pi0 pairs with Bradley-Terry labels at ``temperature``:
     pi0 exp(r / (beta temperature)) / Z, ``post.log_probs`` at temperature 1."""
-    return _normalised(post.prior_log_probs + post.rewards / (post.beta * temperature))
+    return normalized_log_weights(post.prior_log_probs + post.rewards / (post.beta * temperature))
 
 
 def ipo_fixed_point(post, tau: float | None = None, judge: str = "bradley_terry",
@@ -237,7 +225,7 @@ def ipo_fixed_point(post, tau: float | None = None, judge: str = "bradley_terry"
     """log q [K] minimising IPO's population loss on pi0 pairs: pi0 exp(w / tau) / Z, w = ``win_rates``;
     ``tau`` defaults to ``post.beta`` (TRL's IPO uses its beta as tau)."""
     tau = post.beta if tau is None else tau
-    return _normalised(post.prior_log_probs + win_rates(post, judge, temperature) / tau)
+    return normalized_log_weights(post.prior_log_probs + win_rates(post, judge, temperature) / tau)
 
 
 def online_dpo_fixed_point(post, judge: str = "bradley_terry") -> torch.Tensor:
@@ -247,7 +235,7 @@ def online_dpo_fixed_point(post, judge: str = "bradley_terry") -> torch.Tensor:
         return post.log_probs.clone()
     if judge == "better":
         best = post.rewards == post.rewards.max()
-        return _normalised(post.prior_log_probs.masked_fill(~best, -math.inf))
+        return normalized_log_weights(post.prior_log_probs.masked_fill(~best, -math.inf))
     raise ConfigError(f"judge must be one of {list(JUDGES)}, got {judge!r}")
 
 

@@ -66,14 +66,3 @@ def test_bad_control_input_writes_nothing(tmp_path, capsys, args, message):
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.iterdir())
 
-
-def test_a_rounding_negative_kl_prints_as_zero():
-    from types import SimpleNamespace
-
-    from bayes_rlhf.commands._common import format_posterior
-
-    s = dict(num_completions=3, beta=1.0, log_z=0.0, optimal_objective=0.0, prior_mean_reward=0.0,
-             posterior_mean_reward=0.0, kl_posterior_prior=-4e-9, prior_entropy=1.0, posterior_entropy=1.0)
-    post = SimpleNamespace(summary=lambda: s, prompt="p", top=lambda k, by: [])
-    text = format_posterior(post)
-    assert "KL(pi* || pi0) = 0.0000 nats" in text and "-0.0000" not in text

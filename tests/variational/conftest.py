@@ -37,3 +37,11 @@ def fast_config():
         base.update(kw)
         return TrainerConfig(**base)
     return make
+
+
+@pytest.fixture(scope="session")
+def default_target():
+    """The default model at beta 1, T = 4, and the exact posterior of "the movie was" (enumerated once)."""
+    lm, reward = br.default_model()
+    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=4)
+    return target, br.exact_posterior(target, "the movie was")

@@ -24,13 +24,6 @@ from bayes_rlhf.variational.settings import BoNConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def default_target():
-    lm, reward = br.default_model()
-    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=4)
-    return target, br.exact_posterior(target, "the movie was")
-
-
 def _exact_levels(post, n):
     """r_N per reward level in exact rational arithmetic: ((F + G)^N - F^N) / G with the level masses
     rounded to float64 and renormalised (the only rounding)."""

@@ -162,13 +162,6 @@ def test_config_and_record():
 
 
 # ----------------------------------------------------------------------------- training on the default model
-@pytest.fixture(scope="module")
-def default_target():
-    lm, reward = br.default_model()
-    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=4)
-    return target, br.exact_posterior(target, "the movie was")
-
-
 def _train(default_target, name):
     target, post = default_target
     cfg = TrainerConfig(steps=100, objective="fdpg", f_divergence=name, progress=False, eval_every=1000)

@@ -38,6 +38,7 @@ from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError, RewardError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.exact.solve import exact_posterior
+from bayes_rlhf.logweights import group_logsumexp, normalized_log_weights
 from bayes_rlhf.rewards.base import evaluate_reward, reward_name
 from bayes_rlhf.samplers._common import as_prompts
 from bayes_rlhf.target import Target
@@ -73,10 +74,7 @@ class RewardLevels:
         keep = torch.isfinite(log_probs)
         levels, inv = torch.unique(rewards[keep], sorted=True, return_inverse=True)
         lp = log_probs[keep]
-        m = torch.full((levels.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(0, inv, lp, "amax")
-        mass = torch.zeros(levels.numel(), dtype=torch.float64).index_add_(0, inv, torch.exp(lp - m[inv]))
-        log_mass = torch.log(mass) + m
-        return cls(levels, log_mass - torch.logsumexp(log_mass, 0))
+        return cls(levels, normalized_log_weights(group_logsumexp(lp, inv, levels.numel())))
 
     @classmethod
     def from_samples(cls, rewards: torch.Tensor) -> "RewardLevels":
