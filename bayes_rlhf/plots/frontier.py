@@ -31,6 +31,7 @@ from bayes_rlhf.plots.style import COLORS, CYCLE, paper_style
 #: Marker kinds besides the curve ('posterior') and best-of-N: how each is drawn.
 MARKER_KINDS = ("target", "prior", "policy", "sampler")
 _SAMPLER_MARKERS = ("D", "s", "^", "v", "P", "h", "<", ">")
+_POLICY_MARKERS = ("*", "P", "X", "D")  # policies: filled stars, then (past the colours) other filled shapes
 _SAMPLER_COLOURS = ("#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#ff7f0e")
 
 
@@ -45,7 +46,10 @@ def _marker_style(p, i_policy: int, i_sampler: int) -> dict:
     if p.kind == "prior":
         return dict(marker="s", ms=8, color=COLORS["prior"], mec="k", mew=0.6, ls="none", zorder=5)
     if p.kind == "policy":
-        return dict(marker="*", ms=13, color=CYCLE[i_policy % len(CYCLE)], mec="k", mew=0.6, ls="none", zorder=6)
+        # past the colour cycle the shape changes too, so no two policies look alike
+        shape = _POLICY_MARKERS[(i_policy // len(CYCLE)) % len(_POLICY_MARKERS)]
+        return dict(marker=shape, ms=13 if shape == "*" else 10, color=CYCLE[i_policy % len(CYCLE)], mec="k", mew=0.6,
+                    ls="none", zorder=6)
     return dict(marker=_SAMPLER_MARKERS[i_sampler % len(_SAMPLER_MARKERS)], ms=9, mfc="none",
                 mec=_SAMPLER_COLOURS[i_sampler % len(_SAMPLER_COLOURS)], mew=2.0, ls="none", zorder=5)
 
