@@ -37,7 +37,7 @@ def run(args) -> int:
     from bayes_rlhf.commands._common import claim, format_posterior, write_top_completions
     from bayes_rlhf.demo import DEFAULT_MODEL, DEFAULT_PROMPTS, DEFAULT_REWARD, demo_target
     from bayes_rlhf.diagnostics.run_dir import save_run
-    from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.exact.from_target import exact_posterior
     from bayes_rlhf.report import write_report
 
     check_int(args.particles, "--particles", 1)

@@ -94,7 +94,7 @@ def run(args) -> int:
                                              target_settings, write_top_completions)
     from bayes_rlhf.control import control_summary
     from bayes_rlhf.exact.enumerate import DEFAULT_MAX_COMPLETIONS
-    from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.exact.from_target import exact_posterior
     from bayes_rlhf.diagnostics.run_dir import save_run
 
     prompts = prompts_of(args)

@@ -180,7 +180,7 @@ def train_from_config(source, out, overwrite: bool = False) -> dict:
 def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> dict:
     """Train into ``d`` and write its files there; ``recorded`` is the TrainerConfig summary.json shows
     (its paths name the final folder, not the staging one of an --overwrite)."""
-    from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.exact.from_target import exact_posterior
     from bayes_rlhf.io import write_json
     from bayes_rlhf.diagnostics.run_dir import save_run
     from bayes_rlhf.variational import train_policy

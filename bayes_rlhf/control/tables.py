@@ -170,7 +170,7 @@ def check_prompts(target: Target, prompts) -> list[str]:
 def exact_feature_table(prior, prompts: list[str], T: int, features: list, constraint=None,
                         max_completions: int | None = None, progress: bool = False) -> AtomTable:
     """Each prompt enumerated once: atoms = completions meeting the constraint, log_base = log pi0."""
-    from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.exact.from_target import exact_posterior
 
     base = Target(prior, constraint if constraint is not None else zero_reward(), 1.0, T)
     lbs, fs = [], []
@@ -225,7 +225,7 @@ def _reward_atoms(log_base: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.
 def exact_reward_table(target: Target, prompts: list[str], max_completions: int | None = None,
                        progress: bool = False) -> AtomTable:
     """The one-feature table (phi = r) of each prompt's enumerated posterior; log_base = log pi0."""
-    from bayes_rlhf.exact.solve import exact_posterior
+    from bayes_rlhf.exact.from_target import exact_posterior
 
     atoms = [_reward_atoms(post.prior_log_probs, post.rewards) for post in
              (exact_posterior(target, p, max_completions=max_completions, progress=progress) for p in prompts)]

@@ -282,7 +282,7 @@ def _named_twist(name: str, target, prompts: Sequence[str]):
     if name == "prefix":
         return PrefixPotential(target.reward)
     if name == "exact":
-        from bayes_rlhf.exact.solve import exact_posterior
+        from bayes_rlhf.exact.from_target import exact_posterior
 
         return ExactTwist([exact_posterior(target, p) for p in dict.fromkeys(prompts)])
     raise ConfigError(f"twist {name!r} is not known; use one of {list(TWIST_NAMES)} ('prefix': the target's "

@@ -25,7 +25,7 @@ from bayes_rlhf.diagnostics.exact import compare
 from bayes_rlhf.diagnostics.frontier import retilt
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.exact.solve import exact_posterior
+from bayes_rlhf.exact.from_target import exact_posterior
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import torch
 
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.rejection import exact_rejection_sample
-from bayes_rlhf.exact.solve import exact_posterior
+from bayes_rlhf.exact.from_target import exact_posterior
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.variational.preferences import check_covers

@@ -37,7 +37,7 @@ import torch
 from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import ConfigError, RewardError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.exact.solve import exact_posterior
+from bayes_rlhf.exact.from_target import exact_posterior
 from bayes_rlhf.logweights import group_logsumexp, normalized_log_weights
 from bayes_rlhf.rewards.base import evaluate_reward, reward_name
 from bayes_rlhf.samplers._common import as_prompts

@@ -1,4 +1,5 @@
-"""``exact_posterior(target, prompt)``: enumerate, score rewards, normalise."""
+"""``exact_posterior(target, prompt)``: the ExactPosterior of a Target for one prompt (enumerate every
+completion, score its reward, normalise). The table it returns and its queries are in ``posterior.py``."""
 
 from __future__ import annotations
 
