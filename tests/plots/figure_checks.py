@@ -15,6 +15,11 @@ _SNAKE = re.compile(r"\b[A-Za-z]+_[A-Za-z]+\b")  # a column name such as kl_prio
 _MATH = re.compile(r"\$[^$]*\$")
 
 
+def axis_labels(fig: Figure) -> str:
+    """Every axis label of the figure, x then y per axes, in one string."""
+    return " ".join(ax.get_xlabel() + " " + ax.get_ylabel() for ax in fig.axes)
+
+
 def drawn_axes(fig: Figure):
     return [ax for ax in fig.axes if ax.axison]
 
