@@ -9,8 +9,8 @@ from bayes_rlhf.diagnostics import (Comparison, EmptySamplesError, Estimate, Fro
                                     compare, forward_kl, importance_log_z, load_inference_data, policy_point,
                                     position_kl, posterior_frontier, psis_khat, reverse_kl, save_inference_data,
                                     to_inference_data, token_kl, weight_diagnostics)
-from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ModelLoadError, NoMassError, OutputDirError,
-                               PromptError, RewardError, SpaceTooLargeError, TokenizerMismatchError)
+from bayes_rlhf.errors import (BayesRLHFError, ConfigError, ConstraintMismatchError, ModelLoadError, NoMassError,
+                               OutputDirError, PromptError, RewardError, SpaceTooLargeError, TokenizerMismatchError)
 from bayes_rlhf.exact import ExactPosterior, RejectionResult, exact_posterior, exact_rejection_sample
 from bayes_rlhf.models import DEFAULT_PROMPTS, CausalLM, Completions, LMState, Vocabulary, load_model
 from bayes_rlhf.demo import default_model, demo_target
@@ -18,7 +18,8 @@ from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
 from bayes_rlhf.rewards import (BradleyTerryConfig, BradleyTerryReward, ClassifierReward, Constraint, TokenReward,
                                 WeightedSum, evaluate_reward)
 from bayes_rlhf.rewards.bradley_terry import dpo_loss
-from bayes_rlhf.samplers import (CTLConfig, ExactTwist, LearnedTwist, PrefixPotential, SMCConfig,
+from bayes_rlhf.samplers import (CTLConfig, ExactTwist, LearnedTwist, LocallyConstrained, NextTokenConstraint,
+                                 PrefixConstraint, PrefixPotential, SMCConfig, TokenMask, TwistedProposal,
                                  WeightedSamples, best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs,
                                  fit_twist, fit_twist_ctl, get_resampler, importance_sample, kl_sandwich,
                                  log_z_lower_bound, lower_bound, multinomial, quasi_rejection_log_probs,
@@ -60,6 +61,7 @@ __all__ = [
     "WeightedSamples", "importance_sample", "sampling_importance_resampling", "best_of_n",
     "best_of_n_log_probs", "best_of_n_kl", "best_of_n_kl_bound", "quasi_rejection_sample",
     "quasi_rejection_log_probs", "smc", "SMCConfig", "ExactTwist", "PrefixPotential", "LearnedTwist",
+    "LocallyConstrained", "TokenMask", "NextTokenConstraint", "PrefixConstraint", "TwistedProposal",
     "fit_twist", "fit_twist_ctl", "CTLConfig", "multinomial", "stratified", "systematic", "residual", "get_resampler",
     "lower_bound", "upper_bound", "kl_sandwich", "log_z_lower_bound", "ppl",
     # variational policy
@@ -73,4 +75,5 @@ __all__ = [
     # errors
     "BayesRLHFError", "ConfigError", "ModelLoadError", "PromptError", "RewardError",
     "SpaceTooLargeError", "TokenizerMismatchError", "NoMassError", "OutputDirError", "EmptySamplesError",
+    "ConstraintMismatchError",
 ]

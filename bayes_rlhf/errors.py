@@ -35,3 +35,7 @@ class NoMassError(BayesRLHFError):
 
 class OutputDirError(BayesRLHFError):
     """An output folder (``--out``) cannot be created, or holds another run that it would overwrite."""
+
+
+class ConstraintMismatchError(BayesRLHFError):
+    """A locally constrained proposal's constraint disagrees with the target's reward (SMC would be biased)."""

@@ -3,6 +3,8 @@ quasi-rejection and token-level SMC, their resampling schemes and twists, and bo
 Every sampler returns ``WeightedSamples``.
 """
 
+from bayes_rlhf.samplers.constrained import (LocallyConstrained, NextTokenConstraint, PrefixConstraint, TokenMask,
+                                             as_constraint)
 from bayes_rlhf.samplers.best_of_n import (best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs,
                                            best_of_n_mean_reward)
 from bayes_rlhf.samplers.bounds import (BoundEstimate, KLSandwich, kl_sandwich, log_z_lower_bound, lower_bound,
@@ -27,7 +29,7 @@ __all__ = [
     "quasi_rejection_sample", "quasi_rejection_log_probs",
     "smc", "SMC", "SMCConfig", "SMCState",
     "Proposal", "Proposed", "StepView", "PriorProposal", "LMProposal", "ExactProposal", "TwistedProposal",
-    "as_proposal",
+    "as_proposal", "LocallyConstrained", "TokenMask", "NextTokenConstraint", "PrefixConstraint", "as_constraint",
     "Twist", "ExactTwist", "PrefixPotential", "LearnedTwist", "fit_twist", "exact_prefix_values",
     "fit_twist_ctl", "CTLConfig", "ContrastSet", "ctl_surrogate",
     "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler",

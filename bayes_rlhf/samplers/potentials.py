@@ -46,16 +46,20 @@ class Potentials:
                                                      ids[rows, : t + 1], self.target)
         return log_psi, rewards
 
-    def of_candidates(self, prompts: Sequence[str], prefixes: torch.Tensor,
-                      prior_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log psi and rewards [a, V] of every next token v with pi0(v | prefix) > 0 (-inf / NaN elsewhere).
+    def of_candidates(self, prompts: Sequence[str], prefixes: torch.Tensor, prior_logp: torch.Tensor,
+                      candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log psi and rewards [a, V] of the candidate next tokens (-inf / NaN elsewhere).
 
         ``prefixes`` [a, t] are a unfinished particles (``prompts`` [a] theirs), ``prior_logp`` [a, V]
-        their prior next-token log-probs. A candidate ends when it is EOS or the T-th token.
+        their prior next-token log-probs. ``candidates`` BoolTensor [a, V]: the tokens to evaluate
+        (default: every v with pi0(v | prefix) > 0); one reward call and one twist call over those
+        rows only. A candidate ends when it is EOS or the T-th token.
         """
         a, t = prefixes.shape
         V = prior_logp.shape[1]
-        rows, toks = torch.nonzero(torch.isfinite(prior_logp), as_tuple=True)
+        if candidates is None:
+            candidates = torch.isfinite(prior_logp)
+        rows, toks = torch.nonzero(candidates.cpu(), as_tuple=True)
         ids = torch.cat([prefixes[rows], toks[:, None]], 1)
         mask = torch.ones(ids.shape, dtype=torch.bool)
         eos = self.target.prior.eos_token_id

@@ -18,7 +18,9 @@ them twice. ``as_proposal`` converts the forms ``smc(proposal=...)`` accepts, on
     CausalLM        LMProposal         q = another model with the prior's tokenizer
     ExactPosterior  ExactProposal      q = pi*(x_t | x_<t) from the enumerated tables, all particles at once
     "twisted"       TwistedProposal    q ∝ pi0(x_t | x_<t) psi_t(x_{1:t}), the locally optimal proposal
-    a Proposal      itself
+                                       (TwistedProposal(top_p=0.95): the potentials on the head only)
+    a Proposal      itself             e.g. LocallyConstrained(mask) (``constrained.py``): forbidden
+                                       next tokens masked, the allowed mass in the weight
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
+from bayes_rlhf._checks import check_int, is_real
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
@@ -59,6 +62,11 @@ class StepView:
         The prompt of each of the n particles.
     potentials : Potentials
         log psi of particle states (``of_candidates`` for every next token).
+    log_psi : Tensor [a] or None
+        float64 (CPU) current log potential log psi_t(x_{1:t}) of the live particles (0 before the first token).
+    allowed : BoolTensor [a, V] or None
+        The next tokens a constraint allows (set by ``LocallyConstrained`` for the proposal it wraps);
+        None: every token. A proposal may use it to skip work on forbidden tokens.
     """
 
     t: int
@@ -68,21 +76,27 @@ class StepView:
     rows: LiveRows
     prompts: list
     potentials: Potentials
+    log_psi: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class Proposed:
     """A proposal's answer for the live particles.
 
-    ``log_q`` [a, V] float64 on the prior's device. ``log_psi``, ``rewards`` [a, V] (CPU float64):
-    the potential and reward of every candidate token, from a lookahead proposal (None otherwise).
-    ``extra``: the proposal's own, handed back to its ``advance``.
+    ``log_q`` [a, V] float64 on the prior's device, normalised over each row (SMC's weight uses it:
+    log pi0 - log q of the drawn token). ``log_psi``, ``rewards`` [a, V] (CPU float64): the potential
+    and reward of every candidate token, from a lookahead proposal (None otherwise); NaN in
+    ``log_psi`` marks a candidate it did not evaluate, and SMC evaluates it if it is drawn.
+    ``dead`` BoolTensor [a] or None: particles the proposal found no allowed token for (their weight
+    becomes 0). ``extra``: the proposal's own, handed back to its ``advance``.
     """
 
     log_q: torch.Tensor
     log_psi: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     extra: object = None
+    dead: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -139,23 +153,71 @@ class LMProposal(_Stateless):
 
 
 class TwistedProposal(_Stateless):
-    """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v) over the prior's support (the twist's, or the reward where v ends).
+    """q(v | x_<t) ∝ pi0(v | x_<t) psi_t(x_<t, v): the locally optimal proposal for the twist.
 
-    The incremental weight is then sum_v pi0(v | x_<t) psi_t(x_<t, v) / psi_{t-1}(x_<t), whatever
-    token is drawn. Evaluates the potential of every supported token: use a top_k prior on large
-    vocabularies.
+    psi_t(x_<t, v) is the twist, or exp(r / beta) where v ends. Exact by default (``top_p=None``,
+    ``top_k=None``): the potential of every token in the prior's support is evaluated, and the
+    incremental weight is sum_v pi0(v | x_<t) psi_t(x_<t, v) / psi_{t-1}(x_<t) whatever is drawn.
+
+    Cheap and still unbiased with ``top_p`` and/or ``top_k``: the potential is evaluated only on the
+    head H of each row (the most likely tokens under pi0, within the tokens ``view.allowed`` lets
+    through, holding at least ``top_p`` of their mass, at most ``top_k`` of them); every other supported
+    token gets the parent's potential psi_{t-1}(x_<t) as a stand-in, so::
+
+        q(v) ∝ pi0(v) psi_t(x_<t, v)   for v in H,      q(v) ∝ pi0(v) psi_{t-1}(x_<t)   otherwise
+
+    q > 0 wherever pi0 > 0, and SMC weights the drawn token by the exact pi0 / q and the potential it
+    evaluates for the drawn token (one row per particle), so E[Z_hat] = Z still. Only the variance
+    depends on the head: the more of the mass where psi varies it holds, the closer to the exact one.
+
+    Parameters
+    ----------
+    top_p : float in (0, 1], optional
+        Evaluate the potential on the smallest set of most likely tokens with this prior mass.
+    top_k : int >= 1, optional
+        At most this many tokens per row (with ``top_p``: whichever is smaller).
     """
 
     lookahead = True
 
+    def __init__(self, top_p: float | None = None, top_k: int | None = None):
+        if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
+            raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p!r}; e.g. 0.95")
+        if top_k is not None:
+            top_k = check_int(top_k, "top_k", 1)
+        self.top_p = None if top_p is None else float(top_p)
+        self.top_k = top_k
+
     def log_probs(self, state, view: StepView) -> Proposed:
         logp0 = view.prior_logp.cpu()
+        support = torch.isfinite(logp0)
+        if view.allowed is not None:
+            support = support & view.allowed.cpu()
+        head = support if self.top_p is None and self.top_k is None else support & self._head(logp0, support)
         prompts = [view.prompts[i] for i in view.live.tolist()]
-        cand_psi, cand_r = view.potentials.of_candidates(prompts, view.ids[view.live, : view.t], logp0)
+        cand_psi, cand_r = view.potentials.of_candidates(prompts, view.ids[view.live, : view.t], logp0, head)
         joint = logp0 + cand_psi
+        rest = support & ~head
+        if bool(rest.any()):  # the stand-in potential: the parent's (0 where it is not finite)
+            parent = view.log_psi if view.log_psi is not None else torch.zeros(logp0.shape[0], dtype=torch.float64)
+            parent = torch.where(torch.isfinite(parent), parent, 0.0)
+            joint = torch.where(rest, logp0 + parent[:, None], joint)
+            cand_psi = torch.where(rest, math.nan, cand_psi)  # SMC evaluates the drawn one
         norm = torch.logsumexp(joint, -1, keepdim=True)
         logq = torch.where(torch.isfinite(norm), joint - norm, logp0)  # no mass: weight -inf anyway
         return Proposed(logq.to(view.prior_logp.device), cand_psi, cand_r)
+
+    def _head(self, logp0: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        """BoolTensor [a, V]: each row's most likely supported tokens holding top_p of their mass (<= top_k)."""
+        lp = torch.where(support, logp0, -math.inf)
+        k = lp.shape[1] if self.top_k is None else min(self.top_k, lp.shape[1])
+        top, idx = torch.topk(lp, k, dim=-1)  # sorted, most likely first
+        keep = torch.isfinite(top)
+        if self.top_p is not None:
+            mass = torch.exp(top - torch.logsumexp(lp, -1, keepdim=True))  # NaN on a row with no support
+            before = mass.cumsum(-1) - mass  # the mass of the tokens ranked above
+            keep = keep & (before < self.top_p)
+        return torch.zeros_like(support).scatter_(1, idx, keep)
 
 
 @dataclass(frozen=True)
@@ -249,6 +311,8 @@ def as_proposal(proposal, target: Target, prompts: Sequence[str]) -> Proposal:
     if isinstance(proposal, CausalLM):
         return LMProposal(check_proposal_lm(target, proposal))
     if isinstance(proposal, Proposal):
+        if hasattr(proposal, "check"):  # e.g. LocallyConstrained: its mask and base, before any work
+            proposal.check(target, prompts)
         return proposal
     raise ConfigError(f"proposal must be None, 'twisted', a CausalLM sharing the prior's tokenizer, "
                       f"ExactPosterior(s) or a Proposal (start, log_probs, advance, reindex, lm, lookahead); "

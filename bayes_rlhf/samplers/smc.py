@@ -84,7 +84,7 @@ class SMC:
         if idle == 0:
             return None
         head = f"no resampling for {idle} of {self.P} prompt(s), so SMC was importance sampling there"
-        if self.twist is None and not self.proposal.lookahead:
+        if self.twist is None and not self.proposal.lookahead and not getattr(self.proposal, "reweights", False):
             return (f"{head}: without a twist the weights change only when a particle ends, so with a terminal "
                     "reward they stay equal until the last token. Pass twist='prefix' (the reward on prefixes), "
                     "a fitted LearnedTwist, or ExactPosterior(s)")
@@ -108,7 +108,7 @@ class SMC:
         t, alive = state.t, state.alive
         live = torch.nonzero(alive).squeeze(-1)
         view = StepView(t, live, state.ids, state.rows.logp(live).double(), state.rows, self.row_prompts,
-                        self.potentials)  # next-token log-probs stay on the model's device
+                        self.potentials, state.log_psi[live])  # next-token log-probs stay on the model's device
         proposed = self.proposal.log_probs(state.q_state, view)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
         tok[live] = sample_categorical(proposed.log_q, generator=generator).cpu()
@@ -119,6 +119,9 @@ class SMC:
         ended = alive & (ends_here | (t + 1 == self.T))
         going = alive & ~ended
         new_psi, r_new = self._new_potentials(proposed, live, tok, ids, mask, ended, going, t)
+        check = getattr(self.proposal, "check_rewards", None)
+        if check is not None and ended.any():
+            check([self.row_prompts[i] for i in torch.nonzero(ended).squeeze(-1).tolist()], ids[ended], r_new[ended])
         log_w = torch.where(alive, state.log_w + self._increments(state, view, proposed, tok, new_psi),
                             state.log_w)
         rows, stepped_rows = state.rows, 0
@@ -135,13 +138,19 @@ class SMC:
         return new, info
 
     def _new_potentials(self, proposed: Proposed, live, tok, ids, mask, ended, going, t):
-        """log psi [n] and rewards [n] (NaN unless ended) after the step: a lookahead proposal's, else evaluated."""
+        """log psi [n] and rewards [n] (NaN unless ended) after the step: a lookahead proposal's where it
+        evaluated the drawn token, else evaluated here (one row per particle)."""
         if proposed.log_psi is None:
             return self.potentials(self.row_prompts, ids, mask, ended, going, t)
         new_psi = torch.full((ids.shape[0],), -math.inf, dtype=torch.float64)
         r_new = torch.full((ids.shape[0],), math.nan, dtype=torch.float64)
         new_psi[live] = proposed.log_psi.gather(-1, tok[live, None]).squeeze(-1)
         r_new[live] = proposed.rewards.gather(-1, tok[live, None]).squeeze(-1)
+        todo = torch.zeros_like(ended)
+        todo[live] = torch.isnan(new_psi[live])  # a candidate the proposal left unevaluated was drawn
+        if todo.any():
+            psi, r = self.potentials(self.row_prompts, ids, mask, ended & todo, going & todo, t)
+            new_psi, r_new = torch.where(todo, psi, new_psi), torch.where(todo, r, r_new)
         return new_psi, torch.where(ended, r_new, math.nan)
 
     def _increments(self, state: SMCState, view: StepView, proposed: Proposed, tok, new_psi) -> torch.Tensor:
@@ -151,6 +160,8 @@ class SMC:
         inc = torch.zeros_like(state.log_w)
         inc[live] = ((view.prior_logp.gather(-1, tl) - proposed.log_q.gather(-1, tl)).squeeze(-1).cpu()
                      + new_psi[live] - state.log_psi[live])
+        if proposed.dead is not None:  # no allowed next token: the particle has no target mass
+            inc[live[proposed.dead.cpu()]] = -math.inf
         return torch.where(torch.isnan(inc), -math.inf, inc)
 
     def _maybe_resample(self, generator, state: SMCState, more: bool, stepped: int) -> tuple[SMCState, dict]:
