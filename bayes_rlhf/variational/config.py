@@ -6,39 +6,31 @@ hundred steps on a CPU.
 
 Per-objective settings live in one section each (``settings.py``: ``config.ppo.clip``). The flat
 keywords of earlier versions (``ppo_clip=0.1``) are still accepted by the constructor and
-``from_dict`` (TOML), and read and written as attributes; ``FLAT_KEYS`` says where each goes.
+``from_dict`` (TOML), and read and written as attributes; ``FLAT_KEYS`` says where each goes
+(the mapping and the migration are in ``flat_keys.py``).
 Checkpoints and run folders record the flat form (``flat_dict``), the same dict and fingerprint
 as earlier versions wrote, so their runs resume.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from bayes_rlhf._checks import is_real, plain
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.variational.flat_keys import (FLAT_KEYS, SECTION_TYPES, as_section, flat_form, install_flat_keywords,
+                                              nest_dotted)
 from bayes_rlhf.variational.kl_control import check_kl_control
 from bayes_rlhf.variational.objectives import OBJECTIVE_NAMES, BoundObjective, Objective, get_objective
-from bayes_rlhf.variational.settings import (SECTIONS, BoNConfig, DistillConfig, DPGConfig, DPOConfig,
-                                             FDPGConfig, GRPOConfig, KLControlConfig, PPOConfig, RLOOConfig,
-                                             VarGradConfig, check_bool, check_int_at_least, check_number,
-                                             check_positive)
+from bayes_rlhf.variational.section import check_bool, check_int_at_least, check_number, check_positive
+from bayes_rlhf.variational.settings import (BoNConfig, DistillConfig, DPGConfig, DPOConfig, FDPGConfig, GRPOConfig,
+                                             KLControlConfig, PPOConfig, RLOOConfig, VarGradConfig)
 
 # Fields that do not change the trajectory of a run: a run may be resumed with other values.
 _NOT_FINGERPRINTED = frozenset({"steps", "progress", "checkpoint_dir", "checkpoint_every", "eval_every",
                                 "log_jsonl", "log_csv", "tensorboard_dir", "resume", "use_accelerate"})
-
-_SECTION_TYPES = {s.name: s for s in SECTIONS}
-
-#: flat keyword of earlier versions -> the (section, field) pairs it sets ("ppo_clip" sets PPO's and GRPO's clip)
-FLAT_KEYS: dict[str, list[tuple[str, str]]] = {}
-for _s in SECTIONS:
-    for _f in fields(_s):
-        if _f.metadata["flat"]:
-            FLAT_KEYS.setdefault(_f.metadata["flat"], []).append((_s.name, _f.name))
 
 
 @dataclass
@@ -166,8 +158,8 @@ class TrainerConfig:
         self.weight_decay = check_number(self.weight_decay, "TrainerConfig.weight_decay", 0.0)
         if self.max_grad_norm is not None:
             self.max_grad_norm = check_positive(self.max_grad_norm, "TrainerConfig.max_grad_norm")
-        for name, kind in _SECTION_TYPES.items():
-            setattr(self, name, _as_section(getattr(self, name), kind))
+        for name, kind in SECTION_TYPES.items():
+            setattr(self, name, as_section(getattr(self, name), kind))
         record.check(record.settings_of(self))
         check_kl_control(self.kl_control, record.source(record.settings_of(self)), self.objective)
         if self.kl_control.target is not None and record.retarget is not None:  # it fits its own target
@@ -213,7 +205,7 @@ class TrainerConfig:
     def from_dict(cls, d: dict) -> "TrainerConfig":
         """Build from a dict (e.g. a TOML table): fields, sections as dicts, flat keywords of earlier
         versions and dotted ``"ppo.clip"`` keys; an unknown key is a ConfigError naming it."""
-        d = _nest_dotted(d)
+        d = nest_dotted(d)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names - set(FLAT_KEYS))
         if unknown:
@@ -222,10 +214,10 @@ class TrainerConfig:
 
     def flat_dict(self) -> dict:
         """Every field with the sections in the flat form of earlier versions (``ppo_clip``; see
-        ``_flat_form``): what checkpoints and run folders record, so theirs still match."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SECTION_TYPES}
+        ``flat_keys.flat_form``): what checkpoints and run folders record, so theirs still match."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SECTION_TYPES}
         d["adam_betas"] = list(self.adam_betas)
-        return d | _flat_form({name: getattr(self, name) for name, kind in _SECTION_TYPES.items()
+        return d | flat_form({name: getattr(self, name) for name, kind in SECTION_TYPES.items()
                                if kind.recorded_at_default or getattr(self, name) != kind()})
 
     def fingerprint_dict(self, extra: dict | None = None) -> dict:
@@ -240,7 +232,7 @@ class TrainerConfig:
         """Every field's default value, in ``flat_dict``'s form (for checkpoints written before a
         field existed)."""
         out = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-        return out | _flat_form({name: kind() for name, kind in _SECTION_TYPES.items()})
+        return out | flat_form({name: kind() for name, kind in SECTION_TYPES.items()})
 
     def fingerprint(self, extra: dict | None = None) -> str:
         """Hash of ``fingerprint_dict(extra)``: equal hashes mean a checkpoint can be resumed."""
@@ -248,91 +240,6 @@ class TrainerConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# ------------------------------------------------------------------ flat keywords and sections
-def _apply_flat(kwargs: dict) -> dict:
-    """Constructor keywords with the flat ones folded into their sections."""
-    out = {k: v for k, v in kwargs.items() if k not in FLAT_KEYS}
-    for key in [k for k in kwargs if k in FLAT_KEYS]:
-        for section, name in FLAT_KEYS[key]:
-            current = out.get(section, _SECTION_TYPES[section]())
-            if isinstance(current, dict):
-                out[section] = current | {name: kwargs[key]}
-            else:
-                out[section] = replace(_as_section(current, _SECTION_TYPES[section]), **{name: kwargs[key]})
-    return out
-
-
-def _as_section(value, kind):
-    """``value`` as a ``kind`` section: a dict is built into one (unknown keys refused)."""
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {f.name for f in fields(kind)})
-        if unknown:
-            raise ConfigError(f"unknown TrainerConfig.{kind.name} field(s) {unknown}; valid fields: "
-                              f"{sorted(f.name for f in fields(kind))}")
-        return kind(**value)
-    if not isinstance(value, kind):
-        raise ConfigError(f"TrainerConfig.{kind.name} must be a {kind.__name__} or a dict, got {type(value).__name__}")
-    return value
-
-
-def _nest_dotted(d: dict) -> dict:
-    """``{"ppo.clip": x}`` as ``{"ppo": {"clip": x}}`` (merged with a ``"ppo"`` table if given)."""
-    out = {k: v for k, v in d.items() if "." not in k}
-    for k, v in d.items():
-        if "." in k:
-            section, name = k.split(".", 1)
-            base = out.get(section, {})
-            out[section] = (base if isinstance(base, dict) else asdict(base)) | {name: v}
-    return out
-
-
-def _flat_form(sections: dict) -> dict:
-    """The sections' fields under their flat keywords (``ppo_clip``); a flat keyword whose fields
-    differ (``ppo.clip`` != ``grpo.clip``, never so in a config built from flat keywords) and a
-    field without one appear as dotted ``section.field`` keys. Two different settings never give
-    the same dict, and a config of an earlier version gives the dict it gave then."""
-    out = {}
-    for key, targets in FLAT_KEYS.items():
-        if any(s not in sections for s, _ in targets):  # a section left out (``Section.recorded_at_default``)
-            continue
-        values = [getattr(sections[s], n) for s, n in targets]
-        if all(v == values[0] and type(v) is type(values[0]) for v in values):
-            out[key] = values[0]
-        else:
-            out.update({f"{s}.{n}": v for (s, n), v in zip(targets, values)})
-    for name, section in sections.items():
-        out.update({f"{name}.{f.name}": getattr(section, f.name) for f in fields(section) if not f.metadata["flat"]})
-    return out
-
-
-def _flat_property(key: str) -> property:
-    targets = FLAT_KEYS[key]
-
-    def get(self):
-        values = [getattr(getattr(self, s), n) for s, n in targets]
-        if any(v != values[0] for v in values):
-            where = " and ".join(f"{s}.{n} = {v!r}" for (s, n), v in zip(targets, values))
-            raise ConfigError(f"TrainerConfig.{key} is ambiguous here ({where}); read one of those fields")
-        return values[0]
-
-    def set_(self, value):
-        for s, n in targets:
-            setattr(self, s, replace(getattr(self, s), **{n: value}))
-
-    return property(get, set_, doc=f"The flat keyword {key}: " + ", ".join(f"{s}.{n}" for s, n in targets))
-
-
-for _key in FLAT_KEYS:
-    setattr(TrainerConfig, _key, _flat_property(_key))
-
-_generated_init = TrainerConfig.__init__
-
-
-@functools.wraps(_generated_init)
-def _init(self, *args, **kwargs):
-    _generated_init(self, *args, **_apply_flat(kwargs))
-
-
-TrainerConfig.__init__ = _init
+install_flat_keywords(TrainerConfig)
 
 __all__ = ["TrainerConfig", "FLAT_KEYS", "OBJECTIVE_NAMES"]

@@ -2,84 +2,23 @@
 
 Each field is declared with its check and, where it had one, the flat ``TrainerConfig`` keyword of
 earlier versions (``ppo_clip`` is ``ppo.clip`` and ``grpo.clip``), so that old keyword calls, TOML
-files and checkpoints map onto the nested form (``config.FLAT_KEYS``)::
+files and checkpoints map onto the nested form (``flat_keys.FLAT_KEYS``)::
 
     TrainerConfig(objective="ppo", ppo=PPOConfig(clip=0.1))   # the nested form
     TrainerConfig(objective="ppo", ppo_clip=0.1)               # the same config
     [trainer] ppo.clip = 0.1   or   [trainer.ppo] clip = 0.1   or   [trainer] ppo_clip = 0.1
 
-An objective's loss receives its own section only (``Objective.settings`` names it).
+An objective's loss receives its own section only (``Objective.settings`` names it). The field
+checks and the ``Section`` base that runs them are in ``section.py``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
-from bayes_rlhf._checks import is_integer, is_real, plain
-from bayes_rlhf.errors import ConfigError
-
-
-# ----------------------------------------------------------------------------- checks
-def check_int_at_least(v, label: str, low: int) -> int:
-    if not is_integer(v) or v < low:
-        raise ConfigError(f"{label} must be an integer >= {low}, got {v!r}")
-    return int(v)
-
-
-def check_positive(v, label: str) -> float:
-    if not is_real(v) or not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"{label} must be a finite number > 0, got {v!r}")
-    return plain(v)
-
-
-def check_number(v, label: str, low: float, high: float = math.inf) -> float:
-    if not is_real(v) or not math.isfinite(v) or not low <= v <= high:
-        rng = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise ConfigError(f"{label} must be a number {rng}, got {v!r}")
-    return plain(v)
-
-
-def check_bool(v, label: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{label} must be true or false, got {v!r}")
-    return v
-
-
-def check_choice(v, label: str, options) -> str:
-    if v not in options:
-        raise ConfigError(f"{label} must be one of {list(options)}, got {v!r}")
-    return v
-
-
-def check_finite_or_none(v, label: str) -> float | None:
-    if v is not None and not (is_real(v) and math.isfinite(v)):
-        raise ConfigError(f"{label} must be a finite number or None, got {v!r}")
-    return plain(v)
-
-
-def setting(default, check, flat: str | None = None, **args):
-    """A section field: its default, ``check(value, label, **args) -> value`` and its old flat keyword."""
-    return field(default=default, metadata={"check": check, "args": args, "flat": flat})
-
-
-class Section:
-    """Base of the settings dataclasses: every field checked (and numpy numbers made plain) on creation.
-
-    ``name`` is the section's field in ``TrainerConfig`` (error messages say ``TrainerConfig.<flat>``
-    where a field had a flat keyword, so they name what a user of either form typed).
-    """
-
-    name = ""
-    #: False: the section's fields are left out of ``TrainerConfig.flat_dict`` while all are at
-    #: their defaults (a feature added later, whose absence must not change earlier fingerprints)
-    recorded_at_default = True
-
-    def __post_init__(self):
-        for f in fields(self):
-            where = f"{self.name}.{f.name}"
-            label = f"TrainerConfig.{f.metadata['flat']} ({where})" if f.metadata["flat"] else f"TrainerConfig.{where}"
-            object.__setattr__(self, f.name, f.metadata["check"](getattr(self, f.name), label, **f.metadata["args"]))
+from bayes_rlhf.variational.section import (Section, check_bool, check_choice, check_finite_or_none,
+                                            check_int_at_least, check_number, check_positive, check_positive_or_none,
+                                            setting)
 
 
 KL_ESTIMATORS = ("k1_reward", "k3_loss")
@@ -193,10 +132,6 @@ class VarGradConfig(Section):
     name = "vargrad"
     log_z: str = setting("learned", check_choice, "log_z", options=("learned", "batch"))
     log_z_lr: float = setting(0.05, check_positive, "log_z_lr")
-
-
-def check_positive_or_none(v, label: str) -> float | None:
-    return None if v is None else check_positive(v, label)
 
 
 @dataclass(frozen=True)
