@@ -27,7 +27,9 @@ One step (per prompt; the gradient and the loss are averaged over prompts)::
     theta <- Adam(theta, grad surrogate)                      # grad surrogate = the CTL gradient
 
 Both terms are self-normalised, so consistent (biased by O(1/n) at finite n). The loss column
-of the history (``negative="prior"`` only) is L up to the theta-independent constant.
+of the history (``negative="prior"`` only) is L up to the theta-independent constant. The sample
+sets and the surrogate (``ContrastSet``, ``ctl_surrogate``) are in ``contrast.py``; this module
+holds the settings, the draws of one step and the loop.
 
 The constant in psi. Replacing log psi_t by log psi_t + c_t changes no SMC estimate in
 expectation: a particle's incremental weights psi_t / psi_{t-1} telescope to
@@ -53,13 +55,14 @@ from tqdm.auto import tqdm
 
 from bayes_rlhf._checks import check_generator, is_real, plain
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.logweights import kish_ess
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.samplers._common import as_prompts, check_count, check_target
+from bayes_rlhf.samplers.contrast import ContrastSet, ctl_surrogate
 from bayes_rlhf.samplers.importance import importance_sample
+from bayes_rlhf.samplers.learned_twist import LearnedTwist
 from bayes_rlhf.samplers.smc import SMC, smc
 from bayes_rlhf.samplers.smc_state import SMCConfig
-from bayes_rlhf.samplers.twists import LearnedTwist
-from bayes_rlhf.logweights import group_softmax, kish_ess, log_mean_exp
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
 
@@ -126,93 +129,6 @@ class CTLConfig:
 
 def _positive_number(x) -> bool:
     return is_real(x) and math.isfinite(x) and x > 0
-
-
-@dataclass(frozen=True)
-class ContrastSet:
-    """Rows entering one side of the contrast, for P prompts and T tokens.
-
-    Attributes
-    ----------
-    ids : LongTensor [m, T]
-    unfinished : BoolTensor [m, T - 1]
-        Column t - 1: the row has a t-token prefix without EOS (its state at t is a prefix).
-    log_w : Tensor [m, T - 1]
-        float64 log-weight of the row's state at t (-inf: not in the set at t).
-    prompt_index : LongTensor [m]
-    tilt : bool
-        Add log psi_t of unfinished rows to ``log_w`` (prior negatives: SNIS of sigma_t).
-    """
-
-    ids: torch.Tensor
-    unfinished: torch.Tensor
-    log_w: torch.Tensor
-    prompt_index: torch.Tensor
-    tilt: bool = False
-
-    @classmethod
-    def positive(cls, samples: WeightedSamples | Completions, T: int) -> "ContrastSet":
-        """Weighted posterior samples (``Completions``: equal weights)."""
-        if isinstance(samples, WeightedSamples):
-            lw = samples.log_weights.double().cpu()
-        else:
-            lw = torch.zeros(samples.ids.shape[0], dtype=torch.float64)
-        return cls(samples.ids.cpu(), samples.mask.cpu()[:, 1:T], lw[:, None].expand(-1, T - 1),
-                   samples.prompt_index.cpu())
-
-    @classmethod
-    def prior(cls, ids: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor, prompt_index: torch.Tensor,
-              beta: float) -> "ContrastSet":
-        """Prior samples, weighted by psi_t (unfinished) or exp(r / beta) (ended) at each t."""
-        T = ids.shape[1]
-        unf = mask[:, 1:T].cpu()
-        ended = (rewards.double().cpu() / beta)[:, None].expand(-1, T - 1)
-        return cls(ids.cpu(), unf, torch.where(unf, 0.0, ended), prompt_index.cpu(), tilt=True)
-
-
-def _side(twist, prompt_ids: list[list[int]], s: ContrastSet, P: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(sum over prompts and t of the weighted mean of 1{unfinished} log psi_t, its weights, pieces)."""
-    f = twist.prefix_log_potentials([prompt_ids[i] for i in s.prompt_index.tolist()], s.ids)
-    f = f[:, : s.unfinished.shape[1]].double().cpu()
-    logits = s.log_w
-    if s.tilt:
-        logits = torch.where(s.unfinished, logits + f.detach(), logits)
-    w = group_softmax(logits, s.prompt_index, P)
-    return (w * torch.where(s.unfinished, f, 0.0)).sum(), logits, {"f": f, "w": w}
-
-
-def ctl_surrogate(twist: LearnedTwist, target: Target, prompts: Sequence[str], positives: ContrastSet,
-                  negatives: ContrastSet) -> tuple[torch.Tensor, dict]:
-    """The CTL surrogate: its gradient is the CTL gradient estimate (averaged over prompts).
-
-    Parameters
-    ----------
-    twist : LearnedTwist
-    target : Target
-    prompts : sequence of P str
-        ``prompt_index`` of both sets indexes this list.
-    positives, negatives : ContrastSet
-
-    Returns
-    -------
-    (Tensor scalar, dict)
-        surrogate = (E_neg - E_pos of sum_t 1{unfinished} log psi_t) / P, differentiable in the
-        twist; info with "gap" (its value) and "loss" (L up to a constant; NaN unless the
-        negatives are tilted prior samples).
-    """
-    P = len(prompts)
-    prompt_ids = [target.prior.encode_prompt(p) for p in prompts]
-    pos, _, _ = _side(twist, prompt_ids, positives, P)
-    neg, logits, _ = _side(twist, prompt_ids, negatives, P)
-    surrogate = (neg - pos) / P
-    loss = math.nan
-    if negatives.tilt:
-        log_norm = 0.0
-        for p in range(P):
-            rows = negatives.prompt_index == p
-            log_norm += float(log_mean_exp(logits[rows], 0).sum())
-        loss = (log_norm - float(pos.detach())) / P
-    return surrogate, {"gap": float(surrogate.detach()), "loss": loss}
 
 
 def draw_positives(config: CTLConfig, twist, target: Target, prompts: list[str], *,
@@ -335,3 +251,7 @@ def fit_twist_ctl(twist: LearnedTwist, target: Target, prompts: str | Sequence[s
         history.append({"step": step, **info, "ess": ess, "grad_norm": float(norm),
                         "seconds": time.perf_counter() - t0})
     return history
+
+
+__all__ = ["CTLConfig", "ContrastSet", "ctl_surrogate", "draw_positives", "draw_negatives", "fit_twist_ctl",
+           "POSITIVES", "NEGATIVES"]
