@@ -5,6 +5,7 @@ the model that produced them: ``ExactPosterior`` and ``WeightedSamples`` keep on
 owns one (``lm.vocabulary``), and a run directory is read back into one. Completions follow the
 semantics of ``CausalLM``: a completion ends at its first EOS (kept) or after T tokens::
 
+    vocab.encode_prompt("the movie was")         # prompt ids, as CausalLM.encode_prompt gives them
     ids, mask = vocab.encode(["great fun"], T)    # LongTensor [n, T], BoolTensor [n, T]
     vocab.decode(ids, mask)                       # ["great fun"]  (EOS and padding removed)
     vocab.same_as(other)                          # same ids for every token, same EOS and size
@@ -17,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from bayes_rlhf.errors import PromptError
 from bayes_rlhf.models.text import encode_known
 
 
@@ -39,6 +41,24 @@ class Vocabulary:
     size: int
     eos_token_id: int | None
     pad_id: int
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt token ids with the tokenizer's own defaults (BOS if it adds one; BOS alone for "").
+
+        The ids ``CausalLM.encode_prompt`` gives with the same tokenizer, so a result read back
+        without its model (``load_run``) conditions on the same prompt. PromptError for a non-str,
+        for unknown words, and for an empty prompt when the tokenizer has no BOS.
+        """
+        if not isinstance(prompt, str):
+            raise PromptError(f"a prompt must be a str, got {type(prompt).__name__}")
+        ids = encode_known(self.tokenizer, prompt, add_special_tokens=True, what="prompt")
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise PromptError("the prompt is empty and this tokenizer has no BOS token to start "
+                                  "from; give a non-empty prompt")
+            ids = [bos]
+        return ids
 
     def encode(self, texts: Sequence[str], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenise completion texts (no special tokens), cut at the first EOS or T tokens.

@@ -158,7 +158,9 @@ def fit_twist(twist: LearnedTwist, posteriors, *, steps: int = 300, lr: float = 
     """Fit ``twist`` to exact soft values V_t / beta by weighted least squares.
 
     Prefixes come from every table (``exact_prefix_values``), sampled by prior+posterior mass;
-    prefixes whose soft value is -inf are left out. Returns the loss per step.
+    prefixes whose soft value is -inf are left out. Prompts are encoded by each posterior's
+    ``vocabulary``, so tables read back without their model (``load_run``) fit as well. Returns the
+    loss per step.
     """
     table = posterior_table(posteriors)
     if not (is_integer(steps) and steps >= 1 and is_real(lr) and math.isfinite(lr) and lr > 0
@@ -171,7 +173,7 @@ def fit_twist(twist: LearnedTwist, posteriors, *, steps: int = 300, lr: float = 
     for post in table.values():
         pids, plen, v, w = exact_prefix_values(post)
         keep = torch.isfinite(v)
-        data.append((post.lm.encode_prompt(post.prompt), pids[keep], plen[keep], v[keep], w[keep]))
+        data.append((post.vocabulary.encode_prompt(post.prompt), pids[keep], plen[keep], v[keep], w[keep]))
     weights = torch.cat([d[4] for d in data])
     owner = torch.cat([torch.full((d[1].shape[0],), i) for i, d in enumerate(data)])
     local = torch.cat([torch.arange(d[1].shape[0]) for d in data])

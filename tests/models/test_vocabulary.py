@@ -34,6 +34,17 @@ def test_causal_lm_text_methods_are_its_vocabulary(gpt2_lm):
     assert gpt2_lm.decode(ids, mask) == gpt2_lm.vocabulary.decode(ids, mask) == ["w1 w0", "w3"]
 
 
+def test_encode_prompt_is_the_models(gpt2_lm):
+    vocab = gpt2_lm.vocabulary
+    for prompt in ("w1 w2", "w0", ""):  # "" starts from BOS alone
+        assert vocab.encode_prompt(prompt) == gpt2_lm.encode_prompt(prompt)
+    assert vocab.encode_prompt("") == [gpt2_lm.tokenizer.bos_token_id]
+    with pytest.raises(PromptError, match="'nope'"):
+        vocab.encode_prompt("w0 nope")
+    with pytest.raises(PromptError, match="must be a str"):
+        vocab.encode_prompt(["w0"])
+
+
 def test_same_as(gpt2_lm, llama_lm):
     vocab = gpt2_lm.vocabulary
     assert vocab.same_as(gpt2_lm.vocabulary) and vocab.same_as(llama_lm.vocabulary)  # equal words, EOS, size

@@ -47,3 +47,20 @@ def test_learned_twist_fits_soft_values_and_reduces_variance(mild_target, mild_p
     learned = smc(mild_target, [PROMPT] * R, 8, proposal="twisted", twist=twist, generator=g).log_z
     boot = smc(mild_target, [PROMPT] * R, 8, generator=g).log_z
     assert float(learned.var()) < float(boot.var()) / 3
+
+
+def test_fit_twist_on_a_posterior_read_back_from_a_run_directory(mild_target, mild_post, tmp_path):
+    # load_run gives posteriors without their model (lm=None, only a Vocabulary); fitting a twist
+    # reads the prompt's ids from that vocabulary: the same fit, step for step, as on the original
+    from bayes_rlhf.diagnostics.run_dir import load_run, save_run
+
+    save_run(tmp_path / "run", [mild_post])
+    loaded = load_run(tmp_path / "run").posteriors[0]
+    assert loaded.lm is None
+    assert loaded.vocabulary.encode_prompt(PROMPT) == mild_target.prior.encode_prompt(PROMPT)
+    losses = []
+    for post in (mild_post, loaded):
+        torch.manual_seed(0)  # test code only: the same initial weights for both fits
+        twist = LearnedTwist(mild_target.prior.vocab_size, hidden=8).double()
+        losses.append(fit_twist(twist, post, steps=3, batch_size=16, generator=torch.Generator().manual_seed(0)))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12, abs=0.0)
