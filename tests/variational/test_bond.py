@@ -55,6 +55,15 @@ def test_bon_posterior_is_the_best_of_n_law_ties_included(default_target, n):
     assert abs(float((b.probs * (b.log_probs - ref)).sum())) < 1e-12
 
 
+def test_bon_posterior_of_a_table_without_its_model(gpt2_post):
+    # a table read back by load_run holds a Vocabulary, not the model (lm=None)
+    bare = br.ExactPosterior(gpt2_post.prompt, gpt2_post.completion_ids, gpt2_post.mask, gpt2_post.prior_log_probs,
+                             gpt2_post.rewards, gpt2_post.beta, vocabulary=gpt2_post.vocabulary)
+    b = bon_posterior(bare, 4)
+    assert b.lm is None and b.vocabulary is gpt2_post.vocabulary
+    assert torch.equal(b.log_probs, bon_posterior(gpt2_post, 4).log_probs) and b.completions == gpt2_post.completions
+
+
 def test_the_bon_target_gives_the_same_law_through_enumeration(default_target):
     target, post = default_target
     bt = bon_target(target, 4, [post.prompt], posteriors={post.prompt: post})

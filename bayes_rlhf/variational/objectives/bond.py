@@ -184,7 +184,7 @@ def bon_posterior(posterior: ExactPosterior, n: int) -> ExactPosterior:
     n = check_int_at_least(n, "n", 1)
     r_n = RewardLevels.from_table(posterior.rewards, posterior.prior_log_probs).log_ratio(posterior.rewards, n)
     return ExactPosterior(posterior.prompt, posterior.completion_ids, posterior.mask, posterior.prior_log_probs,
-                          r_n, 1.0, posterior.lm)
+                          r_n, 1.0, posterior.lm, posterior.vocabulary)
 
 
 def _retarget(settings: BoNConfig, target: Target, prompts: list[str]) -> Target:
