@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     target = br.demo_target(1.0, args.max_new_tokens)
-    beta_star = br.beta_for_kl(target, args.prompt, kl=args.kl_target)
     post = br.exact_posterior(target, args.prompt)
+    beta_star = br.beta_for_kl(target, args.prompt, kl=args.kl_target, posteriors=post)
     # one seed per start: with a shared seed, two policies that have converged draw the same samples
     runs = [run(target, args.prompt, b0, args, post, args.seed + i) for i, b0 in enumerate(args.starts)]
     fig = draw(runs, float(beta_star), args.kl_target,

@@ -49,12 +49,15 @@ def _check_control(args, moments) -> dict:
 
 
 def _controlled_target(args, moments, prompts, max_completions):
-    """The target of --moment (a moment target), --kl-budget (beta chosen) or neither."""
+    """The target of --moment (a moment target), --kl-budget (beta chosen) or neither, and for
+    --kl-budget its posteriors (each prompt enumerated once, the tables re-tilted to the chosen beta)."""
     import dataclasses
 
     from bayes_rlhf.commands._common import load_prior, load_target
     from bayes_rlhf.control import beta_for_kl, moment_target
+    from bayes_rlhf.diagnostics.frontier import retilt
     from bayes_rlhf.exact.enumerate import check_space
+    from bayes_rlhf.exact.from_target import exact_posterior
     from bayes_rlhf.rewards.spec import parse_reward
 
     if moments:
@@ -62,13 +65,14 @@ def _controlled_target(args, moments, prompts, max_completions):
         check_space(lm, args.max_new_tokens, max_completions)
         features = [parse_reward(spec, lm) for spec, _ in moments]
         return moment_target(lm, prompts, features, [v for _, v in moments], args.max_new_tokens, method="exact",
-                             max_completions=max_completions, progress=True)
+                             max_completions=max_completions, progress=True), None
     target = load_target(args)
     check_space(target.prior, target.max_new_tokens, max_completions)
     if args.kl_budget is None:
-        return target
-    beta = beta_for_kl(target, prompts, args.kl_budget, method="exact", max_completions=max_completions)
-    return dataclasses.replace(target, beta=beta)
+        return target, None
+    tables = [exact_posterior(target, p, max_completions=max_completions, progress=True) for p in prompts]
+    beta = beta_for_kl(target, prompts, args.kl_budget, method="exact", posteriors=tables)
+    return dataclasses.replace(target, beta=beta), [retilt(post, beta) for post in tables]
 
 
 def format_control(target) -> str:
@@ -102,13 +106,13 @@ def run(args) -> int:
     settings = {**target_settings(args), **_check_control(args, moments)}
     folder = claim(args, "exact", settings)
     max_completions = args.max_completions or DEFAULT_MAX_COMPLETIONS
-    target = _controlled_target(args, moments, prompts, max_completions)
+    target, held = _controlled_target(args, moments, prompts, max_completions)
     control = format_control(target)
     if control:
         print(control, end="\n\n")
     posteriors = []
-    for prompt in prompts:
-        post = exact_posterior(target, prompt, max_completions=max_completions, progress=True)
+    for i, prompt in enumerate(prompts):
+        post = held[i] if held else exact_posterior(target, prompt, max_completions=max_completions, progress=True)
         print(format_posterior(post), end="\n\n")
         posteriors.append(post)
     if folder is not None:

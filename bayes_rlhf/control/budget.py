@@ -8,7 +8,8 @@ with beta the Lagrange multiplier. In t = 1 / beta, on the table of (log pi0, r)
 
 both averaged over the prompts, so each budget has one beta. Pseudocode::
 
-    table = exact: each prompt enumerated once (no re-enumeration while searching)
+    table = exact: each prompt enumerated once (no re-enumeration while searching), or the
+                   ExactPosterior tables the caller holds (``posteriors=``)
             snis:  N prior draws per prompt, log_base = -log N
     reachable = (limit t -> 0, limit t -> inf): KL in (-log pi0(r > -inf), -log pi0(argmax r)),
                 E[r] in (E_pi0[r | r > -inf], max r), each averaged over prompts
@@ -30,7 +31,7 @@ import torch
 
 from bayes_rlhf._checks import check_generator, check_int, check_real
 from bayes_rlhf.control.tables import (AtomTable, Tilt, UnreachableError, check_prompts, exact_reward_table,
-                                       resolve_method, sampled_reward_table, tilt)
+                                       held_posteriors, resolve_method, sampled_reward_table, tilt)
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.logweights import group_logsumexp
 from bayes_rlhf.target import Target
@@ -131,14 +132,19 @@ def _standard_error(table: AtomTable, tl: Tilt, t: float, budget: str) -> float:
 
 
 def _solve(target: Target, prompts, value: float, budget: str, method: str, num_samples: int, generator,
-           max_completions: int | None) -> BetaChoice:
+           max_completions: int | None, posteriors=None) -> BetaChoice:
     if not isinstance(target, Target):
         raise ConfigError(f"expected a bayes_rlhf.Target, got {type(target).__name__}; build one with "
                           "Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=T)")
     prompts = check_prompts(target, prompts)
+    held = held_posteriors(target, posteriors)
+    if held and method == "snis":
+        raise ConfigError("posteriors are exact tables and method='snis' estimates from prior draws: drop one")
+    if held and method == "auto" and all(p in held for p in prompts):
+        method = "exact"  # nothing left to enumerate: the space guard has nothing to guard
     method = resolve_method(method, target.prior, target.max_new_tokens, max_completions)
     if method == "exact":
-        table = exact_reward_table(target, prompts, max_completions)
+        table = exact_reward_table(target, prompts, max_completions, posteriors=held)
     else:
         check_generator(generator)
         table = sampled_reward_table(target, prompts, check_int(num_samples, "num_samples", 2), generator=generator)
@@ -169,7 +175,7 @@ def _solve(target: Target, prompts, value: float, budget: str, method: str, num_
 
 def beta_for_kl(target: Target, prompts: str | Sequence[str], kl: float, *, method: str = "auto",
                 num_samples: int = 4096, generator: torch.Generator | None = None,
-                max_completions: int | None = None) -> BetaChoice:
+                max_completions: int | None = None, posteriors=None) -> BetaChoice:
     """The beta with KL(pi*_beta || pi0) = ``kl`` (averaged over the prompts).
 
     Parameters
@@ -181,7 +187,11 @@ def beta_for_kl(target: Target, prompts: str | Sequence[str], kl: float, *, meth
         The budget in nats, inside the reachable range (see ``UnreachableError``).
     method : {'auto', 'exact', 'snis'}
         'exact' on the enumerated tables (to ~1e-12 in KL); 'snis' from ``num_samples`` prior
-        draws per prompt, with an SE; 'auto' is 'exact' when the space fits.
+        draws per prompt, with an SE; 'auto' is 'exact' when the space fits (or ``posteriors``
+        hold every prompt).
+    posteriors : ExactPosterior, sequence or dict prompt -> ExactPosterior, optional
+        Tables already enumerated (``exact_posterior(target, prompt)`` at any beta: only log pi0 and
+        r are read): those prompts are not enumerated again.
 
     Returns
     -------
@@ -190,12 +200,13 @@ def beta_for_kl(target: Target, prompts: str | Sequence[str], kl: float, *, meth
         ``.mean_reward``, ``.reachable``.
     """
     kl = check_real(kl, "kl")
-    return _solve(target, prompts, float(kl), "kl", method, num_samples, generator, max_completions)
+    return _solve(target, prompts, float(kl), "kl", method, num_samples, generator, max_completions, posteriors)
 
 
 def beta_for_reward(target: Target, prompts: str | Sequence[str], mean_reward: float, *, method: str = "auto",
                     num_samples: int = 4096, generator: torch.Generator | None = None,
-                    max_completions: int | None = None) -> BetaChoice:
+                    max_completions: int | None = None, posteriors=None) -> BetaChoice:
     """The beta with E_pi*_beta[r] = ``mean_reward`` (averaged over the prompts); see ``beta_for_kl``."""
     mean_reward = check_real(mean_reward, "mean_reward")
-    return _solve(target, prompts, float(mean_reward), "mean_reward", method, num_samples, generator, max_completions)
+    return _solve(target, prompts, float(mean_reward), "mean_reward", method, num_samples, generator, max_completions,
+                  posteriors)

@@ -222,13 +222,40 @@ def _reward_atoms(log_base: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.
     return torch.where(finite, log_base, -math.inf), torch.where(finite, rewards, 0.0)[:, None]
 
 
+def held_posteriors(target: Target, posteriors) -> dict:
+    """{prompt: ExactPosterior} from tables a caller already holds (None, one, a sequence or a dict), each
+    checked to be an enumeration of ``target.prior`` with T = ``target.max_new_tokens`` (any beta)."""
+    from bayes_rlhf.exact.posterior import ExactPosterior
+
+    if posteriors is None:
+        return {}
+    if isinstance(posteriors, ExactPosterior):
+        posteriors = [posteriors]
+    items = list(posteriors.values()) if isinstance(posteriors, dict) else list(posteriors)
+    for post in items:
+        if not isinstance(post, ExactPosterior):
+            raise ConfigError(f"posteriors must be ExactPosterior tables (one, a list or a dict), got "
+                              f"{type(post).__name__}")
+        if post.completion_ids.shape[1] != target.max_new_tokens or \
+                not post.vocabulary.same_as(target.prior.vocabulary):
+            raise ConfigError(f"the posterior of {post.prompt!r} is not a table of this target (T = "
+                              f"{post.completion_ids.shape[1]}, or another vocabulary); pass exact_posterior(target, "
+                              f"prompt) tables of its prior, reward and max_new_tokens={target.max_new_tokens}")
+    return {post.prompt: post for post in items}
+
+
 def exact_reward_table(target: Target, prompts: list[str], max_completions: int | None = None,
-                       progress: bool = False) -> AtomTable:
-    """The one-feature table (phi = r) of each prompt's enumerated posterior; log_base = log pi0."""
+                       progress: bool = False, posteriors: dict | None = None) -> AtomTable:
+    """The one-feature table (phi = r) of each prompt's enumerated posterior; log_base = log pi0.
+
+    ``posteriors`` ({prompt: ExactPosterior}, of the target's prior and reward at any beta) are used as
+    they are; only the prompts they lack are enumerated."""
     from bayes_rlhf.exact.from_target import exact_posterior
 
-    atoms = [_reward_atoms(post.prior_log_probs, post.rewards) for post in
-             (exact_posterior(target, p, max_completions=max_completions, progress=progress) for p in prompts)]
+    held = posteriors or {}
+    posts = [held[p] if p in held else exact_posterior(target, p, max_completions=max_completions, progress=progress)
+             for p in prompts]
+    atoms = [_reward_atoms(post.prior_log_probs, post.rewards) for post in posts]
     return build_table([a for a, _ in atoms], [f for _, f in atoms])
 
 

@@ -28,6 +28,23 @@ def test_kl_budget_chooses_beta(tmp_path, capsys):
     assert "<h2>Budget</h2>" in html and "chosen (exact)" in html
 
 
+def test_kl_budget_enumerates_each_prompt_once(monkeypatch, capsys):
+    import bayes_rlhf.exact.from_target as from_target
+
+    calls = []
+    enumerate_completions = from_target.enumerate_completions
+
+    def counted(lm, prompt, *args, **kwargs):
+        calls.append(prompt)
+        return enumerate_completions(lm, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(from_target, "enumerate_completions", counted)
+    assert main(["exact", "--prompt", "the movie was", "--prompt", "the food is", "--max-new-tokens", "2",
+                 "--kl-budget", "0.3"]) == 0
+    assert calls == ["the movie was", "the food is"]  # beta_for_kl used the tables the command printed
+    assert "chosen for KL(pi* || pi0) = 0.3" in capsys.readouterr().out
+
+
 def test_moment_target_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "moments"
     prompts = ["--prompt", "the movie was", "--prompt", "the food is"]

@@ -134,3 +134,30 @@ def test_bad_input(gpt2_target):
             br.beta_for_kl(gpt2_target, prompts, **kwargs)
     with pytest.raises(ConfigError, match="expected a bayes_rlhf.Target"):
         br.beta_for_kl("target", "w1 w2", 0.5)
+
+
+def test_held_tables_are_used_not_enumerated_again(gpt2_target, posts, monkeypatch):
+    want_kl = br.beta_for_kl(gpt2_target, ["w1 w2", "w3"], 0.4)
+    want_r = br.beta_for_reward(gpt2_target, "w1 w2", posts[0].prior_mean_reward + 0.2)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("enumerated a prompt whose table was given")
+
+    monkeypatch.setattr("bayes_rlhf.exact.from_target.exact_posterior", refuse)
+    other_beta = [retilt(p, 3.0) for p in posts]  # only log pi0 and r are read: any beta gives the same answer
+    for held in (posts, other_beta, {p.prompt: p for p in posts}):
+        got = br.beta_for_kl(gpt2_target, ["w1 w2", "w3"], 0.4, posteriors=held)
+        assert float(got) == float(want_kl) and got.kl == want_kl.kl and got.method == "exact"
+    got = br.beta_for_reward(gpt2_target, "w1 w2", posts[0].prior_mean_reward + 0.2, posteriors=posts[0])
+    assert float(got) == float(want_r)
+    with pytest.raises(AssertionError, match="enumerated"):  # a prompt without a table is still enumerated
+        br.beta_for_kl(gpt2_target, ["w1 w2", "w3"], 0.4, posteriors=posts[0])
+
+
+def test_held_tables_of_another_target_are_refused(gpt2_target, posts, gpt2_lm):
+    short = br.exact_posterior(br.Target(gpt2_lm, first_word_reward(), 1.0, 2), "w1 w2")
+    for held, message in [(short, "not a table of this target"), (["table"], "ExactPosterior tables"),
+                          (posts, "method='snis'")]:
+        with pytest.raises(ConfigError, match=message):
+            br.beta_for_kl(gpt2_target, "w1 w2", 0.4, posteriors=held,
+                           method="snis" if message == "method='snis'" else "auto")
