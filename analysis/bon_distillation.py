@@ -18,11 +18,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import bayes_rlhf as br
 from bayes_rlhf.diagnostics.frontier import FrontierPoint, beta_grid, posterior_frontier
 from bayes_rlhf.plots import plot_frontier, save_figure
+from bayes_rlhf.threads import torch_threads
 from bayes_rlhf.variational.objectives import bon_posterior
 
 OBJECTIVES = ("bond", "vbon")
@@ -61,7 +60,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--samples", type=int, default=64)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    with torch_threads(1):  # a tiny model: one thread is fastest
+        return _run(args)
+
+
+def _run(args) -> int:
     out = Path(args.out)
     target = br.demo_target(1.0, args.max_new_tokens)
     post = br.exact_posterior(target, args.prompt)

@@ -42,6 +42,7 @@ import bayes_rlhf as br
 from bayes_rlhf.diagnostics.exact import policy_log_probs
 from bayes_rlhf.plots import new_figure, save_figure
 from bayes_rlhf.plots.style import CYCLE, PAPER_RC
+from bayes_rlhf.threads import torch_threads
 from bayes_rlhf.variational import TrainerConfig, train_policy
 from bayes_rlhf.variational.preferences import ipo_fixed_point, sample_preferences
 
@@ -130,12 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args) -> int:

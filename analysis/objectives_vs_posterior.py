@@ -40,6 +40,7 @@ import bayes_rlhf as br
 from bayes_rlhf.diagnostics.frontier import FrontierPoint, beta_grid, policy_point, posterior_frontier
 from bayes_rlhf.plots import new_figure, plot_frontier, save_figure
 from bayes_rlhf.plots.style import CYCLE, PAPER_RC
+from bayes_rlhf.threads import torch_threads
 from bayes_rlhf.variational import TrainerConfig, train_policy
 from bayes_rlhf.variational.preferences import sample_preferences
 
@@ -175,12 +176,8 @@ def main(argv=None) -> int:
                     help="torch intra-op threads during the run (the tiny model gains nothing from more, and "
                          "several threads on a busy 2-core machine ran 50 steps 75x slower)")
     args = ap.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args) -> int:

@@ -19,6 +19,7 @@ import torch
 
 import bayes_rlhf as br
 from bayes_rlhf.samplers import LearnedTwist, fit_twist_ctl
+from bayes_rlhf.threads import torch_threads
 
 
 def main(argv=None):
@@ -31,12 +32,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
     args = parser.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args):
