@@ -144,7 +144,7 @@ def pyro_importance(target: Target, prompt: str, num_samples: int, *, guide: Cal
     log_w = log_w.detach().double().cpu()
     log_z = log_mean_exp(log_w).reshape(1)
     return WeightedSamples(ids, mask, log_w, r, log_z, torch.zeros(num_samples, dtype=torch.long), (prompt,),
-                           target.prior, None, {"source": "pyro.infer.importance"})
+                           target.prior.vocabulary, None, {"source": "pyro.infer.importance"})
 
 
 def _prior_guide(target: Target, prompt: str, generator) -> Callable:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from bayes_rlhf.errors import PromptError
+from bayes_rlhf.errors import ConfigError, PromptError
 from bayes_rlhf.models.text import encode_known
 
 
@@ -105,3 +105,18 @@ class Vocabulary:
     def as_dict(self) -> dict:
         """The ids as plain values (what a run directory records beside the saved tokenizer)."""
         return {"vocab_size": int(self.size), "eos_token_id": self.eos_token_id, "pad_id": int(self.pad_id)}
+
+
+def as_vocabulary(obj, what: str = "vocabulary") -> Vocabulary:
+    """``obj`` as a Vocabulary: a Vocabulary as it is, a model (``CausalLM``) as its ``vocabulary``.
+
+    The one place a result that keeps only a vocabulary takes a model instead (``WeightedSamples``).
+    ConfigError naming ``what`` for anything else.
+    """
+    if isinstance(obj, Vocabulary):
+        return obj
+    vocabulary = getattr(obj, "vocabulary", None)
+    if isinstance(vocabulary, Vocabulary):
+        return vocabulary
+    raise ConfigError(f"{what} must be a Vocabulary or a CausalLM (whose .vocabulary is kept), got "
+                      f"{type(obj).__name__}")

@@ -73,7 +73,7 @@ def best_of_n(target: Target, prompt: str | Sequence[str], n: int, num_samples: 
     idx = torch.arange(groups.shape[0]) * n + pick
     info = {"n": n, "num_candidates": n * num_samples, "seconds": time.perf_counter() - t0}
     return WeightedSamples(cand.ids[idx], cand.mask[idx], torch.zeros(idx.numel(), dtype=torch.float64),
-                           r[idx], cand.log_z, cand.prompt_index[idx], prompts, target.prior, None, info)
+                           r[idx], cand.log_z, cand.prompt_index[idx], prompts, target.prior.vocabulary, None, info)
 
 
 def best_of_n_log_probs(posterior: ExactPosterior, n: int, base_log_probs: torch.Tensor | None = None) -> torch.Tensor:

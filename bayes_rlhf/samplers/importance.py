@@ -107,7 +107,7 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
     log_z = log_z_per_prompt(log_w, comps.prompt_index, len(prompts), prompts, "proposal")
     info = {"num_proposals": num_samples, "seconds": time.perf_counter() - t0}
     return WeightedSamples(comps.ids, comps.mask, log_w, r, log_z, comps.prompt_index, tuple(prompts),
-                           target.prior, None, info)
+                           target.prior.vocabulary, None, info)
 
 
 def sampling_importance_resampling(target: Target, prompt: str | Sequence[str], num_proposals: int,

@@ -83,7 +83,7 @@ def quasi_rejection_sample(target: Target, prompt: str | Sequence[str], num_prop
     info = {"log_c": log_c, "num_proposals": num_proposals, "acceptance_rate": rate,
             "seconds": time.perf_counter() - t0}
     return WeightedSamples(ws.ids[idx], ws.mask[idx], log_ratio[idx].clamp(min=0.0), ws.rewards[idx], ws.log_z,
-                           ws.prompt_index[idx], ws.prompts, target.prior, None, info)
+                           ws.prompt_index[idx], ws.prompts, target.prior.vocabulary, None, info)
 
 
 def quasi_rejection_log_probs(posterior: ExactPosterior, log_c: float,

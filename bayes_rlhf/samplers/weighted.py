@@ -20,7 +20,7 @@ from bayes_rlhf._checks import check_generator, check_int
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.logweights import group_softmax, kish_ess
 from bayes_rlhf.models.completions import Completions
-from bayes_rlhf.models.vocabulary import Vocabulary
+from bayes_rlhf.models.vocabulary import Vocabulary, as_vocabulary
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,9 @@ class WeightedSamples:
     prompts : tuple of str
         The P prompts.
     vocabulary : Vocabulary
-        Decodes ``ids`` (used by ``texts``); a CausalLM given here contributes its ``vocabulary``.
+        Decodes ``ids`` (used by ``texts``). A CausalLM may be given instead: it is replaced by its
+        ``vocabulary`` when the samples are built (they never hold the model; ``as_vocabulary``).
+        The library's samplers pass ``target.prior.vocabulary``; anything else is a ConfigError.
     history : SMCHistory, optional
         Per-step record (SMC only).
     info : dict
@@ -90,8 +92,8 @@ class WeightedSamples:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.vocabulary, Vocabulary):  # a CausalLM: keep only what decodes text
-            object.__setattr__(self, "vocabulary", self.vocabulary.vocabulary)
+        # a CausalLM is accepted and replaced by its Vocabulary (documented): a result keeps no model
+        object.__setattr__(self, "vocabulary", as_vocabulary(self.vocabulary, "WeightedSamples.vocabulary"))
         n = self.ids.shape[0]
         for name in ("mask", "log_weights", "rewards", "prompt_index"):
             if getattr(self, name).shape[0] != n:

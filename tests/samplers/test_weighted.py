@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.models.vocabulary import Vocabulary
 from bayes_rlhf.samplers import WeightedSamples, kish_ess
 
 
@@ -52,3 +53,12 @@ def test_shape_validation(gpt2_lm):
         WeightedSamples(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool),
                         torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long), ("a",),
                         gpt2_lm)
+
+
+def test_a_model_is_kept_as_its_vocabulary_anything_else_is_refused(gpt2_lm):
+    ws = _samples(gpt2_lm)  # given the CausalLM: the samples hold its Vocabulary, not the model
+    assert isinstance(ws.vocabulary, Vocabulary) and ws.vocabulary.same_as(gpt2_lm.vocabulary)
+    assert _samples(gpt2_lm.vocabulary).texts == ws.texts
+    for bad in ("gpt2", gpt2_lm.tokenizer, None):
+        with pytest.raises(ConfigError, match="WeightedSamples.vocabulary must be a Vocabulary or a CausalLM"):
+            _samples(bad)
