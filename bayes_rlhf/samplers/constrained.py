@@ -12,10 +12,13 @@ forbidden next tokens masked and renormalised, and let the weight carry the allo
 The product of the increments is still pi0(x) exp(r / beta) / q(x) on every completion q can
 draw, and q misses only completions that violate the constraint (r = -inf there), so E[Z_hat] = Z
 and the samples target pi*. With the prior as base and no twist, this is the twisted proposal
-for the twist psi_t = 1[x_{1:t} allowed], at the cost of bootstrap SMC (one masked logsumexp per
-step, no reward calls on candidates).
+for the twist psi_t = 1[x_{1:t} allowed], at about the cost of bootstrap SMC (a few passes over
+the [a, V] log-probs per step, no reward calls on candidates).
 
-Constraints (any object with ``allowed_next``; ``as_constraint`` converts):
+Constraints are objects with one method (``as_constraint`` converts the other forms)::
+
+    allowed_next(prompts [a], prefixes LongTensor [a, t], target, prior_logp [a, V])
+        -> BoolTensor [a, V] (or [V]: the same row for every particle), True where v may follow
 
     TokenMask(forbidden [V])          a token set: a completion is allowed iff it has no forbidden token
     TokenMask.from_text(lm, pred)     forbidden = tokens whose decoded text satisfies pred (lipogram)
@@ -65,6 +68,7 @@ class TokenMask:
         if bool(forbidden.all()):
             raise ConfigError("TokenMask forbids every token; nothing could be generated")
         self.forbidden = forbidden.cpu()
+        self.allowed = ~self.forbidden
 
     @classmethod
     def from_text(cls, lm: CausalLM, predicate: Callable[[str], bool]) -> "TokenMask":
@@ -85,9 +89,9 @@ class TokenMask:
                               f"{target.prior.vocab_size}; build it from the prior (TokenMask.from_text(lm, ...))")
 
     def allowed_next(self, prompts: Sequence[str], prefixes: torch.Tensor, target,
-                     support: torch.Tensor) -> torch.Tensor:
-        """BoolTensor [a, V]: the next tokens allowed after allowed prefixes [a, t] (the same for every row)."""
-        return (~self.forbidden).expand(prefixes.shape[0], -1)
+                     prior_logp: torch.Tensor) -> torch.Tensor:
+        """BoolTensor [V]: the next tokens allowed after any allowed prefix (one row serves every particle)."""
+        return self.allowed
 
     def reward(self, name: str = "token_mask") -> TokenReward:
         """The reward this constraint stands for: 0 if no token of the completion is forbidden, else -inf."""
@@ -118,12 +122,13 @@ class NextTokenConstraint:
         self.fn = fn
 
     def allowed_next(self, prompts: Sequence[str], prefixes: torch.Tensor, target,
-                     support: torch.Tensor) -> torch.Tensor:
+                     prior_logp: torch.Tensor) -> torch.Tensor:
         out = torch.as_tensor(self.fn(list(prompts), prefixes))
-        if out.dtype != torch.bool or tuple(out.shape) != tuple(support.shape):
+        if out.dtype != torch.bool or tuple(out.shape) != tuple(prior_logp.shape):
             raise ConfigError(f"the NextTokenConstraint function returned dtype {out.dtype}, shape "
-                              f"{tuple(out.shape)}; it must return a BoolTensor {tuple(support.shape)} (rows x vocab)")
-        return out.cpu()
+                              f"{tuple(out.shape)}; it must return a BoolTensor {tuple(prior_logp.shape)} "
+                              "(rows x vocab)")
+        return out
 
 
 class PrefixConstraint:
@@ -142,7 +147,8 @@ class PrefixConstraint:
         self.reward = reward
 
     def allowed_next(self, prompts: Sequence[str], prefixes: torch.Tensor, target,
-                     support: torch.Tensor) -> torch.Tensor:
+                     prior_logp: torch.Tensor) -> torch.Tensor:
+        support = torch.isfinite(prior_logp).cpu()
         rows, toks = torch.nonzero(support, as_tuple=True)
         ids = torch.cat([prefixes[rows], toks[:, None]], 1)
         r = evaluate_reward(self.reward, target.prior, [prompts[i] for i in rows.tolist()], ids,
@@ -234,36 +240,62 @@ class LocallyConstrained:
         return self.base.reindex(state, idx)
 
     def log_probs(self, state, view: StepView) -> Proposed:
-        target = view.potentials.target
+        target, a = view.potentials.target, view.live.numel()
         prompts = [view.prompts[i] for i in view.live.tolist()]
         prefixes = view.ids[view.live, : view.t]
-        support = torch.isfinite(view.prior_logp).cpu()
-        allowed = self.constraint.allowed_next(prompts, prefixes, target, support) & support
+        allowed = self.constraint.allowed_next(prompts, prefixes, target, view.prior_logp)  # [V] or [a, V]
+        rows_allowed = allowed.expand(a, -1) if allowed.dim() == 1 else allowed
         if self.check_support:
-            self._check_forbidden_ends(target, prompts, prefixes, view.prior_logp.cpu(), support & ~allowed, view.t)
-        out = self.base.log_probs(state, dataclasses.replace(view, allowed=allowed))
-        dev = out.log_q.device
-        masked = out.log_q.masked_fill(~allowed.to(dev), -math.inf)
-        log_mass = torch.logsumexp(masked, -1, keepdim=True)  # log A: the base's allowed mass
-        dead = ~torch.isfinite(log_mass.squeeze(-1)).cpu()
+            self._check_forbidden_ends(target, prompts, prefixes, view.prior_logp, rows_allowed, view.t)
+        out = self.base.log_probs(state, dataclasses.replace(view, allowed=rows_allowed))
+        if getattr(self.base, "masks_allowed", False):  # it proposed allowed tokens only, renormalised
+            return dataclasses.replace(out, extra=out)
+        log_q, dead = self._mask(out.log_q, allowed)
         if out.dead is not None:
             dead = dead | out.dead.cpu()
-        log_q = torch.where(torch.isfinite(log_mass), masked - log_mass, out.log_q)  # dead rows: weight -inf
-        log_psi = None if out.log_psi is None else out.log_psi.masked_fill(~allowed, -math.inf)
+        log_psi = None if out.log_psi is None else out.log_psi.masked_fill(~rows_allowed.cpu(), -math.inf)
         return Proposed(log_q, log_psi, out.rewards, extra=out, dead=dead)
 
-    def _check_forbidden_ends(self, target, prompts, prefixes, logp0, forbidden, t) -> None:
-        """ConstraintMismatchError if the target's reward is finite on a row's likeliest forbidden ending."""
-        ends = torch.zeros(forbidden.shape[1], dtype=torch.bool)
+    def _mask(self, log_q: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_base masked to ``allowed`` ([V] or [a, V]) and renormalised, log-probs [a, V]; dead rows [a]
+        (no allowed mass: left as the base's, their weight is set to 0)."""
+        allowed = allowed.to(log_q.device)
+        # exp of the base's log-probs, not of the masked ones: exp is several times slower where it underflows
+        if allowed.dim() == 1:  # one row for every particle: a matrix-vector product and one bias row
+            mass = torch.exp(log_q) @ allowed.to(log_q.dtype)
+            bias = torch.zeros(allowed.shape, dtype=log_q.dtype, device=log_q.device).masked_fill(~allowed, -math.inf)
+            masked = log_q + bias
+        else:
+            mass = (torch.exp(log_q) * allowed).sum(-1)
+            masked = log_q.masked_fill(~allowed, -math.inf)
+        log_mass = torch.log(mass)  # log A (the base's log-probs are normalised: no overflow)
+        small = mass < 1e-280  # A near underflow: in log space, exactly
+        if bool(small.any()):
+            log_mass[small] = torch.logsumexp(masked[small], -1)
+        dead = ~torch.isfinite(log_mass)
+        out = masked.sub_(torch.where(dead, 0.0, log_mass)[:, None])
+        if bool(dead.any()):
+            out[dead] = log_q[dead]
+        return out, dead.cpu()
+
+    def _check_forbidden_ends(self, target, prompts, prefixes, logp0, allowed, t) -> None:
+        """ConstraintMismatchError if the target's reward is finite on a row's likeliest forbidden ending
+        (any forbidden token at the last step, EOS if forbidden before)."""
+        eos = target.prior.eos_token_id
         if t + 1 == target.max_new_tokens:
-            ends[:] = True
-        elif target.prior.eos_token_id is not None:
-            ends[target.prior.eos_token_id] = True
-        cand = forbidden & ends
+            cand = ~allowed.cpu() & torch.isfinite(logp0).cpu()
+            lp = logp0.cpu()
+        elif eos is not None:
+            cand = (~allowed[:, eos:eos + 1].cpu()) & torch.isfinite(logp0[:, eos:eos + 1]).cpu()
+            lp = logp0[:, eos:eos + 1].cpu()
+        else:
+            return
         rows = torch.nonzero(cand.any(-1)).squeeze(-1)
         if rows.numel() == 0:
             return
-        toks = torch.where(cand[rows], logp0[rows], -math.inf).argmax(-1)
+        toks = torch.where(cand[rows], lp[rows], -math.inf).argmax(-1)
+        if cand.shape[1] == 1:
+            toks = torch.full_like(toks, eos)
         ids = torch.cat([prefixes[rows], toks[:, None]], 1)
         plist = [prompts[i] for i in rows.tolist()]
         r = target.rewards(plist, ids, torch.ones(ids.shape, dtype=torch.bool))

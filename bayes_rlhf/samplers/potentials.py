@@ -55,18 +55,24 @@ class Potentials:
         (default: every v with pi0(v | prefix) > 0); one reward call and one twist call over those
         rows only. A candidate ends when it is EOS or the T-th token.
         """
-        a, t = prefixes.shape
-        V = prior_logp.shape[1]
+        a, V = prior_logp.shape
         if candidates is None:
             candidates = torch.isfinite(prior_logp)
         rows, toks = torch.nonzero(candidates.cpu(), as_tuple=True)
+        psi, r = self.at(prompts, prefixes, rows, toks)
+        cand_psi = torch.full((a, V), -math.inf, dtype=torch.float64)
+        cand_r = torch.full((a, V), math.nan, dtype=torch.float64)
+        cand_psi[rows, toks], cand_r[rows, toks] = psi, r
+        return cand_psi, cand_r
+
+    def at(self, prompts: Sequence[str], prefixes: torch.Tensor, rows: torch.Tensor,
+           toks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log psi and rewards [h] of h candidates: prefix ``rows[j]`` of ``prefixes`` [a, t] followed by
+        token ``toks[j]`` (CPU LongTensors [h]); rewards NaN where the candidate does not end."""
+        t = prefixes.shape[1]
         ids = torch.cat([prefixes[rows], toks[:, None]], 1)
         mask = torch.ones(ids.shape, dtype=torch.bool)
         eos = self.target.prior.eos_token_id
         ended = (toks == eos) if eos is not None else torch.zeros_like(toks, dtype=torch.bool)
         ended = ended | (t + 1 == self.target.max_new_tokens)
-        psi, r = self([prompts[i] for i in rows.tolist()], ids, mask, ended, ~ended, t)
-        cand_psi = torch.full((a, V), -math.inf, dtype=torch.float64)
-        cand_r = torch.full((a, V), math.nan, dtype=torch.float64)
-        cand_psi[rows, toks], cand_r[rows, toks] = psi, r
-        return cand_psi, cand_r
+        return self([prompts[i] for i in rows.tolist()], ids, mask, ended, ~ended, t)

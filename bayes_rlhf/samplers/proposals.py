@@ -179,6 +179,7 @@ class TwistedProposal(_Stateless):
     """
 
     lookahead = True
+    masks_allowed = True  # honours view.allowed: q is 0 on forbidden tokens and normalised over the rest
 
     def __init__(self, top_p: float | None = None, top_k: int | None = None):
         if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
@@ -189,35 +190,74 @@ class TwistedProposal(_Stateless):
         self.top_k = top_k
 
     def log_probs(self, state, view: StepView) -> Proposed:
+        if self.top_p is None and self.top_k is None:
+            return self._exact(view)
+        return self._on_head(view)
+
+    def _exact(self, view: StepView) -> Proposed:
+        """Every supported (and allowed) token's potential evaluated."""
         logp0 = view.prior_logp.cpu()
         support = torch.isfinite(logp0)
         if view.allowed is not None:
             support = support & view.allowed.cpu()
-        head = support if self.top_p is None and self.top_k is None else support & self._head(logp0, support)
         prompts = [view.prompts[i] for i in view.live.tolist()]
-        cand_psi, cand_r = view.potentials.of_candidates(prompts, view.ids[view.live, : view.t], logp0, head)
+        cand_psi, cand_r = view.potentials.of_candidates(prompts, view.ids[view.live, : view.t], logp0, support)
         joint = logp0 + cand_psi
-        rest = support & ~head
-        if bool(rest.any()):  # the stand-in potential: the parent's (0 where it is not finite)
-            parent = view.log_psi if view.log_psi is not None else torch.zeros(logp0.shape[0], dtype=torch.float64)
-            parent = torch.where(torch.isfinite(parent), parent, 0.0)
-            joint = torch.where(rest, logp0 + parent[:, None], joint)
-            cand_psi = torch.where(rest, math.nan, cand_psi)  # SMC evaluates the drawn one
         norm = torch.logsumexp(joint, -1, keepdim=True)
         logq = torch.where(torch.isfinite(norm), joint - norm, logp0)  # no mass: weight -inf anyway
-        return Proposed(logq.to(view.prior_logp.device), cand_psi, cand_r)
+        return Proposed(logq.to(view.prior_logp.device), cand_psi, cand_r, dead=~torch.isfinite(norm.squeeze(-1)))
 
-    def _head(self, logp0: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-        """BoolTensor [a, V]: each row's most likely supported tokens holding top_p of their mass (<= top_k)."""
-        lp = torch.where(support, logp0, -math.inf)
-        k = lp.shape[1] if self.top_k is None else min(self.top_k, lp.shape[1])
-        top, idx = torch.topk(lp, k, dim=-1)  # sorted, most likely first
-        keep = torch.isfinite(top)
-        if self.top_p is not None:
-            mass = torch.exp(top - torch.logsumexp(lp, -1, keepdim=True))  # NaN on a row with no support
-            before = mass.cumsum(-1) - mass  # the mass of the tokens ranked above
+    def _on_head(self, view: StepView) -> Proposed:
+        """The potentials on each row's head only; the parent's potential stands in elsewhere."""
+        logp0 = view.prior_logp.cpu()
+        a, V = logp0.shape
+        lp = logp0 if view.allowed is None else logp0.masked_fill(~view.allowed.cpu(), -math.inf)
+        log_mass = torch.logsumexp(lp, -1)                                 # log pi0(allowed) [a]
+        rows, toks = self._head(lp, log_mass)                              # h head candidates
+        prompts = [view.prompts[i] for i in view.live.tolist()]
+        psi, r = view.potentials.at(prompts, view.ids[view.live, : view.t], rows, toks)
+        parent = view.log_psi.double() if view.log_psi is not None else torch.zeros(a, dtype=torch.float64)
+        parent = torch.where(torch.isfinite(parent), parent, 0.0)
+        head_lp = lp[rows, toks]
+        # log Z_q = log(sum_head pi0 psi + pi0(rest) psi_parent), the rest's mass without the head's
+        head_mass = torch.zeros(a, dtype=torch.float64).index_add_(0, rows, head_lp.exp())
+        rest = torch.log((log_mass.exp() - head_mass).clamp(min=0.0)) + parent
+        joint_h = head_lp + psi
+        top = torch.maximum(rest, torch.full((a,), -math.inf, dtype=torch.float64).scatter_reduce(
+            0, rows, joint_h, "amax"))
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        total = torch.exp(rest - top) + torch.zeros(a, dtype=torch.float64).index_add_(0, rows, (joint_h - top[rows]).exp())
+        log_zq = torch.log(total) + top
+        dead = ~torch.isfinite(log_zq)
+        logq = lp + (parent - log_zq)[:, None]                              # the rest: pi0 psi_parent / Z_q
+        logq[rows, toks] = joint_h - log_zq[rows]                           # the head: pi0 psi / Z_q
+        if bool(dead.any()):
+            logq[dead] = logp0[dead]                                        # weight -inf anyway
+        cand_psi = torch.full((a, V), math.nan, dtype=torch.float64)       # NaN: SMC evaluates a drawn one
+        cand_r = torch.full((a, V), math.nan, dtype=torch.float64)
+        cand_psi[rows, toks], cand_r[rows, toks] = psi, r
+        return Proposed(logq.to(view.prior_logp.device), cand_psi, cand_r, dead=dead)
+
+    def _head(self, lp: torch.Tensor, log_mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, tokens) [h]: each row's most likely tokens under ``lp`` [a, V] holding ``top_p`` of
+        its mass exp(log_mass) (at most ``top_k``). A partial top-k, grown until every row is covered."""
+        V = lp.shape[1]
+        cap = V if self.top_k is None else min(self.top_k, V)
+        k = cap if self.top_p is None else min(cap, 64)
+        while True:
+            top, idx = torch.topk(lp, k, dim=-1)                            # most likely first
+            keep = torch.isfinite(top)
+            if self.top_p is None:
+                break
+            share = torch.exp(top - log_mass[:, None])                      # NaN on a row with no mass
+            before = share.cumsum(-1) - share                               # the share ranked above
             keep = keep & (before < self.top_p)
-        return torch.zeros_like(support).scatter_(1, idx, keep)
+            covered = ~(before[:, -1] + share[:, -1] < self.top_p) | ~keep[:, -1]
+            if k == cap or bool(covered.all()):
+                break
+            k = min(cap, 4 * k)
+        r, c = torch.nonzero(keep, as_tuple=True)
+        return r, idx[r, c]
 
 
 @dataclass(frozen=True)

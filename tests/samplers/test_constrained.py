@@ -248,3 +248,35 @@ def test_bad_top_p_refused(kw):
     with pytest.raises(ConfigError):
         TwistedProposal(**kw)
 
+
+
+@pytest.mark.parametrize("top_p, top_k", [(0.5, None), (0.9, 100), (0.999, None), (None, 7)])
+def test_head_matches_a_full_sort(top_p, top_k):
+    # V = 300 > the first partial top-k (64): the head grows until each row holds top_p of its mass
+    g = torch.Generator().manual_seed(0)
+    lp = torch.log_softmax(torch.randn(5, 300, generator=g, dtype=torch.float64) * 0.5, -1)
+    lp[1, 100:] = -math.inf  # a row with a smaller support
+    log_mass = torch.logsumexp(lp, -1)
+    rows, toks = TwistedProposal(top_p=top_p, top_k=top_k)._head(lp, log_mass)
+    order = torch.argsort(lp, -1, descending=True)
+    for i in range(5):
+        share = torch.exp(lp[i, order[i]] - log_mass[i])
+        before = share.cumsum(0) - share
+        keep = torch.isfinite(lp[i, order[i]])
+        if top_p is not None:
+            keep &= before < top_p
+        if top_k is not None:
+            keep &= torch.arange(300) < top_k
+        assert set(toks[rows == i].tolist()) == set(order[i][keep].tolist())
+    assert 64 < int((rows == 0).sum()) < 300 or top_p != 0.999  # it had to grow past the first 64
+
+
+def test_twisted_base_evaluates_allowed_tokens_only(lipogram_target, mask):
+    # 6 of the 8 tokens are allowed, one of them EOS (its potential is the reward, not the twist):
+    # the twist runs on exactly 5 candidates per live particle at each step before the last
+    count = CountingReward()
+    ws = smc(lipogram_target, [PROMPT] * 8, N, proposal=LocallyConstrained(mask, base="twisted"),
+             twist=PrefixPotential(count), generator=torch.Generator().manual_seed(1))
+    T = lipogram_target.max_new_tokens
+    live = 8 * N + int(ws.history.num_alive[: T - 2].sum())  # particles generating at steps 0 .. T-2
+    assert count.rows == 5 * live
