@@ -18,8 +18,8 @@ from bayes_rlhf.samplers.proposals import (ExactProposal, LMProposal, PriorPropo
 from bayes_rlhf.samplers.smc import SMC, smc
 from bayes_rlhf.samplers.smc_state import SMCConfig, SMCState
 from bayes_rlhf.samplers.twist_learning import CTLConfig, ContrastSet, ctl_surrogate, fit_twist_ctl
-from bayes_rlhf.samplers.twists import (ExactTwist, LearnedTwist, PrefixPotential, Twist, exact_prefix_values,
-                                        fit_twist)
+from bayes_rlhf.samplers.learned_twist import LearnedTwist, exact_prefix_values, fit_twist
+from bayes_rlhf.samplers.twists import ExactTwist, PrefixPotential, Twist
 from bayes_rlhf.samplers.weighted import SMCHistory, WeightedSamples, kish_ess
 
 __all__ = [
