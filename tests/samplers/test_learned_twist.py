@@ -64,3 +64,14 @@ def test_fit_twist_on_a_posterior_read_back_from_a_run_directory(mild_target, mi
         twist = LearnedTwist(mild_target.prior.vocab_size, hidden=8).double()
         losses.append(fit_twist(twist, post, steps=3, batch_size=16, generator=torch.Generator().manual_seed(0)))
     assert losses[1] == pytest.approx(losses[0], rel=1e-12, abs=0.0)
+
+
+def test_the_old_import_path_still_works():
+    import bayes_rlhf.samplers.learned_twist as learned
+    import bayes_rlhf.samplers.twists as twists
+    from bayes_rlhf.samplers.twists import LearnedTwist as Old, fit_twist as old_fit
+
+    assert Old is LearnedTwist is learned.LearnedTwist and old_fit is fit_twist
+    assert twists.exact_prefix_values is exact_prefix_values
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        twists.nothing
