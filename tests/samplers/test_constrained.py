@@ -280,3 +280,26 @@ def test_twisted_base_evaluates_allowed_tokens_only(lipogram_target, mask):
     T = lipogram_target.max_new_tokens
     live = 8 * N + int(ws.history.num_alive[: T - 2].sum())  # particles generating at steps 0 .. T-2
     assert count.rows == 5 * live
+
+
+def test_must_end_carries_the_eos_constraint_too(gpt2_lm):
+    # "no w1 / w3 and end with EOS within T" as one TokenMask: at the last position only EOS is
+    # allowed, so no particle dies, strict=True holds, and Z is the exact one (4 SE over R runs)
+    mask = TokenMask(_forbidden(), must_end=True, eos_token_id=2)
+    reward = br.WeightedSum([(1.0, first_word_reward()), (1.0, mask.reward())])
+    target = br.Target(prior=gpt2_lm, reward=reward, beta=1.5, max_new_tokens=4)
+    post = br.exact_posterior(target, PROMPT)
+    ws = smc(target, [PROMPT] * R, N, proposal=LocallyConstrained(mask, strict=True), ess_threshold=1.0,
+             generator=torch.Generator().manual_seed(2))
+    mean, se, ok = _z_check(ws, post)
+    assert ok, (mean, se)
+    assert bool(torch.isfinite(ws.log_weights).all())
+    assert bool(((ws.ids == 2) & ws.mask).any(-1).all())  # every completion ended with EOS
+    # the plain lipogram mask on this target: the check passes (r is -inf beyond it), particles die
+    with pytest.raises(ConstraintMismatchError):
+        smc(target, [PROMPT] * 8, N, proposal=LocallyConstrained(TokenMask(_forbidden()), strict=True),
+            generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ConfigError, match="EOS is forbidden"):
+        TokenMask(torch.tensor([False, False, True, False]), must_end=True, eos_token_id=2)
+    with pytest.raises(ConfigError, match="eos_token_id"):
+        TokenMask(_forbidden(), must_end=True).reward()
