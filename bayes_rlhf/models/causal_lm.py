@@ -12,6 +12,9 @@ Primitives::
     lm.score(prompt, ids, mask)            # [n, T] per-token log-probs of given completions
     lm.sample(prompt, n, T, generator)     # ancestral sampling over the same step primitive
 
+Where the parts live: text <-> ids in ``prompts`` (the ``TextIds`` mixin), scoring in ``scoring``
+(the LM head in row tiles: ``lm_head``), the sampling loop in ``sampling``, the KV cache in ``cache``.
+
 Two kinds of truncation:
 
 - ``top_k`` truncates the model's own next-token distribution to its k most likely tokens
@@ -30,19 +33,19 @@ from typing import Sequence
 
 import torch
 
-from bayes_rlhf.errors import ConfigError, PromptError, TokenizerMismatchError
+from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.models.cache import LMState, _fork_cache, _select_cache, cache_argument, forward_with_cache
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.models.linears import transposed_linears
-from bayes_rlhf.models.passes import completion_logits, full_logits
-from bayes_rlhf.models.text import encode_known, short
-from bayes_rlhf.models.vocabulary import Vocabulary
+from bayes_rlhf.models.sampling import sample, sample_categorical
+from bayes_rlhf.models.scoring import sequence_forward
+from bayes_rlhf.models.prompts import TextIds
 
 __all__ = ["CausalLM", "LMState", "load_model", "sample_categorical", "cache_argument", "forward_with_cache",
            "_fork_cache", "_select_cache"]
 
 
-class CausalLM:
+class CausalLM(TextIds):
     """A causal language model with its tokenizer, device, dtype and optional truncation.
 
     Parameters
@@ -147,80 +150,6 @@ class CausalLM:
                 write_support(tmp, self)
         return Path(directory)
 
-    @property
-    def vocabulary(self) -> Vocabulary:
-        """The tokenizer with this model's size, EOS and pad id (what results keep to decode text)."""
-        return Vocabulary(self.tokenizer, self.vocab_size, self.eos_token_id, self.pad_id)
-
-    def same_tokenizer(self, other: "CausalLM") -> bool:
-        """True when ``other`` maps every token to the same id and has the same EOS."""
-        return self.vocabulary.same_as(other.vocabulary)
-
-    # ------------------------------------------------------------------ text <-> ids
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Prompt token ids with the tokenizer's own defaults (BOS if it adds one)."""
-        if not isinstance(prompt, str):
-            raise PromptError(f"a prompt must be a str, got {type(prompt).__name__}")
-        ids = encode_known(self.tokenizer, prompt, add_special_tokens=True, what="prompt")
-        if not ids:
-            bos = self.tokenizer.bos_token_id
-            if bos is None:
-                raise PromptError("the prompt is empty and this tokenizer has no BOS token to start "
-                                  "from; give a non-empty prompt")
-            ids = [bos]
-        return ids
-
-    def encode_completions(self, texts: Sequence[str], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise completion texts (no special tokens), cut at the first EOS or T tokens.
-
-        Returns ids LongTensor [n, T] and mask BoolTensor [n, T].
-        """
-        return self.vocabulary.encode(texts, max_new_tokens)
-
-    @property
-    def context_length(self) -> int | None:
-        """The most positions the model takes (prompt + completion), from its config; None if unknown."""
-        config = self.model.config
-        for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
-
-    def check_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
-        """``encode_prompt(prompt)``, refused (PromptError) when prompt + ``max_new_tokens`` tokens
-        would run past the model's context, since positions past it are not what the model learnt."""
-        ids = self.encode_prompt(prompt)
-        n_ctx = self.context_length
-        if n_ctx is not None and len(ids) + max_new_tokens > n_ctx:
-            raise PromptError(
-                f"prompt {short(prompt)} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
-                f"{len(ids) + max_new_tokens} positions, past this model's context of {n_ctx}. Shorten the "
-                f"prompt or lower max_new_tokens to at most {max(n_ctx - len(ids), 0)}")
-        return ids
-
-    def _pad_rows(self, rows: list[list[int]], T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.vocabulary.pad(rows, T)
-
-    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        """Completion texts (EOS and padding removed)."""
-        return self.vocabulary.decode(ids, mask)
-
-    def _prompt_batch(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids [m, P] and attention mask [m, P]."""
-        encoded: dict[str, list[int]] = {}
-        rows = [encoded[p] if p in encoded else encoded.setdefault(p, self.encode_prompt(p)) for p in prompts]
-        P = max(len(r) for r in rows)
-        if len(encoded) == 1:  # one prompt for every row: no per-row work
-            ids = torch.tensor(rows[0], dtype=torch.long).expand(len(rows), P)
-            return ids.to(self.device), torch.ones((len(rows), P), dtype=torch.long, device=self.device)
-        ids = torch.full((len(rows), P), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(rows), P), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-            att[i, P - len(r):] = 1
-        return ids.to(self.device), att.to(self.device)
-
     # ------------------------------------------------------------------ distributions
     def log_softmax(self, logits: torch.Tensor, support_log_probs: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token log-probs [..., V] from logits, in >= float32, with top-k truncation and,
@@ -237,10 +166,6 @@ class CausalLM:
     def _forward(self, input_ids, attention_mask, position_ids, cache=None):
         with transposed_linears(self.model, input_ids.numel()):  # small no-grad CPU batches: x @ Wt
             return forward_with_cache(self.model, input_ids, attention_mask, position_ids, cache)
-
-    @staticmethod
-    def _as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
-        return [prompts] if isinstance(prompts, str) else list(prompts)
 
     def start(self, prompts: str | Sequence[str], num_per_prompt: int = 1) -> tuple[LMState, torch.Tensor]:
         """Run the prompt(s) once; return a state of ``len(prompts) * num_per_prompt`` rows.
@@ -277,7 +202,7 @@ class CausalLM:
     # ------------------------------------------------------------------ scoring and sampling
     def sequence_forward(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor, *,
                          model: torch.nn.Module | None = None, hidden_states: bool = False):
-        """One differentiable pass over prompt + completion.
+        """One differentiable pass over prompt + completion (``bayes_rlhf.models.scoring``).
 
         Returns per-token log-probs [n, T] (0 at padding) and, with ``hidden_states``, the last
         hidden state at the positions that predict each completion token [n, T, H] (else None).
@@ -285,26 +210,7 @@ class CausalLM:
         ``self.model`` in the pass (e.g. accelerate's wrapped module). With a support restriction the
         support model is run too (without gradient) and its top-k sets mask the logits.
         """
-        n, T = ids.shape
-        plist = self._as_prompt_list(prompts)
-        if len(plist) == 1 and n != 1:
-            plist = plist * n
-        distinct = {p: i for i, p in enumerate(dict.fromkeys(plist))}
-        index = torch.tensor([distinct[p] for p in plist], dtype=torch.long, device=self.device)
-        p_ids, p_att = self._prompt_batch(list(distinct))
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        net = self.model if model is None else model
-        # each distinct prompt once (a cached prompt pass), unless a wrapper must be called once per backward
-        run = completion_logits if net is self.model else full_logits
-        logits, hidden = run(net, p_ids, p_att, index, ids, mask, hidden_states)
-        support_lp = None
-        if self.support is not None:
-            with torch.no_grad():
-                s_logits, _ = completion_logits(self.support.model, p_ids, p_att, index, ids, mask)
-            support_lp = self.support.log_softmax(s_logits)
-        logp = self.log_softmax(logits, support_lp)
-        tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
-        return tok, hidden
+        return sequence_forward(self, prompts, ids, mask, model=model, hidden_states=hidden_states)
 
     def token_log_probs(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-token log-probs [n, T] of completions (0 at padding), differentiable.
@@ -338,42 +244,7 @@ class CausalLM:
 
         Randomness comes only from ``generator`` (a CPU generator works for any device).
         """
-        if num_samples < 1 or max_new_tokens < 1:
-            raise ConfigError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
-        plist = self._as_prompt_list(prompts)
-        state, logp = self.start(plist, num_samples)
-        n = state.batch_size
-        ids = torch.full((n, max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=self.device)
-        total = torch.zeros(n, dtype=logp.dtype, device=self.device)
-        alive = torch.ones(n, dtype=torch.bool, device=self.device)
-        for t in range(max_new_tokens):
-            tok = sample_categorical(logp, generator=generator)
-            ids[:, t] = torch.where(alive, tok, ids[:, t])
-            mask[:, t] = alive
-            total = total + torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
-            if self.eos_token_id is not None:
-                alive = alive & (tok != self.eos_token_id)
-            if t + 1 < max_new_tokens and alive.any():
-                state, logp = self.step(state, tok)
-            else:
-                break
-        prompt_index = torch.arange(len(plist)).repeat_interleave(num_samples)
-        return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index)
-
-
-def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``."""
-    probs = torch.exp(log_probs.double())
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
-    # guard against landing on a zero-probability token at the top edge
-    idx = idx.clamp(max=probs.shape[-1] - 1)
-    bad = probs.gather(-1, idx[:, None]).squeeze(-1) <= 0
-    if bad.any():
-        idx[bad] = probs[bad].argmax(-1)
-    return idx
+        return sample(self, prompts, num_samples, max_new_tokens, generator=generator)
 
 
 def load_model(name_or_path: str | os.PathLike, device=None, dtype=None, top_k: int | None = None,

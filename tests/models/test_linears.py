@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bayes_rlhf.models import linears
@@ -55,3 +56,40 @@ def test_large_batches_and_grad_mode_are_left_alone():
     assert not any(m in linears._COPIES for m in _lin_modules(lm.model))
     with linears.transposed_linears(lm.model, 1):  # grad enabled: nothing patched
         assert all("forward" not in m.__dict__ for m in _lin_modules(lm.model))
+
+
+def _lora(seed):
+    from peft import LoraConfig, get_peft_model
+
+    lm = tiny_lm("llama", vocab_size=8, seed=seed)
+    torch.manual_seed(seed)  # test: peft draws its adapter init from the global generator
+    model = get_peft_model(lm.model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)  # peft starts B at 0: make the adapters matter
+    return model
+
+
+def test_lora_layers_run_merged_and_match_peft_and_follow_adapter_updates():
+    pytest.importorskip("peft")
+    model = _lora(seed=7)
+    ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    fast = _logits(model, ids)
+    loras = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert loras and all(m in linears._COPIES for m in loras) and all("forward" not in m.__dict__ for m in loras)
+    torch.testing.assert_close(fast, plain, atol=1e-12, rtol=1e-12)  # float64: reassociation only
+    buffers = {m: linears._COPIES[m][1] for m in loras}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.mul_(-2.0)                              # what an optimizer step does to the adapters
+        plain = model(input_ids=ids).logits
+    torch.testing.assert_close(_logits(model, ids), plain, atol=1e-12, rtol=1e-12)  # merged again, not stale
+    assert all(linears._COPIES[m][1] is buffers[m] for m in loras)  # into the same buffer
+    with torch.no_grad():
+        with model.disable_adapter():                     # adapters off: peft's own forward, the base alone
+            base = model(input_ids=ids).logits
+            torch.testing.assert_close(_logits(model, ids), base, atol=1e-12, rtol=1e-12)

@@ -1,0 +1,57 @@
+"""Ancestral sampling over ``CausalLM.start`` / ``step``, and the categorical draw it uses.
+
+    state, logp = lm.start(prompts, n)                 # prompt forward once, cache repeated
+    for t in 1..T:  x_t ~ logp (inverse CDF, uniforms from the generator)
+                    total += logp[x_t] while the row is alive; a row dies after its EOS
+                    state, logp = lm.step(state, x_t)  # unless t = T or every row is done
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.models.completions import Completions
+
+
+def sample(lm, prompts: str | Sequence[str], num_samples: int, max_new_tokens: int, *,
+           generator: torch.Generator | None = None) -> Completions:
+    """``num_samples`` completions per prompt of ``lm``, grouped by prompt (see ``CausalLM.sample``)."""
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ConfigError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
+    plist = lm._as_prompt_list(prompts)
+    state, logp = lm.start(plist, num_samples)
+    n = state.batch_size
+    ids = torch.full((n, max_new_tokens), lm.pad_id, dtype=torch.long, device=lm.device)
+    mask = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=lm.device)
+    total = torch.zeros(n, dtype=logp.dtype, device=lm.device)
+    alive = torch.ones(n, dtype=torch.bool, device=lm.device)
+    for t in range(max_new_tokens):
+        tok = sample_categorical(logp, generator=generator)
+        ids[:, t] = torch.where(alive, tok, ids[:, t])
+        mask[:, t] = alive
+        total = total + torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
+        if lm.eos_token_id is not None:
+            alive = alive & (tok != lm.eos_token_id)
+        if t + 1 < max_new_tokens and alive.any():
+            state, logp = lm.step(state, tok)
+        else:
+            break
+    prompt_index = torch.arange(len(plist)).repeat_interleave(num_samples)
+    return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index)
+
+
+def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``."""
+    probs = torch.exp(log_probs.double())
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
+    # guard against landing on a zero-probability token at the top edge
+    idx = idx.clamp(max=probs.shape[-1] - 1)
+    bad = probs.gather(-1, idx[:, None]).squeeze(-1) <= 0
+    if bad.any():
+        idx[bad] = probs[bad].argmax(-1)
+    return idx
