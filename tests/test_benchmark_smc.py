@@ -1,0 +1,81 @@
+"""The SMC benchmark's own arithmetic (benchmarks/smc_shared.py, smc_report.py), on a tiny model.
+
+The benchmark itself needs the peers' venv and SmolLM2; these pieces do not: the reference
+estimator for the untruncated tasks (checked against enumeration), the hook's top-k truncation,
+the error statistics and the equal-RMSE read-off.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bayes_rlhf as br
+from bayes_rlhf.models.toy import tiny_lm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+smc_shared = pytest.importorskip("smc_shared")
+smc_report = pytest.importorskip("smc_report")
+
+PROMPT = "w3 w4"
+
+
+def _bad(lm):
+    bad = torch.zeros(lm.vocab_size, dtype=torch.bool)
+    bad[[3, 5, 8, 11]] = True  # four ordinary words forbidden; EOS (2) allowed
+    return bad
+
+
+def test_constrained_is_reference_is_unbiased_for_both_tasks():
+    lm = tiny_lm(vocab_size=16, seed=1)
+    T, bad = 3, _bad(lm)
+    exact = smc_shared.exact_log_z(lm, PROMPT, T, smc_shared.task_rewards(bad, lm.eos_token_id))
+    g = torch.Generator().manual_seed(0)
+    w_a, w_b = smc_shared.constrained_is_weights(lm, PROMPT, T, bad, 20000, g, chunk=4096)
+    for task, w in (("A", w_a), ("B", w_b)):
+        z = torch.exp(w)
+        se = float(z.std() / math.sqrt(z.numel()))
+        # the mean of the weights estimates Z; 4 SE of 20000 draws (fixed seed)
+        assert abs(float(z.mean()) - math.exp(exact[task])) < 4 * se, task
+    assert exact["B"] < exact["A"] < 0
+
+
+def test_hook_truncates_like_our_top_k(tmp_path):
+    lm = tiny_lm(vocab_size=16, seed=2)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    shared = smc_shared.SharedModel(tmp_path)
+    own = br.CausalLM(shared.model, shared.tokenizer, top_k=5).start(PROMPT)[1]
+    shared.top_k = 5
+    hooked = shared.causal_lm().start(PROMPT)[1]
+    assert torch.equal(torch.isfinite(own), torch.isfinite(hooked))
+    assert int(torch.isfinite(hooked).sum()) == 5
+    assert torch.allclose(own[torch.isfinite(own)], hooked[torch.isfinite(hooked)])
+    assert shared.positions == 2 * 3 and shared.forwards == 2  # two prompt passes of 3 ids (BOS w3 w4)
+
+
+def test_log_mean_z_and_rmse():
+    m, se = smc_shared.log_mean_z([math.log(1.0), math.log(3.0)])
+    assert m == pytest.approx(math.log(2.0))
+    assert se == pytest.approx(math.sqrt(2) / 2 / math.sqrt(2))  # sd(Z/mean) = sd([0.5, 1.5]) = 0.707
+    out = smc_shared.rmse_with_se([-1.0, -3.0, -math.inf], -2.0)
+    assert out["failures"] == 1 and out["repeats"] == 3
+    assert out["rmse"] == pytest.approx(1.0) and out["bias"] == pytest.approx(0.0)
+
+
+def test_equal_rmse_ratio_reads_the_curves():
+    # ours: RMSE 1/sqrt(cost); the peer needs 4x the cost for the same RMSE
+    ours = [{"seconds": c, "rmse": c ** -0.5, "failures": 0} for c in (1.0, 4.0, 16.0)]
+    peer = [{"seconds": 4 * c, "rmse": c ** -0.5, "failures": 0} for c in (1.0, 4.0, 16.0)]
+    r = smc_report.ratio(ours, peer, "seconds")
+    assert r["kind"] == "interpolated"
+    assert r["ratio"] == pytest.approx(4.0) and r["min"] == pytest.approx(4.0) and r["max"] == pytest.approx(4.0)
+    # a point with a failure is not on the curve
+    failed = [dict(p, failures=1) if p["seconds"] == 1.0 else p for p in ours]
+    assert smc_report.frontier(failed, "seconds") == [(4.0, 0.5), (16.0, 0.25)]
+    # no overlap: our cheapest point beats the peer's best -> a lower bound
+    far = [{"seconds": 100 * c, "rmse": 2 * c ** -0.5 + 1, "failures": 0} for c in (1.0, 4.0)]
+    b = smc_report.ratio(ours, far, "seconds")
+    assert b["kind"] == "lower_bound" and b["ratio"] == pytest.approx(400.0)
