@@ -1,15 +1,18 @@
-"""Enumeration agrees with brute-force scoring, one sequence at a time, on two architectures."""
+"""Enumeration agrees with brute-force scoring, one sequence at a time, on two architectures; the prior
+sampler's draws fit the enumerated prior."""
 
 import itertools
 import math
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
 import bayes_rlhf as br
 from bayes_rlhf.exact import count_completions, enumerate_completions
 from bayes_rlhf.exact.enumerate import lexicographic_order
 from bayes_rlhf.models.toy import tiny_lm
+from tests.exact.conftest import binned_counts
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -252,3 +255,13 @@ def test_default_max_completions_still_importable():
     from bayes_rlhf.exact.enumerate import DEFAULT_MAX_COMPLETIONS, check_space  # noqa: F401 - used by the CLI
 
     assert DEFAULT_MAX_COMPLETIONS is None  # None: decided from the memory available
+
+
+def test_prior_sampler_matches_enumerated_prior(gpt2_lm):
+    post = br.exact_posterior(br.Target(gpt2_lm, lambda p, c: [0.0] * len(c), 1.0, 3), "w1")
+    s = gpt2_lm.sample("w1", 8000, 3, generator=torch.Generator().manual_seed(1))
+    obs, exp = binned_counts(post, s.ids, s.mask, n_bins=10)
+    assert chisquare(obs, exp).pvalue > 1e-3
+    # the sampler's log-probs equal the enumerated ones
+    k = post.index_of(s.ids[0][s.mask[0]].tolist())
+    assert math.isclose(float(s.log_probs[0]), float(post.prior_log_probs[k]), abs_tol=1e-9)

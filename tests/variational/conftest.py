@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import bayes_rlhf as br
 from bayes_rlhf.models.toy import tiny_lm
@@ -27,6 +28,19 @@ def small_target():
 @pytest.fixture(scope="session")
 def small_posts(small_target):
     return {p: br.exact_posterior(small_target, p) for p in ("w0", "w1 w2")}
+
+
+@pytest.fixture(scope="module")
+def post(small_target):
+    """The exact posterior of "w0" (test_preferences.py and objectives/test_dpo.py)."""
+    return br.exact_posterior(small_target, "w0")
+
+
+def kl(lq: torch.Tensor, lp: torch.Tensor) -> float:
+    """KL(q || p) of two tables of log-probs (q's zeros add nothing)."""
+    q = lq.exp()
+    pos = q > 0
+    return float((q[pos] * (lq[pos] - lp[pos])).sum())
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import bayes_rlhf as br
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational import TrainerConfig, train_policy
 from bayes_rlhf.variational.policy import make_policy
+from bayes_rlhf.variational.preferences import sample_preferences
 from bayes_rlhf.variational.sources import POLICY, PRIOR, Source, make_draw
 
 K = 6
@@ -89,3 +90,18 @@ def test_distillation_from_a_sampler_returning_weighted_samples(small_target, sm
     # the weights were used: prior draws against a pi* 2.3 nats away have an ESS of about 4-6 of the 64
     # (uniform weights, i.e. weights ignored, would give 64)
     assert all(1 <= r["ess"] < 32 for r in hist.rows)
+
+
+def test_the_preference_source_draws_pairs_in_turn(small_target):
+    prefs = sample_preferences(small_target, ["w0", "w1 w2"], 5, generator=torch.Generator().manual_seed(3))
+    draw = make_draw(Source("preferences"), small_target, small_target.prior, 6, preferences=prefs)
+    d = draw(["w1 w2", "w0"], torch.Generator().manual_seed(4))
+    assert d.group.tolist() == [0] * 6 + [1] * 6 and d.log_weights is None
+    pairs = {(tuple(c.tolist()), tuple(r.tolist())) for c, r in zip(prefs.chosen_ids, prefs.rejected_ids)}
+    for i in range(0, 12, 2):  # every drawn (chosen, rejected) is one of the prompt's pairs
+        assert (tuple(d.ids[i].tolist()), tuple(d.ids[i + 1].tolist())) in pairs
+    first = prefs.rows_of("w1 w2")
+    own = {(tuple(prefs.chosen_ids[j].tolist()), tuple(prefs.rejected_ids[j].tolist())) for j in first.tolist()}
+    assert (tuple(d.ids[0].tolist()), tuple(d.ids[1].tolist())) in own
+    again = draw(["w1 w2", "w0"], torch.Generator().manual_seed(4))
+    assert torch.equal(again.ids, d.ids)

@@ -21,7 +21,7 @@ from bayes_rlhf.variational.objectives import bon_posterior, bon_target
 from bayes_rlhf.variational.objectives.bond import BestOfNReward, RewardLevels
 from bayes_rlhf.variational.settings import BoNConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _exact_levels(post, n):
