@@ -173,6 +173,17 @@ class CausalLM(TextIds):
         Rows are grouped by prompt (row i continues prompt ``i // num_per_prompt``).
         Returns the state and next-token log-probs [n, V].
         """
+        return self._start(prompts, num_per_prompt)[:2]
+
+    def step(self, state: LMState, tokens: torch.Tensor) -> tuple[LMState, torch.Tensor]:
+        """Append one token per row (LongTensor [n]); return the new state and log-probs [n, V].
+
+        The input state is not changed.
+        """
+        return self._step(state, tokens)[:2]
+
+    def _start(self, prompts, num_per_prompt: int = 1):
+        """``start``, and the support model's next-token log-probs [n, V] (None without a support)."""
         prompts = self._as_prompt_list(prompts)
         ids, att = self._prompt_batch(prompts)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
@@ -184,20 +195,18 @@ class CausalLM(TextIds):
         if num_per_prompt != 1:
             idx = torch.arange(len(prompts), device=self.device).repeat_interleave(num_per_prompt)
             state, logp = state.reindex(idx), logp[idx]
-        return state, logp
+            support_lp = None if support_lp is None else support_lp[idx]
+        return state, logp, support_lp
 
-    def step(self, state: LMState, tokens: torch.Tensor) -> tuple[LMState, torch.Tensor]:
-        """Append one token per row (LongTensor [n]); return the new state and log-probs [n, V].
-
-        The input state is not changed.
-        """
+    def _step(self, state: LMState, tokens: torch.Tensor):
+        """``step``, and the support model's next-token log-probs [n, V] (None without a support)."""
         tokens = tokens.to(self.device).view(-1, 1)
         att = torch.cat([state.attention_mask, state.attention_mask.new_ones(tokens.shape[0], 1)], dim=1)
         with torch.no_grad():
             logits, cache = self._forward(tokens, att, state.positions.view(-1, 1), _fork_cache(state.cache))
         support, support_lp = (self.support.step(state.support, tokens.view(-1)) if self.support is not None
                                else (None, None))
-        return LMState(cache, att, state.positions + 1, support), self.log_softmax(logits, support_lp)
+        return LMState(cache, att, state.positions + 1, support), self.log_softmax(logits, support_lp), support_lp
 
     # ------------------------------------------------------------------ scoring and sampling
     def sequence_forward(self, prompts: str | Sequence[str], ids: torch.Tensor, mask: torch.Tensor, *,
@@ -242,7 +251,8 @@ class CausalLM(TextIds):
                generator: torch.Generator | None = None) -> Completions:
         """Ancestral samples: ``num_samples`` completions per prompt, grouped by prompt.
 
-        Randomness comes only from ``generator`` (a CPU generator works for any device).
+        Randomness comes only from ``generator`` (a CPU generator works for any device). With a support
+        restriction the support model's per-token log-probs come along (``support_log_probs``).
         """
         return sample(self, prompts, num_samples, max_new_tokens, generator=generator)
 

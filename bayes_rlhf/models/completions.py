@@ -25,6 +25,9 @@ class Completions:
         Where the rows come from: "model" (drawn from a model, the default), "exact" (exact
         posterior samples: ``ExactPosterior.sample``, ``exact_rejection_sample``) or "resampled"
         (SIR draws, only approximately posterior). ``upper_bound`` accepts "exact" only.
+    support_log_probs : Tensor [n, T] or None
+        Per-token log-probs (0 at padding) under the support model of a model restricted to one
+        (``CausalLM(support=prior)``: the truncated prior), computed while sampling; else None.
     """
 
     ids: torch.Tensor
@@ -32,6 +35,7 @@ class Completions:
     log_probs: torch.Tensor
     prompt_index: torch.Tensor
     source: str = "model"
+    support_log_probs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -43,4 +47,6 @@ class Completions:
 
     def select(self, idx: torch.Tensor) -> "Completions":
         """Rows `idx` (LongTensor [m]) as a new batch."""
-        return Completions(self.ids[idx], self.mask[idx], self.log_probs[idx], self.prompt_index[idx], self.source)
+        support = None if self.support_log_probs is None else self.support_log_probs[idx]
+        return Completions(self.ids[idx], self.mask[idx], self.log_probs[idx], self.prompt_index[idx], self.source,
+                           support)

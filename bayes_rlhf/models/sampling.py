@@ -4,6 +4,10 @@
     for t in 1..T:  x_t ~ logp (inverse CDF, uniforms from the generator)
                     total += logp[x_t] while the row is alive; a row dies after its EOS
                     state, logp = lm.step(state, x_t)  # unless t = T or every row is done
+
+A model restricted to a support (``CausalLM(support=prior)``) runs the prior beside it anyway; its
+log-probs of the drawn tokens are kept per token (``Completions.support_log_probs``), so that a
+rollout against that truncated prior need not score the draws again.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ def sample(lm, prompts: str | Sequence[str], num_samples: int, max_new_tokens: i
     if num_samples < 1 or max_new_tokens < 1:
         raise ConfigError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
     plist = lm._as_prompt_list(prompts)
-    state, logp = lm.start(plist, num_samples)
+    state, logp, support_lp = lm._start(plist, num_samples)
     n = state.batch_size
+    support_tok = None if support_lp is None else torch.zeros((n, max_new_tokens), dtype=support_lp.dtype,
+                                                             device=lm.device)
     ids = torch.full((n, max_new_tokens), lm.pad_id, dtype=torch.long, device=lm.device)
     mask = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=lm.device)
     total = torch.zeros(n, dtype=logp.dtype, device=lm.device)
@@ -33,14 +39,17 @@ def sample(lm, prompts: str | Sequence[str], num_samples: int, max_new_tokens: i
         ids[:, t] = torch.where(alive, tok, ids[:, t])
         mask[:, t] = alive
         total = total + torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
+        if support_tok is not None:
+            support_tok[:, t] = torch.where(alive, support_lp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
         if lm.eos_token_id is not None:
             alive = alive & (tok != lm.eos_token_id)
         if t + 1 < max_new_tokens and alive.any():
-            state, logp = lm.step(state, tok)
+            state, logp, support_lp = lm._step(state, tok)
         else:
             break
     prompt_index = torch.arange(len(plist)).repeat_interleave(num_samples)
-    return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index)
+    return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index,
+                       support_log_probs=None if support_tok is None else support_tok.cpu())
 
 
 def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 both by the loss (``policy_batch``) and by the history row (``estimates``)::
 
     drawn     = draw(prompts of the step, generator)           # sources.make_draw
-    log pi0   = prior.score(x);   r = target.rewards(x)
+    log pi0   = prior.score(x) (or the draw's own, from a policy on the truncated prior's support)
+    r         = target.rewards(x)
     log q, V  = score(x)    # the differentiable forward (training), or policy.score (estimates only)
     rollout   = Rollout(ids, mask, group, prompt index, log pi0, log q, r, V, log-weights)   # frozen
 
@@ -83,7 +84,10 @@ def make_rollout(target, prompts: Sequence[str], idx: list[int], draw, generator
     """
     drawn: Drawn = draw([prompts[i] for i in idx], generator)
     rows = tuple(prompts[idx[g]] for g in drawn.group.tolist())
-    prior_lp = target.prior.score(list(rows), drawn.ids, drawn.mask).double()
+    prior_lp = drawn.prior_logp  # kept by a sampler that ran the (truncated) prior beside the policy
+    if prior_lp is None:
+        prior_lp = target.prior.score(list(rows), drawn.ids, drawn.mask)
+    prior_lp = prior_lp.to(target.prior.device).double()
     rewards = target.rewards(list(rows), drawn.ids, drawn.mask).to(prior_lp.device)
     logq, values = score(list(rows), drawn.ids, drawn.mask)
     prompt_index = torch.as_tensor([idx[g] for g in drawn.group.tolist()], dtype=torch.long)

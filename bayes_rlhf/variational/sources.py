@@ -48,12 +48,15 @@ POLICY, PRIOR = Source("policy"), Source("prior")
 @dataclass(frozen=True)
 class Drawn:
     """Draws of one step: ids, mask [n, T]; group LongTensor [n] (0..P-1, the step's prompts in
-    order); log_weights Tensor [n] of weighted draws, or None when every draw weighs the same."""
+    order); log_weights Tensor [n] of weighted draws, or None when every draw weighs the same;
+    prior_logp Tensor [n, T] when the draw already has the target prior's per-token log-probs (a
+    policy restricted to that truncated prior's support runs it while sampling), else None."""
 
     ids: torch.Tensor
     mask: torch.Tensor
     group: torch.Tensor
     log_weights: torch.Tensor | None = None
+    prior_logp: torch.Tensor | None = None
 
 
 def check_source(source: Source, sampler: Callable | None, preferences=None, prompts=None) -> None:
@@ -86,7 +89,8 @@ def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: d
 
         def draw_lm(prompts, gen):
             c = lm.sample(list(prompts), num_per_prompt, target.max_new_tokens, generator=gen)
-            return Drawn(c.ids, c.mask, c.prompt_index)
+            prior_lp = c.support_log_probs if lm.support is target.prior else None
+            return Drawn(c.ids, c.mask, c.prompt_index, prior_logp=prior_lp)
         return draw_lm
     one = {"exact": _exact, "rejection": _rejection, "given": _given}[source.kind](source, target, posteriors,
                                                                                   sampler)
