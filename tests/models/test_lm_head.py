@@ -96,3 +96,28 @@ def test_a_head_that_is_not_a_plain_projection_keeps_the_plain_path():
     torch.testing.assert_close(scaled.score("w1", ids, mask), expected, atol=1e-12, rtol=1e-12)
     lm.model.lm_head.bias = torch.nn.Parameter(torch.zeros(lm.vocab_size, dtype=torch.float64))
     assert lm_head.head_of(lm.model) is None
+
+
+def test_a_peft_lora_model_scores_through_its_adapters_in_tiles():
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from bayes_rlhf.models.causal_lm import CausalLM
+
+    base = tiny_lm("llama", vocab_size=8, seed=7)
+    torch.manual_seed(7)  # test: peft draws its adapter init from the global generator
+    model = get_peft_model(base.model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)  # peft starts B at 0: make the adapters matter
+    lm = CausalLM(model, base.tokenizer, device="cpu")
+    assert lm_head.head_of(model) is not None
+    ids, mask = torch.tensor([[1, 2, 3], [4, 4, 0]]), torch.tensor([[True, True, True], [True, True, False]])
+    p_ids, p_att = lm._prompt_batch(["w1"])
+    logits, _ = completion_logits(model, p_ids, p_att, torch.tensor([0, 0]), ids, mask)
+    plain = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1).masked_fill(~mask, 0.0)
+    tiled = lm.token_log_probs("w1", ids, mask)
+    torch.testing.assert_close(tiled, plain, atol=1e-10, rtol=1e-10)  # float64: rounding only
+    grads = torch.autograd.grad(tiled.sum(), [p for p in model.parameters() if p.requires_grad])
+    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
