@@ -13,7 +13,8 @@ row particle i continues (-1: none, the particle has finished and its row was dr
 
 Stale rows (particles that finished but whose row was not dropped yet) are stepped with the
 pad token and ignored; their cost is bounded by the threshold. Rows are copied only by
-``LMState.reindex`` (compaction or resampling), never recomputed from the prompt.
+``LMState.reindex`` (compaction or resampling), never recomputed from the prompt; a step writes one
+position into buffers with room for the run (``_kv_room``), it does not copy the cache.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Sequence
 import torch
 
 from bayes_rlhf.models.causal_lm import CausalLM, LMState
+from bayes_rlhf.samplers._kv_room import with_room
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,19 @@ class LiveRows:
     row: torch.Tensor
 
     @classmethod
-    def start(cls, prior: CausalLM, proposal: CausalLM | None, prompts: Sequence[str], N: int) -> "LiveRows":
-        """Run every prompt once and repeat its cache to N rows (particle i in row i)."""
+    def start(cls, prior: CausalLM, proposal: CausalLM | None, prompts: Sequence[str], N: int,
+              room: int = 0) -> "LiveRows":
+        """Run every prompt once and repeat its cache to N rows (particle i in row i).
+
+        ``room``: tokens that may follow; the KV rows get buffers that long, so a step writes one
+        position instead of copying the cache (``_kv_room``; 0: transformers' concatenating cache).
+        """
         state, logp = prior.start(prompts, N)
+        state = with_room(state, room)
         q_state = q_logp = None
         if proposal is not None:
             q_state, q_logp = proposal.start(prompts, N)
+            q_state = with_room(q_state, room)
         return cls(state, logp, q_state, q_logp, torch.arange(state.batch_size))
 
     @property

@@ -252,7 +252,9 @@ class LocallyConstrained:
 
     def check(self, target, prompts: Sequence[str]) -> None:
         """Checked by ``smc`` before any work: the mask's size, the base LM's tokenizer."""
-        if self._lm_to_check is not None:
+        if self._lm_to_check is target.prior:  # the prior itself: no second model to step
+            self.base = PriorProposal()
+        elif self._lm_to_check is not None:
             check_proposal_lm(target, self._lm_to_check)
         if hasattr(self.constraint, "check"):
             self.constraint.check(target)

@@ -15,8 +15,9 @@ N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q,
     log_Z += logsumexp(log_w) - log N       # E[exp(log_Z)] = Z
 
 Where x_t comes from is a ``Proposal`` (``proposals.py``: the prior, another CausalLM, the exact
-token posterior, the twisted proposal, or any object with that method set); the potentials are
-``potentials.py``, the settings and state ``smc_state.py``.
+token posterior, the twisted proposal, any of them masked by a token-level constraint
+(``constrained.py``), or any object with that method set); the potentials are ``potentials.py``,
+the settings and state ``smc_state.py``.
 
 The model states hold rows for live particles only (``_live_rows``): a finished particle's row is
 stepped along, ignored, until finished rows exceed ``compact_threshold`` of the state; then one
@@ -94,7 +95,7 @@ class SMC:
     def init(self) -> SMCState:
         """Run every prompt once and repeat its cache to N rows."""
         n = self.P * self.N
-        rows = LiveRows.start(self.target.prior, self.proposal.lm, self.prompts, self.N)
+        rows = LiveRows.start(self.target.prior, self.proposal.lm, self.prompts, self.N, room=self.T)
         pad = self.target.prior.pad_id
         return SMCState(0, rows, torch.full((n, self.T), pad, dtype=torch.long),
                         torch.zeros((n, self.T), dtype=torch.bool), torch.ones(n, dtype=torch.bool),
@@ -245,6 +246,12 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, prop
         vocabularies). A CausalLM sharing the prior's tokenizer, or exact posteriors (one per
         prompt) whose token posterior pi*(x_t | x_<t) proposes. Each is converted once to a
         ``Proposal`` (``samplers.proposals``); an object with that method set is used as it is.
+        ``TwistedProposal(top_p=0.95)``: the twisted proposal evaluating the potentials on the
+        head of pi0 only (unbiased; far cheaper on large vocabularies).
+        ``LocallyConstrained(constraint, base=None)`` (``samplers.constrained``): for a constraint
+        checked token by token (``TokenMask``: a lipogram), the forbidden next tokens are masked
+        and the allowed mass goes into the weight, so no particle dies of the constraint; the
+        target's reward must be -inf wherever the constraint is violated (checked where cheap).
     twist : None, "prefix", "exact", ExactPosterior(s), a prefix reward, or an object with ``log_potential``
         None: bootstrap with the terminal reward only. With a reward that arrives only at the end
         the weights stay equal until particles finish, so bootstrap SMC never resamples on the way
