@@ -303,3 +303,11 @@ def test_must_end_carries_the_eos_constraint_too(gpt2_lm):
         TokenMask(torch.tensor([False, False, True, False]), must_end=True, eos_token_id=2)
     with pytest.raises(ConfigError, match="eos_token_id"):
         TokenMask(_forbidden(), must_end=True).reward()
+
+
+def test_the_prior_as_base_is_the_prior_proposal(lipogram_target, mask):
+    proposal = LocallyConstrained(mask, base=lipogram_target.prior)
+    a = smc(lipogram_target, [PROMPT] * 4, N, proposal=proposal, generator=torch.Generator().manual_seed(1))
+    b = smc(lipogram_target, [PROMPT] * 4, N, proposal=LocallyConstrained(mask), generator=torch.Generator().manual_seed(1))
+    assert proposal.lm is None  # no second model stepped beside the prior
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)
