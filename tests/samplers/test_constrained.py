@@ -311,3 +311,15 @@ def test_the_prior_as_base_is_the_prior_proposal(lipogram_target, mask):
     b = smc(lipogram_target, [PROMPT] * 4, N, proposal=LocallyConstrained(mask), generator=torch.Generator().manual_seed(1))
     assert proposal.lm is None  # no second model stepped beside the prior
     assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)
+
+
+def test_the_masked_prior_is_the_twisted_proposal_of_the_constraint(gpt2_lm, mask):
+    # with the constraint as the whole reward, q ∝ pi0 1[allowed] is the twisted proposal for the
+    # twist 1[prefix allowed], and both weight a step by pi0(allowed | prefix): the same run
+    target = br.Target(prior=gpt2_lm, reward=mask.reward(), beta=1.0, max_new_tokens=4)
+    a = smc(target, [PROMPT] * 6, N, proposal=LocallyConstrained(mask), ess_threshold=1.0,
+            generator=torch.Generator().manual_seed(3))
+    b = smc(target, [PROMPT] * 6, N, proposal="twisted", twist=PrefixPotential(mask.reward()), ess_threshold=1.0,
+            generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.ids, b.ids)
+    assert torch.allclose(a.log_z, b.log_z, atol=1e-10, rtol=0)
