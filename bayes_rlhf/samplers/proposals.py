@@ -226,7 +226,8 @@ class TwistedProposal(_Stateless):
         top = torch.maximum(rest, torch.full((a,), -math.inf, dtype=torch.float64).scatter_reduce(
             0, rows, joint_h, "amax"))
         top = torch.where(torch.isfinite(top), top, 0.0)
-        total = torch.exp(rest - top) + torch.zeros(a, dtype=torch.float64).index_add_(0, rows, (joint_h - top[rows]).exp())
+        head_sum = torch.zeros(a, dtype=torch.float64).index_add_(0, rows, (joint_h - top[rows]).exp())
+        total = torch.exp(rest - top) + head_sum
         log_zq = torch.log(total) + top
         dead = ~torch.isfinite(log_zq)
         logq = lp + (parent - log_zq)[:, None]                              # the rest: pi0 psi_parent / Z_q

@@ -236,7 +236,8 @@ def test_top_p_uses_the_parent_potential_outside_the_head(mild_target, mild_post
 
 
 def test_default_twisted_proposal_is_unchanged(mild_target):
-    a = smc(mild_target, [PROMPT] * 3, N, proposal="twisted", twist="prefix", generator=torch.Generator().manual_seed(2))
+    a = smc(mild_target, [PROMPT] * 3, N, proposal="twisted", twist="prefix",
+            generator=torch.Generator().manual_seed(2))
     b = smc(mild_target, [PROMPT] * 3, N, proposal=TwistedProposal(), twist="prefix",
             generator=torch.Generator().manual_seed(2))
     assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)
@@ -308,7 +309,8 @@ def test_must_end_carries_the_eos_constraint_too(gpt2_lm):
 def test_the_prior_as_base_is_the_prior_proposal(lipogram_target, mask):
     proposal = LocallyConstrained(mask, base=lipogram_target.prior)
     a = smc(lipogram_target, [PROMPT] * 4, N, proposal=proposal, generator=torch.Generator().manual_seed(1))
-    b = smc(lipogram_target, [PROMPT] * 4, N, proposal=LocallyConstrained(mask), generator=torch.Generator().manual_seed(1))
+    b = smc(lipogram_target, [PROMPT] * 4, N, proposal=LocallyConstrained(mask),
+            generator=torch.Generator().manual_seed(1))
     assert proposal.lm is None  # no second model stepped beside the prior
     assert torch.equal(a.ids, b.ids) and torch.equal(a.log_z, b.log_z)
 
