@@ -3,8 +3,8 @@ quasi-rejection and token-level SMC, their resampling schemes and twists, and bo
 Every sampler returns ``WeightedSamples``.
 """
 
-from bayes_rlhf.samplers.constrained import (LocallyConstrained, NextTokenConstraint, PrefixConstraint, TokenMask,
-                                             as_constraint)
+from bayes_rlhf.samplers.constrained import LocallyConstrained
+from bayes_rlhf.samplers.constraints import NextTokenConstraint, PrefixConstraint, TokenMask, as_constraint
 from bayes_rlhf.samplers.best_of_n import (best_of_n, best_of_n_kl, best_of_n_kl_bound, best_of_n_log_probs,
                                            best_of_n_mean_reward)
 from bayes_rlhf.samplers.bounds import (BoundEstimate, KLSandwich, kl_sandwich, log_z_lower_bound, lower_bound,
@@ -13,8 +13,10 @@ from bayes_rlhf.samplers.importance import importance_sample, sampling_importanc
 from bayes_rlhf.samplers.quasi_rejection import quasi_rejection_log_probs, quasi_rejection_sample
 from bayes_rlhf.samplers.resampling import (RESAMPLERS, get_resampler, multinomial, residual, stratified,
                                             systematic)
-from bayes_rlhf.samplers.proposals import (ExactProposal, LMProposal, PriorProposal, Proposal, Proposed, StepView,
-                                           TwistedProposal, as_proposal)
+from bayes_rlhf.samplers.exact_proposal import ExactProposal
+from bayes_rlhf.samplers.proposal_protocol import Proposal, Proposed, StepView
+from bayes_rlhf.samplers.proposals import LMProposal, PriorProposal, as_proposal
+from bayes_rlhf.samplers.twisted_proposal import TwistedProposal
 from bayes_rlhf.samplers.smc import SMC, smc
 from bayes_rlhf.samplers.smc_state import SMCConfig, SMCState
 from bayes_rlhf.samplers.twist_learning import CTLConfig, ContrastSet, ctl_surrogate, fit_twist_ctl

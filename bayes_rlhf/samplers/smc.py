@@ -52,7 +52,8 @@ from bayes_rlhf.models.causal_lm import sample_categorical
 from bayes_rlhf.samplers._common import as_prompts, check_target
 from bayes_rlhf.samplers._live_rows import LiveRows
 from bayes_rlhf.samplers.potentials import Potentials
-from bayes_rlhf.samplers.proposals import Proposed, StepView, as_proposal
+from bayes_rlhf.samplers.proposal_protocol import Proposed, StepView
+from bayes_rlhf.samplers.proposals import as_proposal
 from bayes_rlhf.samplers.resampling import get_resampler
 from bayes_rlhf.samplers.smc_state import SMCConfig, SMCState
 from bayes_rlhf.samplers.twists import as_twist
