@@ -225,7 +225,7 @@ class SMC:
         if note:
             info["note"] = note
         return WeightedSamples(state.ids, state.mask, state.log_w, state.rewards, log_z, self.group.clone(),
-                               tuple(self.prompts), self.target.prior, hist, info)
+                               tuple(self.prompts), self.target.prior.vocabulary, hist, info)
 
 
 def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, proposal=None, twist=None,
