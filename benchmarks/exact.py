@@ -19,6 +19,20 @@ truncated to its top k tokens per step. Timed side by side, on the same prompt a
    (``CausalLM.score``); with ``--naive-fraction f < 1`` only a fraction f of the table is
    scored and the time is scaled up by 1/f (said so in the output).
 
+Where the exact side's time goes, from one more (instrumented) walk: its model forwards (the
+one-token steps and the sibling forwards), the walk's bookkeeping (top-k, leaves, the table), and
+rewards + normalisation (exact_posterior less the walk). Printed per position beside the naive's:
+naive / (the walk's forwards alone) is the most naive / exact could be if exact did nothing else.
+
+Measured (tiny, T = 6, 2-core VM shared by 5 workers, load 4-6, ``--threads 1 --clock cpu``):
+naive 5.42 us per position over 61.0M positions (330.7 s); the walk's forwards 4.59 us over
+813,615 positions (3.74 s: the sibling forwards of the last depth, 93% of the positions, cost
+about 4.0-4.2 us, 15-20% less than the naive's; the one-token steps before them 5-7 us);
+bookkeeping 0.58 s, rewards + normalisation 1.18 s. So naive / exact <= 330.7 / 3.74 = 88x even
+with no bookkeeping, no reward and no normalisation at all; measured 60x (exact / bare 1.21x).
+The naive is at its best batch (1024 / 4096 / 8192 sequences: 5.4 / 4.7 / 5.1 us per position
+in one paired run) and its two heads (logits + log_softmax, or the row-tiled head) cost the same.
+
 Fairness: each side is warmed up before timing; exact and bare are timed ``--repeats`` times,
 interleaved (alternating which goes first), and the best of each is used, all times printed
 (the machine's speed drifts on a shared VM). ``--clock cpu`` times every side by this process's
@@ -91,6 +105,32 @@ def time_exact(lm, prompt, T, args, reward, walk_only=False):
         _sync(lm)
         elapsed = clock() - t0
     return elapsed, out, rss.peak
+
+
+def walk_forward_time(lm, prompt, T, args) -> tuple[float, float]:
+    """(time in the walk's model forwards, time of the whole walk) of one walk with its forwards
+    (``_step`` and ``sibling_logits`` in ``exact/enumerate.py``) timed."""
+    import bayes_rlhf.exact.enumerate as walk
+
+    spent = [0.0]
+
+    def timed(fn):
+        def run(*a, **kw):
+            t0 = clock()
+            out = fn(*a, **kw)
+            _sync(lm)
+            spent[0] += clock() - t0
+            return out
+        return run
+
+    saved = walk._step, walk.sibling_logits
+    walk._step, walk.sibling_logits = timed(walk._step), timed(walk.sibling_logits)
+    try:
+        total, out, _ = time_exact(lm, prompt, T, args, None, walk_only=True)
+    finally:
+        walk._step, walk.sibling_logits = saved
+    del out
+    return spent[0], total
 
 
 def prefixes_per_depth(post) -> list[int]:
@@ -181,6 +221,14 @@ def run(lm, prompt, T, args, reward) -> None:
     print(f"positions through the model after the prompt: naive {naive_steps:,} (K x (T - 1)), walk "
           f"{steps:,}: {naive_steps / steps:.1f}x fewer (naive / exact above this needs the walk to cost "
           "less per position than the naive's batched forward)")
+    fwd, walk_total = walk_forward_time(lm, prompt, T, args)
+    us = lambda t, n: f"{1e6 * t / n:.2f} us"  # noqa: E731
+    print(f"per position: naive {us(t_naive, naive_steps)}; walk's model forwards {us(fwd, steps)} ({fwd:.2f} s "
+          f"of one {walk_total:.2f} s walk), walk's bookkeeping {us(max(walk_total - fwd, 0.0), steps)}, rewards + "
+          f"normalisation {us(max(best['exact'] - best['walk'], 0.0), steps)} (exact - walk); bare model "
+          f"{us(best['bare'], steps)}")
+    print(f"ceiling: naive / (the walk's forwards alone) = {t_naive / fwd:.1f}x   (naive / exact if exact did "
+          "nothing but its forwards)")
     print(f"\nratio naive / exact = {t_naive / best['exact']:.1f}x   (target >= 90x on the tiny model)")
     print(f"ratio naive / walk  = {t_naive / best['walk']:.1f}x   (the same work: prior log-probs of every completion)")
     print(f"ratio exact / bare  = {best['exact'] / best['bare']:.2f}x   (target <= 1.3x)")
