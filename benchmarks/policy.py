@@ -9,7 +9,7 @@ posterior (292k completions at T = 4). Wall time excludes the evaluations. Repor
 TRL runs in its own environment, never a dependency of bayes_rlhf::
 
     python -m venv --system-site-packages /tmp/trl-venv
-    /tmp/trl-venv/bin/pip install trl==1.16.0 -c constraints.txt   # torch==2.13.0 pinned
+    /tmp/trl-venv/bin/pip install trl==1.16.0 datasets==5.2.0 -c constraints.txt   # torch==2.13.0 pinned
     /tmp/trl-venv/bin/python benchmarks/policy.py --steps 300 --out benchmarks/results/policy.json
 
 Without trl installed the TRL column is skipped.
@@ -20,7 +20,7 @@ both); ``--random-init`` needs only DIR's config and tokenizer files (for a GPU 
 weights). The recipe, the same for both sides::
 
     /tmp/trl-venv/bin/python benchmarks/policy.py --smollm2 ~/.cache/bayes_rlhf/smollm2-135m-instruct \
-        --throughput-steps 3 --repeats 2 --out benchmarks/results/policy_smollm2.json
+        --throughput-steps 3 --repeats 3 --out benchmarks/results/policy_smollm2.json
 
     prompt "My favourite animal is", 8 completions per step (one RLOO group), exactly 16 tokens each
       (ours: a copy of the model and tokenizer without EOS; TRL: min_new_tokens = 16), beta 0.1,
@@ -31,32 +31,64 @@ weights). The recipe, the same for both sides::
       with gradient checkpointing off (faster on CPU) and on (its default)
     1 warm-up step, then --throughput-steps timed steps; tokens/s = completion tokens generated in
       the timed steps / their wall time (CPU time of the process beside it); the sides run in turn,
-      --repeats times, and each side's fastest run counts
+      --repeats times; the wall ratio compares each side's fastest run, the per-CPU-second ratio
+      each side's best rate per CPU second (every run is kept in the JSON)
 
-Measured 2026-12-01 00:00 UTC on 2 shared cores (Xeon, AVX-512; load average 2.0-3.2 from other
-jobs), one thread per side, 384 timed tokens per run, best of 2 runs per side
-(results/policy_smollm2.json)::
+Measured 2026-12-02 03:01-03:14 UTC on 2 shared cores (Xeon, AVX-512; load average 7.1 falling to 2.0
+from other jobs), one thread per side, 384 timed tokens per run, best of 3 runs per side
+(results/policy_smollm2.json; every run with its load in results/policy_smollm2.log)::
 
                       ours tok/s   TRL tok/s, ckpt off / on   ours / TRL wall   per CPU second
-    full fine-tuning     15.7          22.8 / 21.2             0.69x / 0.74x     0.98x / 1.06x
-    LoRA r = 8           28.0          21.6 / 16.3             1.30x / 1.72x     1.28x / 1.72x
+    full fine-tuning     13.9          14.0 / 11.0             1.00x / 1.27x     1.22x / 1.35x
+    LoRA r = 8           30.0          21.7 / 19.1             1.39x / 1.57x     1.33x / 1.53x
 
-Two earlier paired runs at load 5-11 gave, per CPU second, 1.07-1.21x (full) and 1.25-1.42x
-(LoRA) against TRL with checkpointing off / on, and wall ratios from 0.56x to 1.9x: on this shared
-machine one side's runs differ by up to 25% in CPU time and more in wall time, so only the LoRA
-lead is clear; the target of 1.5x TRL's tokens/s is not reached at equal precision and threads.
+(per CPU second, each side's best run: full 27.8 against 22.8 / 20.7, LoRA 30.4 against 22.8 / 19.8
+tokens). The run before it (02:46-03:00, load 5-7) gave per CPU second 1.16x / 1.29x (full) and
+1.40x / 1.57x (LoRA). So 1.5x TRL is reached against TRL's default (gradient checkpointing on) with
+LoRA, not against TRL with checkpointing off, and not in full fine-tuning; see what is left below.
+The wall column is the load lottery (TRL's fastest full fine-tuning run came as the load fell to
+3.5). Unexplained: our full fine-tuning rate per CPU second fell from run to run within one process
+in both runs (27.8, 25.8, 24.3 and 27.2, 25.3, 24.4) while TRL's stayed within 4%.
 
-Where our step's time went (seconds per step of 128 tokens, full fine-tuning, one thread; timers
-around each phase): before (wall, load 1.3), sampling 2.4, prior scoring 0.46, training forward 0.8,
-backward 1.55, Adam 1.76 (torch's per-tensor loop; 0.9x TRL at 2 threads). After (CPU, load 1.6):
-sampling 2.66, prior scoring 0.56, forward 0.64, backward 1.35, Adam 0.32 (fused kernel); the two
-passes over prompt + completion now run the shared prompt once (124 positions instead of 160).
-Sampling, 16 weight-bandwidth-bound steps at 8 rows, is half the step and 10% faster than a warmed
-``generate`` for the same draws (2.7-2.9 s against 3.0-3.4 s CPU); TRL does two more no-grad
-forwards per step (old and reference log-probs), scores through a tiled fused LM head and, by
-default, recomputes the forward in the backward. With LoRA our backward skips the base weights'
-gradients, Adam has almost nothing to update and the frozen base runs as x @ Wt in sampling, which
-is where our lead comes from; sampling through peft costs 0.3-0.5 s more than the plain model.
+Earlier (2026-12-01, before the tiled LM head and the merged LoRA sampling path) the same recipe gave
+0.98x / 1.06x (full) and 1.28x / 1.72x (LoRA) per CPU second. On this shared machine one side's
+runs differ by up to 25% in CPU time and more in wall time; the per-CPU-second ratios are the steadier.
+
+Where the time goes (CPU seconds per step of 128 tokens, one thread, load 3.5-4.5; timers around
+each phase, and py-spy / torch.profiler for the breakdowns)::
+
+                        sample   prior score   train forward   backward   Adam    step
+    ours full, before    2.6-3.4    0.6-0.9       0.7-1.6       1.4-2.8   0.2    6.6-8.4
+    ours full, now       2.3-2.4    0.51-0.53     0.47-0.55     0.91-0.94 0.17   4.5-4.7
+    ours LoRA, before    3.1-3.7    0.6-0.7       0.74-0.84     0.72-0.76 0.01   5.2-5.9
+    ours LoRA, now       2.3-2.5    0.52-0.54     0.59-0.64     0.52-0.55 0.01   4.0-4.3
+    TRL full (no ckpt)   generate 2.7-2.9; three log-prob forwards (old, reference, training)
+                         1.7-2.0 together; backward 1.3; training_step 5.7-6.1 without AdamW
+
+- Sampling is bound by weight bandwidth: 16 one-token forwards of 8 rows each read all 540 MB of
+  float32 weights (the tied 49152 x 576 head is 113 MB of them); ``Linear.forward`` is 73% of it,
+  about 3.7 GB/s here. A transposed copy (``x @ Wt``) is 1.5-2x faster on one cache-resident matrix
+  but only 4% on the whole model (2.33 s against 2.45 s), where the weights stream from memory.
+- LoRA sampling through peft cost 0.7-0.9 s more than the plain model: re-entering
+  ``transposed_linears`` walked and checked the peft model's 2,499 modules (17 ms per forward,
+  0.27 s per step) and each LoRA layer ran six small kernels more per token. Now each LoRA layer
+  runs as one ``x @ (W + s B A)^T``, merged into a kept buffer once per step, and the layers to
+  patch are listed once per model (2.7 ms per forward): LoRA samples as fast as the plain model.
+- The full fine-tuning backward: with the prompt run once through a KV cache every weight received
+  two gradients that autograd added (``aten::add`` 0.57 s) and the tied embedding two dense
+  [49152, 576] gradients (2 x 0.23 s); under grad the forward is now one pass over the concatenated
+  rows (the prompt stays cached without grad), backward 1.45 s -> 0.9 s.
+- Scoring runs the LM head in row tiles (``bayes_rlhf.models.lm_head``): the chosen token's
+  log-prob as ``z[y] - logsumexp(z)``, no [n, T, V] logits, log_softmax or scattered gradient
+  (under grad one softmax per tile is kept for the backward, nothing recomputed), and only at the
+  16 positions that predict a completion token (the plain full pass ran the head on all 20).
+- Not worth it: a sparse gradient for the tied input embedding (0.02-0.05 s of the backward) and
+  the cached prompt pass under grad with LoRA (the same 0.6 s forward, 0.55 s backward).
+- What is left: full fine-tuning now spends 2.35 s sampling (the bandwidth floor in float32),
+  0.5 s on the prior, 1.4 s on the training pass and 0.17 s in Adam, against TRL's 5.5-6 s; that
+  structure caps the full fine-tuning ratio near 1.3x per CPU second. More needs fewer weight bytes
+  per sampled token (bf16 weights: not equal precision) or no separate prior pass (for LoRA the
+  prior is the base: its rows could share the sampling forwards, which are bandwidth-bound).
 """
 
 from __future__ import annotations
@@ -259,6 +291,7 @@ def smollm2_throughput(model_dir, steps, samples, T, lr=1e-5, device="cpu", rand
                 runs[f"trl_rloo{'_ckpt' if ckpt else ''}"] = (
                     lambda c: lambda: trl_throughput(lm, prompt, steps, warmup, samples, T, lr, rank, device, c))(ckpt)
         best: dict = {}
+        seen: dict = {name: [] for name in runs}
         for rep in range(repeats):
             for name, run in runs.items():
                 r = run()
@@ -266,8 +299,12 @@ def smollm2_throughput(model_dir, steps, samples, T, lr=1e-5, device="cpu", rand
                 print(f"  lora_rank {rank} {name:14s} run {rep + 1}: {r['tokens']} tokens in {r['time']:.1f} s "
                       f"= {r['tokens_per_s']:.1f} tokens/s ({r['tokens_per_cpu_s']:.1f} per CPU s; "
                       f"load {r['uptime'][0]:.2f})", flush=True)
+                seen[name].append({k: r[k] for k in ("tokens_per_s", "tokens_per_cpu_s", "uptime")})
                 if name not in best or r["tokens_per_s"] > best[name]["tokens_per_s"]:
                     best[name] = r
+        for name, r in best.items():  # the fastest run by wall time, every run, the best rate per CPU second
+            r["runs"] = seen[name]
+            r["best_tokens_per_cpu_s"] = max(x["tokens_per_cpu_s"] for x in seen[name])
         out[f"lora_rank={rank}"] = best
     return out
 
@@ -328,9 +365,10 @@ def main(argv=None) -> int:
             for name in [n for n in sides if n.startswith("trl")]:
                 ratio = sides["ours_rloo"]["tokens_per_s"] / sides[name]["tokens_per_s"]
                 sides[f"ratio_vs_{name}"] = ratio
-                cpu = sides["ours_rloo"]["tokens_per_cpu_s"] / sides[name]["tokens_per_cpu_s"]
+                cpu = sides["ours_rloo"]["best_tokens_per_cpu_s"] / sides[name]["best_tokens_per_cpu_s"]
                 sides[f"cpu_ratio_vs_{name}"] = cpu
-                print(f"{config:12s} ours / {name}: {ratio:.2f}x tokens/s (per CPU second: {cpu:.2f}x)")
+                print(f"{config:12s} ours / {name}: {ratio:.2f}x tokens/s, fastest runs (per CPU second, "
+                      f"each side's best run: {cpu:.2f}x)")
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"args": vars(args), "throughput": res}, indent=1))
