@@ -114,12 +114,13 @@ def head_of(model: torch.nn.Module) -> torch.Tensor | None:
 
 def _same_logits(model, body, weight) -> bool:
     ids = torch.tensor([[0, min(1, weight.shape[0] - 1)]], device=weight.device)
+    att = torch.ones_like(ids)  # id 0 may be the pad id: without a mask transformers warns
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False).logits
-            hidden = body(input_ids=ids, use_cache=False).last_hidden_state
+            logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
+            hidden = body(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
             mine = torch.matmul(hidden, weight.t())
     finally:
         model.train(was_training)

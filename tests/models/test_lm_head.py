@@ -121,3 +121,17 @@ def test_a_peft_lora_model_scores_through_its_adapters_in_tiles():
     torch.testing.assert_close(tiled, plain, atol=1e-10, rtol=1e-10)  # float64: rounding only
     grads = torch.autograd.grad(tiled.sum(), [p for p in model.parameters() if p.requires_grad])
     assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_the_head_check_passes_an_attention_mask(monkeypatch):
+    # pad id 0 sits in the check's ids: without a mask transformers warned once per process
+    # ("We strongly recommend passing in an attention_mask") during the demo and training
+    from transformers import PreTrainedModel
+
+    unmasked = []
+    monkeypatch.setattr(PreTrainedModel, "warn_if_padding_and_no_attention_mask",
+                        lambda self, ids, mask: unmasked.append(ids) if mask is None else None)
+    lm = tiny_lm("gpt2", vocab_size=8, seed=7)  # gpt2 checks for padding in both calls
+    assert lm.model.config.pad_token_id == 0
+    assert lm_head.head_of(lm.model) is not None
+    assert unmasked == []
