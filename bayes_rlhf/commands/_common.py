@@ -16,6 +16,7 @@ The defaults (model, prompts, reward, beta, T) are the demo target's, ``bayes_rl
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from bayes_rlhf.demo import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, DEFAULT_REWARD
@@ -32,7 +33,7 @@ OVERWRITE_HELP = ("replace an --out folder that holds another command's run, a r
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"prior: a model directory or hub id ({DEFAULT_MODEL!r}: the embedded model; the default)")
-    p.add_argument("--top-k", type=int, default=None, help="truncate the prior to its top k tokens per step")
+    p.add_argument("--top-k", type=at_least_one, default=None, help="truncate the prior to its top k tokens per step")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="load the prior in this dtype")
 
 
@@ -46,9 +47,25 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     add_beta_args(p)
 
 
+def positive(text: str) -> float:
+    """argparse type: a finite number > 0 (refused at parsing, before a model is loaded)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (refused at parsing, before a model is loaded)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
 def add_beta_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"KL coefficient, > 0 (default {DEFAULT_BETA:g})")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+    p.add_argument("--beta", type=positive, default=DEFAULT_BETA, help=f"KL coefficient, > 0 (default {DEFAULT_BETA:g})")
+    p.add_argument("--max-new-tokens", type=at_least_one, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"T: completions end at EOS or after T tokens (default {DEFAULT_MAX_NEW_TOKENS})")
 
 

@@ -22,10 +22,10 @@ def register(sub) -> None:
 
     add_out_args(p, "demo_out", "output folder (written in full, then swapped in)")
     add_beta_args(p)
-    p.add_argument("--particles", type=int, default=256, help="SMC particles and importance samples per prompt")
+    p.add_argument("--particles", type=int, default=256, help="SMC particles and importance samples per prompt (default 256)")
     p.add_argument("--train-steps", type=int, default=60,
-                   help="RLOO steps of the policy compared with the posterior (0: no training)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="RLOO steps of the policy compared with the posterior (default 60; 0: no training)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the training (default 0)")
     p.set_defaults(func=run)
 
 

@@ -1,0 +1,38 @@
+"""The shared command-line arguments (commands/_common.py): bad numbers refused at parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from bayes_rlhf import cli
+from bayes_rlhf.models import causal_lm
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["exact", "--beta", "-1"], "--beta"),
+    (["exact", "--beta", "0"], "--beta"),
+    (["exact", "--beta", "nan"], "--beta"),
+    (["demo", "--beta", "-0.5"], "--beta"),
+    (["evaluate", "--policy", "p", "--beta", "-1"], "--beta"),
+    (["exact", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["exact", "--top-k", "0"], "--top-k"),
+])
+def test_a_bad_number_is_refused_before_the_model_loads(argv, flag, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the argument was checked")
+
+    monkeypatch.setattr(causal_lm, "load_model", no_load)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be" in err and argv[-1] in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_good_numbers_parse_to_their_types():
+    args = cli.build_parser().parse_args(["exact", "--beta", "0.5", "--max-new-tokens", "3", "--top-k", "8"])
+    assert (args.beta, args.max_new_tokens, args.top_k) == (0.5, 3, 8)
+    assert isinstance(args.max_new_tokens, int) and isinstance(args.top_k, int)
