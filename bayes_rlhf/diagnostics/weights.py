@@ -31,6 +31,12 @@ from bayes_rlhf.logweights import (EmptySamplesError, check_log_weights, kish_es
 #: (az.psislw fits the largest ceil(min(0.2 n, 3 sqrt n)) weights and needs at least 5 of them.)
 MIN_PSIS_SAMPLES = 25
 
+#: Log-weights whose spread (max - min) is at most this are equal up to rounding: a zero-variance
+#: sampler (SMC twisted by the exact soft values) on a float32 model spreads them ~2e-6 over 4
+#: tokens (2^-21 steps), where arviz fitted k ~ 10, "very bad". Weights within a factor e^(1e-4)
+#: are bounded, so every moment is finite: k-hat is -inf ("good").
+EQUAL_LOG_WEIGHTS_ATOL = 1e-4
+
 #: k-hat thresholds (Vehtari et al., "Pareto smoothed importance sampling", 2024).
 KHAT_GOOD, KHAT_OK, KHAT_BAD = 0.5, 0.7, 1.0
 
@@ -62,13 +68,16 @@ def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
     cannot be fitted and k-hat is NaN. Bounded, discrete weights (a reward with a few values, or
     exact samples whose weights are all equal) often tie at their maximum across the whole tail:
     there is then no Pareto tail to fit (arviz says inf), the largest weight is a point mass and
-    every moment is finite, so k-hat is reported as -inf ("good"). When only 1 to 4 distinct
+    every moment is finite, so k-hat is reported as -inf ("good"); so are weights equal up to
+    rounding (spread at most ``EQUAL_LOG_WEIGHTS_ATOL``). When only 1 to 4 distinct
     draws lie above the tied cutoff, the tail cannot be judged either way: NaN ("unknown").
     """
     lw = _as_log_weights(log_weights)
     finite = torch.isfinite(lw)
     if int(finite.sum()) < MIN_PSIS_SAMPLES:
         return normalized_log_weights(lw), math.nan
+    if float(lw[finite].max() - lw[finite].min()) <= EQUAL_LOG_WEIGHTS_ATOL:  # psislw fits the rounding noise
+        return normalized_log_weights(lw), -math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz as az

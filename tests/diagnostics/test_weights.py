@@ -84,6 +84,27 @@ def test_khat_of_tied_bounded_weights():
     assert math.isfinite(k)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_khat_of_weights_equal_up_to_rounding(seed):
+    # The README's zero-variance SMC (twisted by the exact soft values) on the float32 default
+    # model: its log-weights differ by ~2e-6 (float32 rounding); arviz fitted a Pareto tail to
+    # that noise, k = 9.4 and 12.1 for these seeds, "very bad".
+    import bayes_rlhf as br
+
+    lm, reward = br.default_model()
+    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=4)
+    post = br.exact_posterior(target, "the movie was")
+    ws = br.smc(target, "the movie was", 256, proposal=post, twist=post,
+                generator=torch.Generator().manual_seed(seed))
+    assert 0 < float(ws.log_weights.max() - ws.log_weights.min()) < 1e-5
+    d = weight_diagnostics(ws.log_weights)
+    assert d.khat == -math.inf and d.khat_label == "good" and d.ess == pytest.approx(256)
+    # a spread above the tolerance is still fitted, not called equal
+    g = torch.Generator().manual_seed(seed)
+    _, k = psis_khat(1e-3 * torch.randn(256, generator=g, dtype=torch.float64))
+    assert math.isfinite(k)
+
+
 def test_khat_nan_with_too_few_samples():
     lw, k = psis_khat(torch.zeros(MIN_PSIS_SAMPLES - 1))
     assert math.isnan(k) and khat_label(k) == "unknown"
