@@ -22,6 +22,7 @@ def test_demo_writes_summary(tmp_path, capsys):
     text = captured.out
     # transformers' bars for loading and saving the 28-tensor model are off during the demo only
     assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert f"writing {out}/" in text and "report" in captured.err  # the slowest step says what it does
     assert hf_logging.is_progress_bar_enabled()
     assert "log Z" in text and "the movie was" in text
     summary = json.loads((out / "summary.json").read_text())

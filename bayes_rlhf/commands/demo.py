@@ -71,6 +71,7 @@ def _run(args) -> int:
     samples, policy, policies, histories = _sample_and_train(target, posteriors, args)
     study = _log_z_study(target, posteriors[0], args.seed)
     t0 = time.perf_counter()
+    print(f"\nwriting {args.out}/: the run, then the report's figures and report.html ...", flush=True)
     with folder.writing() as d:
         save_run(d, posteriors, policies=policies, histories=histories, samples=samples,
                  extra={"command": "demo", "model": DEFAULT_MODEL, "reward": DEFAULT_REWARD, "seed": args.seed,
@@ -78,7 +79,7 @@ def _run(args) -> int:
         write_top_completions(d / "top_completions.csv", posteriors)
         if policy is not None:
             policy.save_pretrained(d / "policy")
-    report = write_report(args.out)
+    report = write_report(args.out, progress=True)
     saved = "policy/ (the RLOO policy, a transformers checkpoint), " if policy is not None else ""
     print(f"wrote {args.out}/: summary.json, posterior tables, inference_data.nc (ArviZ), {saved}figures/, "
           f"{Path(report).name} ({time.perf_counter() - t0:.1f} s)")
