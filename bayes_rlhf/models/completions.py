@@ -40,6 +40,13 @@ class Completions:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    def __repr__(self) -> str:
+        """A one-line summary (printing every tensor would flood a notebook); the fields hold the rest."""
+        n, T = self.ids.shape
+        prompts = int(self.prompt_index.max()) + 1 if n else 0
+        mean_len = f", mean length {float(self.lengths.double().mean()):.2f}" if n else ""
+        return f"Completions({n} rows of {prompts} prompt(s), T={T}, source={self.source!r}{mean_len})"
+
     @property
     def lengths(self) -> torch.Tensor:
         """LongTensor [n]: number of real tokens in each completion."""

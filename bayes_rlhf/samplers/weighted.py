@@ -105,6 +105,12 @@ class WeightedSamples:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    def __repr__(self) -> str:
+        """A one-line summary (printing every tensor would flood a notebook); the fields hold the rest."""
+        n, T = self.ids.shape
+        return (f"WeightedSamples({n} rows of {self.num_prompts} prompt(s), T={T}, "
+                f"log_z={_first(self.log_z.tolist())}, ess={_first(self.ess.tolist(), '.1f')})")
+
     @property
     def num_prompts(self) -> int:
         return len(self.prompts)
@@ -185,3 +191,9 @@ class WeightedSamples:
                 row["num_resampling_steps"] = int(self.history.num_resampling_steps[p])
             rows.append({**row, **self.info})
         return rows
+
+
+def _first(values: list[float], fmt: str = ".4f", k: int = 3) -> str:
+    """``values`` as ``[a, b, c, ...(P)]``: at most k numbers, then how many there are."""
+    shown = ", ".join(format(v, fmt) for v in values[:k])
+    return f"[{shown}, ... ({len(values)})]" if len(values) > k else f"[{shown}]"

@@ -62,3 +62,20 @@ def test_a_model_is_kept_as_its_vocabulary_anything_else_is_refused(gpt2_lm):
     for bad in ("gpt2", gpt2_lm.tokenizer, None):
         with pytest.raises(ConfigError, match="WeightedSamples.vocabulary must be a Vocabulary or a CausalLM"):
             _samples(bad)
+
+
+def test_repr_is_one_short_line_for_samples_and_completions():
+    # printing a sampler's output in a notebook used to print every tensor (thousands of lines)
+    import bayes_rlhf as br
+
+    lm, reward = br.default_model()
+    target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=4)
+    prompts = ["the movie was", "the book was", "the food was", "the service was"]
+    ws = br.importance_sample(target, prompts, 512, generator=torch.Generator().manual_seed(0))
+    text = repr(ws)
+    assert "\n" not in text and len(text) < 200, text
+    assert text.startswith("WeightedSamples(2048 rows of 4 prompt(s), T=4")
+    assert f"{float(ws.log_z[0]):.4f}" in text and "... (4)" in text
+    comp = ws.completions()
+    text = repr(comp)
+    assert "\n" not in text and text.startswith("Completions(2048 rows of 4 prompt(s), T=4, source=")
