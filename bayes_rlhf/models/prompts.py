@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from bayes_rlhf.errors import PromptError
-from bayes_rlhf.models.text import encode_known, short
+from bayes_rlhf.models.text import short
 from bayes_rlhf.models.vocabulary import Vocabulary
 
 
@@ -33,17 +33,8 @@ class TextIds:
         return self.vocabulary.same_as(other.vocabulary)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Prompt token ids with the tokenizer's own defaults (BOS if it adds one)."""
-        if not isinstance(prompt, str):
-            raise PromptError(f"a prompt must be a str, got {type(prompt).__name__}")
-        ids = encode_known(self.tokenizer, prompt, add_special_tokens=True, what="prompt")
-        if not ids:
-            bos = self.tokenizer.bos_token_id
-            if bos is None:
-                raise PromptError("the prompt is empty and this tokenizer has no BOS token to start "
-                                  "from; give a non-empty prompt")
-            ids = [bos]
-        return ids
+        """Prompt token ids with the tokenizer's own defaults (BOS if it adds one; ``Vocabulary.encode_prompt``)."""
+        return self.vocabulary.encode_prompt(prompt)
 
     def encode_completions(self, texts: Sequence[str], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenise completion texts (no special tokens), cut at the first EOS or T tokens.
