@@ -4,6 +4,7 @@ the merge back into plain transformers weights at the end of a run."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -25,7 +26,11 @@ def make_policy(prior: CausalLM, config) -> CausalLM:
         except ImportError as exc:
             raise ConfigError("TrainerConfig.lora_rank > 0 needs the optional package peft "
                               "(pip install peft); or set lora_rank = 0 for full fine-tuning") from exc
-        with torch.random.fork_rng(devices=[]):  # adapter init draws from the global generator
+        # adapter init draws from the global generator; peft reads transformers' deprecated
+        # ``is_gradient_checkpointing`` (a FutureWarning the user can do nothing about)
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
             torch.manual_seed(config.seed)
             model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                                                      target_modules="all-linear", lora_dropout=0.0))
