@@ -147,7 +147,7 @@ def test_evaluate_speaks_the_same_vocabulary(tmp_path, default, capsys):
     mean = {}
     for reward in ("length", "tests.test_cli:rescaled_reward", "factory:tests.test_cli:make_reward"):
         assert main(["evaluate", "--policy", str(tmp_path / "policy"), "--model", "default", "--reward", reward,
-                     "--prompt", "the food is", "--max-new-tokens", "2"]) == 0, reward
+                     "--prompt", "the food is", "--max-new-tokens", "2", "--tsv"]) == 0, reward
         reading, header, row = capsys.readouterr().out.splitlines()[:3]
         assert reading.startswith("q = the checkpoint")
         values = dict(zip(header.split("\t")[1:], map(float, row.split("\t")[1:])))

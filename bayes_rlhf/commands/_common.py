@@ -164,6 +164,27 @@ def show_prompt(prompt: str) -> str:
     return repr(prompt) if prompt else "'' (BOS only)"
 
 
+def format_number(v: float) -> str:
+    """A float for a table read by people: 4 decimals; scientific (3 digits) below 1e-3 or from 1e6 on;
+    0 as ``0`` (also -0.0) and ``inf``, ``-inf``, ``nan`` as such."""
+    if v == 0:
+        return "0"
+    if not math.isfinite(v):
+        return str(float(v))
+    return f"{v:.2e}" if abs(v) < 1e-3 or abs(v) >= 1e6 else f"{v:.4f}"
+
+
+def aligned_table(header: list[str], rows: list[list[str]]) -> str:
+    """Text columns padded to their widest cell, two spaces apart: the first (labels) left-aligned,
+    the others (numbers) right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for r in [header, *rows]:
+        cells = [str(r[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
 def format_posterior(post: ExactPosterior, k: int = 5) -> str:
     """A readable summary: log Z, E[r] under prior and posterior, KL, the top completions."""
     s = post.summary()

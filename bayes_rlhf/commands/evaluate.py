@@ -7,6 +7,7 @@ mean for ``bayes-rlhf exact`` (see ``bayes_rlhf.commands._common``). For each pr
     post = exact_posterior(Target(prior, reward, beta, T), prompt)
     log q = the policy's log-probs on post's table
     print compare(log q, post)          # KL both ways, TV, objective vs beta log Z
+as an aligned table (4 decimals; ``--tsv``: tab-separated, 6 significant digits, for scripts),
 and with ``--out DIR`` a run directory (save_run) and its HTML report.
 
 Against a top-k-truncated prior (``--top-k K``) a checkpoint is read on the target's support by
@@ -24,6 +25,7 @@ import argparse
 
 EPILOG = """examples:
   bayes-rlhf evaluate --policy runs/train/policy --out runs/eval
+  bayes-rlhf evaluate --policy runs/train/policy --tsv > eval.tsv     (tab-separated, for scripts)
   bayes-rlhf evaluate --policy ./trl-output --model ./base-model --prompt "Once upon" \\
       --reward mypkg.rewards:score --beta 0.5 --max-new-tokens 3 --top-k 20
 Without --model the prior is the embedded default model (with its demo prompts unless --prompt).
@@ -46,6 +48,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--policy-support", choices=SUPPORTS, default="target",
                    help="with --top-k: read the policy restricted to the target's support and renormalised "
                         "(target, the default), as its support.json says (own), or plain (none)")
+    p.add_argument("--tsv", action="store_true",
+                   help="print the table tab-separated with 6 significant digits (for scripts) instead of aligned")
     add_model_args(p)
     add_target_args(p)
     add_out_args(p, None, "write a run directory and report.html here")
@@ -106,6 +110,19 @@ def _reading(args) -> str:
             "target's support; nats")
 
 
+def format_comparisons(posteriors, comparisons, tsv: bool = False) -> str:
+    """One row per prompt, one column per ``FIELDS``: aligned for people (prompts labelled as ``exact``
+    prints them), or with ``tsv`` tab-separated with the prompt's repr and 6 significant digits."""
+    from bayes_rlhf.commands._common import aligned_table, format_number, show_prompt
+
+    if tsv:
+        return "\n".join(["prompt\t" + "\t".join(FIELDS)]
+                         + [repr(post.prompt) + "\t" + "\t".join(f"{d[f]:.6g}" for f in FIELDS)
+                            for post, d in zip(posteriors, comparisons)])
+    rows = [[show_prompt(post.prompt)] + [format_number(d[f]) for f in FIELDS] for post, d in zip(posteriors, comparisons)]
+    return aligned_table(["prompt", *FIELDS], rows)
+
+
 def run(args) -> int:
     """Print one row of exact comparisons per prompt; bad input raises typed errors (the CLI prints them)."""
     from bayes_rlhf.commands._common import claim, target_settings
@@ -113,9 +130,7 @@ def run(args) -> int:
     folder = claim(args, "evaluate", target_settings(args) | {"policy": str(args.policy)})
     posteriors, policies, comparisons = evaluate(args)
     print(_reading(args))
-    print("prompt\t" + "\t".join(FIELDS))
-    for post, d in zip(posteriors, comparisons):
-        print(repr(post.prompt) + "\t" + "\t".join(f"{d[f]:.6g}" for f in FIELDS))
+    print(format_comparisons(posteriors, comparisons, tsv=getattr(args, "tsv", False)))
     if folder is not None:
         from bayes_rlhf.diagnostics.run_dir import save_run
         from bayes_rlhf.report import write_report

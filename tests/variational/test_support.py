@@ -100,7 +100,7 @@ def test_support_must_be_truncated_and_share_the_tokenizer(truncated):
 def _evaluate(capsys, *args):
     from bayes_rlhf.cli import main
 
-    assert main(["evaluate", *args]) == 0
+    assert main(["evaluate", *args, "--tsv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     header, row = lines[-2].split("\t"), lines[-1].split("\t")
     return lines[0], dict(zip(header[1:], map(float, row[1:])))
