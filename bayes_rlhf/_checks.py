@@ -1,4 +1,4 @@
-"""Ground-floor input checks shared by every module: numbers and random generators.
+"""Ground-floor input checks shared by every module: numbers, random generators and names.
 
 Python and numpy numbers are accepted alike (``np.int64`` where an int is asked for, any real
 numpy scalar where a float is); bools and strings are refused. Accepted values come back as
@@ -7,8 +7,10 @@ plain Python numbers, so they serialise (JSON, TOML) and compare like the number
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -62,3 +64,34 @@ def check_generator(generator, name: str = "generator") -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(f"{name} must be a torch.Generator (or None), got {type(generator).__name__} "
                           f"{generator!r}; pass torch.Generator().manual_seed(seed) to fix the seed")
+
+
+def did_you_mean(names, options: Iterable[str]) -> str:
+    """The end of an error message for a typo'd name: ``"; did you mean 'rloo'?"``, or ``""``.
+
+    ``names`` is the name given (or a list of them, e.g. unknown keys); ``options`` the valid names
+    of the registry it should have come from. The closest match (``difflib``, ratio >= 0.6) is
+    suggested for each name, all of them where several tie (``'dgp'``: ``'dpg' or 'dpo'``); names
+    with none, and non-strings, get nothing. Every check of a name against a registry (objectives,
+    settings choices, reward specs, twists, resamplers, config keys) ends its message with this,
+    after the list of valid names.
+    """
+    options = [o for o in options if isinstance(o, str)]
+    if isinstance(names, str):
+        given = [names]
+    elif isinstance(names, (list, tuple, set, frozenset)):
+        given = [n for n in names if isinstance(n, str)]
+    else:
+        given = []
+    hits = []
+    for name in given:
+        close = difflib.get_close_matches(name, options, n=len(options) or 1)
+        ratio = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in close}
+        best = [c for c in close if ratio[c] == ratio[close[0]]] if close else []
+        if best and name not in options:
+            hits.append((name, " or ".join(repr(c) for c in sorted(best))))
+    if not hits:
+        return ""
+    if len(given) == 1:
+        return f"; did you mean {hits[0][1]}?"
+    return "; did you mean " + ", ".join(f"{m} (for {n!r})" for n, m in hits) + "?"

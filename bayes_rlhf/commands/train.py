@@ -34,6 +34,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
+from bayes_rlhf._checks import did_you_mean
 from bayes_rlhf.errors import ConfigError
 
 EPILOG = """example run.toml (any TrainerConfig field goes in [trainer]):
@@ -84,7 +85,8 @@ def load_config(source) -> dict:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
     unknown = sorted(set(cfg) - {"target", "trainer", "evaluate"})
     if unknown:
-        raise ConfigError(f"unknown table(s) {unknown} in the config; use [target], [trainer], [evaluate]")
+        raise ConfigError(f"unknown table(s) {unknown} in the config; use [target], [trainer], [evaluate]"
+                          f"{did_you_mean(unknown, ['target', 'trainer', 'evaluate'])}")
     if "target" not in cfg:
         raise ConfigError("the config has no [target] table; it needs at least prompts = [...]")
     for name in cfg:
@@ -92,7 +94,8 @@ def load_config(source) -> dict:
             raise ConfigError(f"{name} must be a table ([{name}] with keys below it), got {cfg[name]!r}")
     bad = sorted(set(cfg["target"]) - _TARGET_KEYS)
     if bad:
-        raise ConfigError(f"unknown [target] key(s) {bad}; valid keys: {sorted(_TARGET_KEYS)}")
+        raise ConfigError(f"unknown [target] key(s) {bad}; valid keys: {sorted(_TARGET_KEYS)}"
+                          f"{did_you_mean(bad, _TARGET_KEYS)}")
     bad = sorted(set(cfg.get("evaluate", {})) - {"exact"})
     if bad:
         raise ConfigError(f"unknown [evaluate] key(s) {bad}; valid keys: ['exact']")
@@ -121,7 +124,8 @@ def _target_table(t: dict) -> dict:
     if t["top_k"] is not None:
         t["top_k"] = check_int(t["top_k"], "[target] top_k", 1)
     if t["dtype"] is not None and t["dtype"] not in DTYPES:
-        raise ConfigError(f"[target] dtype must be one of {list(DTYPES)}, got {t['dtype']!r}")
+        raise ConfigError(f"[target] dtype must be one of {list(DTYPES)}, got {t['dtype']!r}"
+                          f"{did_you_mean(t['dtype'], DTYPES)}")
     return t
 
 

@@ -23,6 +23,7 @@ import re
 
 import torch
 
+from bayes_rlhf._checks import did_you_mean
 from bayes_rlhf.errors import RewardError
 from bayes_rlhf.rewards.base import TokenReward
 
@@ -51,7 +52,7 @@ def check_spec(spec) -> None:
     elif kind not in _KINDS and _DOTTED.fullmatch(kind) and arg.isidentifier():
         _import(spec, spec)
     else:
-        raise RewardError(f"unknown reward spec {spec!r}; use one of: {SPEC_HELP}")
+        raise RewardError(f"unknown reward spec {spec!r}; use one of: {SPEC_HELP}{_near(spec)}")
 
 
 def parse_reward(spec: str, lm):
@@ -96,10 +97,16 @@ def _import(path: str, spec: str):
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise RewardError(f"could not import reward {spec!r}: {exc}") from exc
+        raise RewardError(f"could not import reward {spec!r}: {exc}{_near(spec) if path == spec else ''}") from exc
     if not callable(fn) and not hasattr(fn, "score_batch"):
         raise RewardError(f"reward {spec!r} is a {type(fn).__name__}, not a callable reward")
     return fn
+
+
+def _near(spec: str) -> str:
+    """``did_you_mean`` for a spec among the named ones (``regx:great`` -> ``regex:great``)."""
+    _, _, arg = spec.partition(":")
+    return did_you_mean(spec, ["sentiment", "length"] + [f"{k}:{arg}" for k in sorted(_KINDS) if arg])
 
 
 def _named(fn, name: str):

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from bayes_rlhf._checks import check_generator, is_integer
+from bayes_rlhf._checks import check_generator, did_you_mean, is_integer
 from bayes_rlhf.errors import ConfigError, NoMassError
 
 #: ``resampler(log_weights, num_samples, generator=generator) -> indices``
@@ -111,7 +111,8 @@ def get_resampler(scheme: str | Resampler) -> Resampler:
         return scheme if _takes_generator_keyword(scheme) else _legacy(scheme)
     if scheme not in RESAMPLERS:
         raise ConfigError(f"unknown resampling scheme {scheme!r}; choose one of {sorted(RESAMPLERS)} "
-                          "or pass a function (log_weights, num_samples, *, generator) -> indices")
+                          "or pass a function (log_weights, num_samples, *, generator) -> indices"
+                          f"{did_you_mean(scheme, RESAMPLERS)}")
     return RESAMPLERS[scheme]
 
 

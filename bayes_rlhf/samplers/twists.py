@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from bayes_rlhf._checks import is_real
+from bayes_rlhf._checks import did_you_mean, is_real
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.rewards.base import evaluate_reward
@@ -116,7 +116,8 @@ def _named_twist(name: str, target, prompts: Sequence[str]):
         return ExactTwist([exact_posterior(target, p) for p in dict.fromkeys(prompts)])
     raise ConfigError(f"twist {name!r} is not known; use one of {list(TWIST_NAMES)} ('prefix': the target's "
                       "reward evaluated on prefixes; 'exact': the optimal twist, enumerating each prompt's "
-                      "posterior, small models only), None, ExactPosterior(s), a prefix reward or a twist object")
+                      "posterior, small models only), None, ExactPosterior(s), a prefix reward or a twist object"
+                      f"{did_you_mean(name, TWIST_NAMES)}")
 
 
 def as_twist(twist, target, prompts: Sequence[str]):

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from bayes_rlhf._checks import is_real, plain
+from bayes_rlhf._checks import did_you_mean, is_real, plain
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational.flat_keys import (FLAT_KEYS, SECTION_TYPES, as_section, flat_form, install_flat_keywords,
                                               nest_dotted)
@@ -209,7 +209,8 @@ class TrainerConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names - set(FLAT_KEYS))
         if unknown:
-            raise ConfigError(f"unknown TrainerConfig field(s) {unknown}; valid fields: {sorted(names)}")
+            raise ConfigError(f"unknown TrainerConfig field(s) {unknown}; valid fields: {sorted(names)}"
+                              f"{did_you_mean(unknown, names | set(FLAT_KEYS))}")
         return cls(**d)
 
     def flat_dict(self) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, fields, replace
 
+from bayes_rlhf._checks import did_you_mean
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.variational.settings import SECTIONS
 
@@ -47,10 +48,11 @@ def apply_flat(kwargs: dict) -> dict:
 def as_section(value, kind):
     """``value`` as a ``kind`` section: a dict is built into one (unknown keys refused)."""
     if isinstance(value, dict):
-        unknown = sorted(set(value) - {f.name for f in fields(kind)})
+        names = sorted(f.name for f in fields(kind))
+        unknown = sorted(set(value) - set(names))
         if unknown:
             raise ConfigError(f"unknown TrainerConfig.{kind.name} field(s) {unknown}; valid fields: "
-                              f"{sorted(f.name for f in fields(kind))}")
+                              f"{names}{did_you_mean(unknown, names)}")
         return kind(**value)
     if not isinstance(value, kind):
         raise ConfigError(f"TrainerConfig.{kind.name} must be a {kind.__name__} or a dict, got {type(value).__name__}")

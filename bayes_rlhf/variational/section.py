@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import field, fields
 
-from bayes_rlhf._checks import is_integer, is_real, plain
+from bayes_rlhf._checks import did_you_mean, is_integer, is_real, plain
 from bayes_rlhf.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def check_bool(v, label: str) -> bool:
 
 def check_choice(v, label: str, options) -> str:
     if v not in options:
-        raise ConfigError(f"{label} must be one of {list(options)}, got {v!r}")
+        raise ConfigError(f"{label} must be one of {list(options)}, got {v!r}{did_you_mean(v, options)}")
     return v
 
 

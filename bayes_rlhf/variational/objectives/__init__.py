@@ -25,6 +25,7 @@ says what a record declares); ``register_objective`` adds one. A record is calle
 
 from __future__ import annotations
 
+from bayes_rlhf._checks import did_you_mean
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.logweights import group_softmax  # noqa: F401 (the weights DPG and distillation use)
 from bayes_rlhf.variational.objectives.base import (BoundObjective, Objective, ObjectiveOutput, PolicyBatch, k3_kl,
@@ -63,7 +64,8 @@ def register_objective(objective: Objective) -> Objective:
 def get_objective(name: str) -> Objective:
     """The record registered as ``name`` (ConfigError naming the registered ones otherwise)."""
     if name not in OBJECTIVES:
-        raise ConfigError(f"TrainerConfig.objective must be one of {list(OBJECTIVES)}, got {name!r}")
+        raise ConfigError(f"TrainerConfig.objective must be one of {list(OBJECTIVES)}, got {name!r}"
+                          f"{did_you_mean(name, OBJECTIVES)}")
     return OBJECTIVES[name]
 
 
