@@ -11,20 +11,21 @@ import json
 from pathlib import Path
 
 EPILOG = """example:
-  bayes-rlhf demo --out runs/demo && bayes-rlhf report runs/demo
-The run directory is what bayes_rlhf.save_run writes (summary.json, posterior tables,
-inference_data.nc): the --out folder of demo, exact and evaluate. For a train folder
-(with [evaluate] exact = true) the report goes to RUN_DIR/exact/. Figures go to
-figures/ beside report.html (PDF and PNG)."""
+  bayes-rlhf exact --out runs/exact && bayes-rlhf report runs/exact
+
+demo and evaluate --out write their report already (run report again to redraw it, e.g.
+with other --betas); a train folder's report goes to RUN_DIR/exact/."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("report", help="write an HTML report of a run directory",
-                              description="Write RUN_DIR/report.html (figures and tables) from a run directory.",
+                              description="Write RUN_DIR/report.html (figures and tables) from a run directory, "
+                                          "what bayes_rlhf.save_run writes;\nthe figures also go to "
+                                          "RUN_DIR/figures/ (PDF and PNG).",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR",
                    help="the --out folder of demo, exact, evaluate, or train with [evaluate] exact = true")
-    p.add_argument("--betas", type=float, nargs="+", default=None,
+    p.add_argument("--betas", type=float, nargs="+", default=None, metavar="BETA",
                    help="beta grid of the reward-KL frontier (default: 25 values from 0.05 to 20)")
     p.add_argument("--link-figures", action="store_true",
                    help="reference figures/*.png instead of embedding them in the HTML")
