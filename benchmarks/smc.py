@@ -1,7 +1,9 @@
 """Token-level SMC against llamppl and genlm-control on SmolLM2-135M: cost against log Z accuracy.
 
-    /tmp/peers-venv/bin/python benchmarks/smc.py [--smoke] [--resume] [--particles 8,32,128]
-        [--peer-particles 8,32] [--repeats 5] [--max-new-tokens 4] [--top-k 16] [--tasks A,B,A-top16,B-top16]
+    /tmp/peers-venv/bin/python benchmarks/smc.py [--smoke] [--resume] [--particles 2,4,8,32,128]
+        [--peer-particles 8,32,128] [--repeats 6] [--repeats-at 2:12,4:12,8:10,128:4] [--peer-repeats-at 128:4]
+        [--max-n genlm-awrs@B=8,llamppl-bootstrap=32,llamppl-masked=32] [--reuse-reference OLD.json]
+        [--max-new-tokens 4] [--top-k 16] [--tasks A,B,A-top16,B-top16]
 
 Install (tried in a fresh venv; neither peer is a dependency of bayes_rlhf; CPU only, no vllm)::
 
@@ -27,19 +29,25 @@ sampling with the locally constrained proposal, each with ``--reference-factor``
 N, with its delta-method SE.
 
 Samplers: ours bootstrap (the lipogram as a prefix potential), ours locally constrained
-(``LocallyConstrained(TokenMask)``: forbidden tokens masked, allowed mass in the weight), ours
-constrained over the cheap twisted proposal (``TwistedProposal(top_p=0.95)``: on task B it
-proposes EOS at token T; task B only, on A it draws what ours constrained draws); llamppl bootstrap and masked (``mask_dist``); genlm-control bootstrap
-(the lipogram as a critic) and AWRS. All use multinomial resampling at ESS < N/2, every peer's
+(``LocallyConstrained(TokenMask)``: forbidden tokens masked, allowed mass in the weight; on task
+B ``TokenMask(must_end=True)``: EOS alone at token T, its probability in the weight, as both peers
+force EOS there); llamppl bootstrap and masked (``mask_dist``); genlm-control bootstrap (the
+lipogram as a critic) and AWRS. (``ours-constrained-twisted``, the mask over
+``TwistedProposal(top_p=0.95)``, is left out by default: without a twist and with EOS forced at T
+it draws what ours constrained draws, at more cost.) All use multinomial resampling at ESS < N/2, every peer's
 batch size is N, each sampler has one untimed warm-up run per task, runs alternate between
 samplers, one torch thread. Cost per run: wall seconds and model positions (rows x new
 positions of every forward, counted by the shared hook). Accuracy per (sampler, N): RMSE of
-log Z_hat over seeds, bootstrap SE; a run whose particles all died is a failure, counted apart.
+log Z_hat over seeds (``--repeats``, more at small N: ``--repeats-at``; the dearest peer modes
+stop at ``--max-n``), bootstrap SE; a run whose particles all died is a failure, counted apart.
 Headline: peer cost / our cost at equal RMSE, read off the curves (``smc_report``); the
 throughput at equal N is printed only beside the errors.
 
 Writes ``benchmarks/results/smc.json`` (every run, rewritten atomically after each; ``--resume``
 skips runs already there; ``--report-only`` summarises it again) and ``smc.pdf`` / ``smc.png``.
+``--reuse-reference OLD.json`` (it may be ``--out`` itself: it is read before anything is written)
+takes the exact and sampled references from an earlier run when what they depend on (prompt, T,
+top_k, forbidden set size, vocabulary, reference runs and particles) is the same, and says so.
 
 Measured (one fresh run with the defaults, 2-core machine shared with other jobs, load 3.4-7.3,
 50 min): exact top-16 log Z A -1.207413, B -3.798840 (the same through the hook, and the hook's
@@ -82,14 +90,17 @@ OURS = ("ours-bootstrap", "ours-constrained", "ours-constrained-twisted")
 PEER_MODES = {"llamppl": ("llamppl-bootstrap", "llamppl-masked"), "genlm": ("genlm-bootstrap", "genlm-awrs")}
 
 
-def ours_runner(name: str, lm, reward, lipogram, bad, T: int, N: int):
+def ours_runner(name: str, lm, reward, lipogram, bad, T: int, N: int, must_end: bool = False):
+    """``once(seed) -> log Z_hat`` for one of ours; ``must_end`` (task B): the constraint also allows EOS
+    alone at token T (``TokenMask(must_end=True)``), as the peers force EOS there with its probability."""
     target = br.Target(prior=lm, reward=reward, beta=1.0, max_new_tokens=T)
+    mask = TokenMask(bad, must_end=must_end, eos_token_id=lm.eos_token_id)
     if name == "ours-bootstrap":
         kw = {"twist": PrefixPotential(lipogram)}
     elif name == "ours-constrained":
-        kw = {"proposal": LocallyConstrained(TokenMask(bad))}
+        kw = {"proposal": LocallyConstrained(mask)}
     else:
-        kw = {"proposal": LocallyConstrained(TokenMask(bad), base=TwistedProposal(top_p=0.95))}
+        kw = {"proposal": LocallyConstrained(mask, base=TwistedProposal(top_p=0.95))}
 
     def once(seed: int) -> float:
         try:
@@ -108,18 +119,37 @@ def save(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def parse_map(text: str, what: str, value=int) -> dict:
+    """"k:v,k:v" (or "k=v") -> {k: value(v)}; an empty string -> {}."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, val = item.replace("=", ":").rpartition(":")
+        if not sep or not key:
+            raise SystemExit(f"{what}: {item!r} is not KEY:VALUE")
+        out[key] = value(val)
+    return out
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/smollm2-135m"))
     ap.add_argument("--max-new-tokens", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=16)
-    ap.add_argument("--particles", default="8,32,128", help="N grid for our samplers")
-    ap.add_argument("--peer-particles", default="8,32", help="N grid for the peers (their cost per run is larger)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--particles", default="2,4,8,32,128", help="N grid for our samplers")
+    ap.add_argument("--peer-particles", default="8,32,128", help="N grid for the peers (their cost per run is larger)")
+    ap.add_argument("--repeats", type=int, default=6, help="runs (seeds) per sampler, task and N")
+    ap.add_argument("--repeats-at", default="2:12,4:12,8:10,128:4",
+                    help="N:R overrides of --repeats for our samplers (more runs where they are cheap)")
+    ap.add_argument("--peer-repeats-at", default="128:4", help="N:R overrides of --repeats for the peers")
+    ap.add_argument("--max-n", default="genlm-awrs@B=8,llamppl-bootstrap=32,llamppl-masked=32",
+                    help="SAMPLER=N or SAMPLER@TASK=N: the largest N a sampler runs (on tasks TASK, TASK-top{k})")
     ap.add_argument("--reference-runs", type=int, default=8)
     ap.add_argument("--reference-factor", type=int, default=16)
+    ap.add_argument("--reuse-reference", type=Path, default=None,
+                    help="an earlier results JSON: take its exact and sampled references when they were made "
+                         "with the same prompt, T, top_k, forbidden set size, vocabulary, runs and particles")
     ap.add_argument("--tasks", default=None, help="default: A,B,A-top{k},B-top{k}")
-    ap.add_argument("--samplers", default=",".join(OURS + sum(PEER_MODES.values(), ())))
+    ap.add_argument("--samplers", default=",".join(OURS[:2] + sum(PEER_MODES.values(), ())))
     ap.add_argument("--out", type=Path, default=RESULTS / "smc.json")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="summarise --out again, run nothing")
@@ -127,16 +157,60 @@ def parse(argv):
     args = ap.parse_args(argv)
     if args.smoke:
         args.particles, args.peer_particles, args.repeats, args.reference_runs = "4,8", "4", 2, 2
+        args.repeats_at = args.peer_repeats_at = ""
         args.out = args.out.with_name("smc_smoke.json")
     args.particles = [int(x) for x in args.particles.split(",")]
     args.peer_particles = [int(x) for x in args.peer_particles.split(",")]
+    args.repeats_at = {int(k): v for k, v in parse_map(args.repeats_at, "--repeats-at").items()}
+    args.peer_repeats_at = {int(k): v for k, v in parse_map(args.peer_repeats_at, "--peer-repeats-at").items()}
+    args.max_n = parse_map(args.max_n, "--max-n")
     args.samplers = args.samplers.split(",")
     k = args.top_k
     args.tasks = (args.tasks or f"A,B,A-top{k},B-top{k}").split(",")
-    bad_names = [s for s in args.samplers if s not in OURS + sum(PEER_MODES.values(), ())]
-    if bad_names or args.repeats < 2 or min(args.particles + args.peer_particles) < 1:
+    known = OURS + sum(PEER_MODES.values(), ())
+    bad_names = [s for s in args.samplers + [m.split("@")[0] for m in args.max_n] if s not in known]
+    if bad_names or min([args.repeats, *args.repeats_at.values(), *args.peer_repeats_at.values()]) < 2 or min(args.particles + args.peer_particles) < 1:
         ap.error(f"unknown samplers {bad_names} or repeats < 2 or N < 1")
     return args
+
+
+def repeats_at(args, name: str, N: int) -> int:
+    """Runs of ``name`` at ``N`` (``--repeats`` unless ``--repeats-at`` / ``--peer-repeats-at`` say otherwise)."""
+    return (args.repeats_at if name in OURS else args.peer_repeats_at).get(N, args.repeats)
+
+
+def max_n(args, name: str, task: str) -> float:
+    """The largest N ``name`` runs on ``task`` (``--max-n``; its base task, A or B, names both variants)."""
+    base = task.partition("-")[0]
+    return args.max_n.get(f"{name}@{base}", args.max_n.get(name, math.inf))
+
+
+def reference_config(config: dict) -> tuple[dict, dict]:
+    """What the exact and the sampled references depend on, from a run's config."""
+    exact = {k: config.get(k) for k in ("prompt", "T", "top_k", "forbidden_tokens", "vocab")}
+    n_ref = config["reference_factor"] * max(config["particles"] + config["peer_particles"])
+    sampled = {**{k: config.get(k) for k in ("prompt", "T", "forbidden_tokens", "vocab", "reference_runs")},
+               "reference_particles": n_ref}
+    return exact, sampled
+
+
+def reuse_references(path: Path, config: dict, data: dict) -> None:
+    """Copy the exact and sampled references of an earlier run into ``data`` where their config matches."""
+    old = json.loads(path.read_text())
+    ex_old, ref_old = reference_config(old["config"])
+    ex_new, ref_new = reference_config(config)
+    notes = []
+    for key, same, extra in (("exact", ex_old == ex_new, ()), ("reference", ref_old == ref_new, ("reference_seconds",))):
+        if same and key in old:
+            data[key] = old[key]
+            for e in extra:
+                if e in old:
+                    data[e] = old[e]
+            notes.append(f"{key} reused")
+        else:
+            notes.append(f"{key} recomputed (config differs or absent)")
+    data["references_from"] = {"path": str(path), "git": old.get("git"), "notes": notes}
+    print(f"references from {path} (git {old.get('git')}): " + "; ".join(notes))
 
 
 def references(args, shared, bad, rewards, data):
@@ -195,10 +269,14 @@ def main(argv=None):
     config = {"prompt": PROMPT, "T": T, "top_k": args.top_k, "particles": args.particles,
               "peer_particles": args.peer_particles, "repeats": args.repeats, "tasks": args.tasks,
               "reference_runs": args.reference_runs, "reference_factor": args.reference_factor,
-              "forbidden_tokens": int(bad.sum()), "vocab": V}
+              "forbidden_tokens": int(bad.sum()), "vocab": V,
+              "repeats_at": {str(n): r for n, r in sorted(args.repeats_at.items())},
+              "peer_repeats_at": {str(n): r for n, r in sorted(args.peer_repeats_at.items())}, "max_n": args.max_n}
     data = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
     if data and data.get("config") != config:
         sys.exit(f"{args.out} was written with another configuration; rerun without --resume")
+    if args.reuse_reference is not None and not ("exact" in data and "reference" in data):
+        reuse_references(args.reuse_reference, config, data)
     data.update(config=config, records=data.get("records", []), torch_threads=torch.get_num_threads())
     print(f"SmolLM2-135M, T={T}, {int(bad.sum())}/{V} tokens forbidden, prompt {PROMPT!r}; "
           f"load average {os.getloadavg()}")
@@ -220,7 +298,7 @@ def main(argv=None):
         base, _, trunc = task.partition("-")
         shared.top_k = args.top_k if trunc else None
         if name in OURS:
-            return ours_runner(name, ours_lm, rewards[base], rewards["A"], bad, T, N)
+            return ours_runner(name, ours_lm, rewards[base], rewards["A"], bad, T, N, must_end=base == "B")
         peer, mode = name.split("-")
         return peers[peer].runner(base, mode, N, T, PROMPT, bad)
 
@@ -229,19 +307,21 @@ def main(argv=None):
     def runs_on(name, task, N=None):
         if name == "ours-constrained-twisted" and task.startswith("A"):
             return False  # on task A it draws exactly what ours-constrained draws (no twist, no terminal mass)
-        return N is None or N in (args.particles if name in OURS else args.peer_particles)
+        return N is None or (N in (args.particles if name in OURS else args.peer_particles)
+                             and N <= max_n(args, name, task))
 
     for task in args.tasks:  # one untimed warm-up run per sampler and task
         for name in samplers:
             if runs_on(name, task):
-                runner(name, task, min(args.particles + args.peer_particles))(999)
+                runner(name, task, min(args.particles if name in OURS else args.peer_particles))(999)
     done = {(r["task"], r["sampler"], r["N"], r["seed"]) for r in data["records"]}
     prompt_ids = None
     for N in sorted(set(args.particles + args.peer_particles)):  # every task at small N first
         for task in args.tasks:
-            for seed in range(args.repeats):
+            for seed in range(max(repeats_at(args, name, N) for name in samplers)):
                 for name in samplers:  # alternate the samplers
-                    if not runs_on(name, task, N) or (task, name, N, seed) in done:
+                    if (not runs_on(name, task, N) or seed >= repeats_at(args, name, N)
+                            or (task, name, N, seed) in done):
                         continue
                     once = runner(name, task, N)
                     shared.reset()

@@ -79,3 +79,49 @@ def test_equal_rmse_ratio_reads_the_curves():
     far = [{"seconds": 100 * c, "rmse": 2 * c ** -0.5 + 1, "failures": 0} for c in (1.0, 4.0)]
     b = smc_report.ratio(ours, far, "seconds")
     assert b["kind"] == "lower_bound" and b["ratio"] == pytest.approx(400.0)
+
+
+smc_bench = pytest.importorskip("smc")
+
+
+def test_grid_options_repeats_and_caps():
+    args = smc_bench.parse(["--repeats", "6", "--repeats-at", "2:12,8:10", "--peer-repeats-at", "128:4",
+                            "--max-n", "genlm-awrs@B=8,llamppl-masked=32"])
+    assert smc_bench.repeats_at(args, "ours-constrained", 2) == 12
+    assert smc_bench.repeats_at(args, "ours-constrained", 32) == 6
+    assert smc_bench.repeats_at(args, "genlm-bootstrap", 2) == 6  # ours' overrides are not the peers'
+    assert smc_bench.repeats_at(args, "genlm-bootstrap", 128) == 4
+    assert smc_bench.max_n(args, "genlm-awrs", "B-top16") == 8  # the base task names both variants
+    assert smc_bench.max_n(args, "genlm-awrs", "A") == math.inf
+    assert smc_bench.max_n(args, "llamppl-masked", "A-top16") == 32
+    with pytest.raises(SystemExit):
+        smc_bench.parse(["--max-n", "nobody=8"])  # an unknown sampler name
+    with pytest.raises(SystemExit):
+        smc_bench.parse(["--repeats-at", "8:1"])  # fewer than 2 runs give no RMSE SE
+
+
+def _config(**kw):
+    base = {"prompt": "p", "T": 4, "top_k": 16, "particles": [2, 8, 128], "peer_particles": [8, 32],
+            "repeats": 5, "tasks": ["A"], "reference_runs": 8, "reference_factor": 16,
+            "forbidden_tokens": 10, "vocab": 100}
+    return {**base, **kw}
+
+
+def test_reuse_references_only_when_their_config_matches(tmp_path):
+    old = {"config": _config(), "exact": {"log_z": {"A": -1.0}}, "reference": {"A": {"log_z": -1.5}},
+           "reference_seconds": 700.0, "git": "abc"}
+    path = tmp_path / "old.json"
+    path.write_text(__import__("json").dumps(old))
+    # another N grid and repeats, the same largest N: both references reused
+    data = {}
+    smc_bench.reuse_references(path, _config(particles=[4, 128], repeats=7), data)
+    assert data["exact"] == old["exact"] and data["reference"] == old["reference"]
+    assert data["references_from"]["git"] == "abc"
+    # a larger largest N needs more reference particles: the sampled reference is recomputed
+    data = {}
+    smc_bench.reuse_references(path, _config(peer_particles=[8, 256]), data)
+    assert "exact" in data and "reference" not in data
+    # another top_k changes the exact reference only
+    data = {}
+    smc_bench.reuse_references(path, _config(top_k=8), data)
+    assert "exact" not in data and "reference" in data
