@@ -184,6 +184,9 @@ def train_from_config(source, out, overwrite: bool = False) -> dict:
 def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> dict:
     """Train into ``d`` and write its files there; ``recorded`` is the TrainerConfig summary.json shows
     (its paths name the final folder, not the staging one of an --overwrite)."""
+    import torch
+
+    from bayes_rlhf.diagnostics.exact import policy_log_probs
     from bayes_rlhf.exact.from_target import exact_posterior
     from bayes_rlhf.io import write_json
     from bayes_rlhf.diagnostics.run_dir import save_run
@@ -203,8 +206,10 @@ def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> di
                "max_new_tokens": target.max_new_tokens, "trainer": recorded}
     shutil.rmtree(d / "exact", ignore_errors=True)
     if posts:
-        summary["exact"] = evaluate(policy, posts) | {"beta_log_z": {p: q.optimal_objective for p, q in posts.items()}}
-        save_run(d / "exact", list(posts.values()), policies={config.objective: policy},
+        with torch.no_grad():  # the final policy's log q on each table, walked once for the summary and exact/
+            tables = {p: policy_log_probs(policy, post) for p, post in posts.items()}
+        summary["exact"] = evaluate(tables, posts) | {"beta_log_z": {p: q.optimal_objective for p, q in posts.items()}}
+        save_run(d / "exact", list(posts.values()), policies={config.objective: list(tables.values())},
                  histories={config.objective: history}, extra={"command": "train", "model": cfg["target"]["model"],
                                                                "reward": cfg["target"]["reward"]})
     write_json(d / "summary.json", summary)

@@ -133,11 +133,14 @@ def as_evaluator(evaluator) -> Evaluator | None:
 
 
 def evaluate(policy, posteriors: dict[str, ExactPosterior]) -> dict:
-    """Exact KL(q || pi*), KL(pi* || q) and KL(q || pi0), averaged over the evaluator's prompts."""
+    """Exact KL(q || pi*), KL(pi* || q) and KL(q || pi0), averaged over the evaluator's prompts.
+
+    ``policy`` is a CausalLM, or {prompt: log q [K]} already computed on each posterior's table.
+    """
     kq, kp, k0 = [], [], []
     with torch.no_grad():
-        for post in posteriors.values():
-            c = compare(policy, post)
+        for prompt, post in posteriors.items():
+            c = compare(policy[prompt] if isinstance(policy, dict) else policy, post)
             kq.append(c.kl_q_posterior)
             kp.append(c.kl_posterior_q)
             k0.append(c.kl_q_prior)

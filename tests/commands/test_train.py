@@ -144,3 +144,44 @@ def test_a_bon_run_is_evaluated_against_the_best_of_n_law(tmp_path):
     want = br.compare(policy, bon_posterior(post, 4)).kl_q_posterior  # against BoN_4, not pi*
     assert summary["exact"]["kl_q_posterior"] == pytest.approx(want, rel=1e-6, abs=1e-9)
     assert abs(br.compare(policy, post).kl_q_posterior - want) > 1e-3  # the two laws are told apart
+
+
+def test_the_final_policy_is_walked_once_for_summary_and_exact_dir(tmp_path, monkeypatch):
+    """summary.json's exact KLs and exact/'s log q tables come from one walk of the final policy per
+    prompt (they took one each before), with the numbers a fresh evaluation of the saved policy gives."""
+    import torch
+
+    import bayes_rlhf as br
+    import bayes_rlhf.exact.enumerate as enumerate_module
+    import bayes_rlhf.exact.from_target as from_target
+    from bayes_rlhf.demo import demo_target
+    from bayes_rlhf.diagnostics.exact import policy_log_probs
+    from bayes_rlhf.diagnostics.run_dir import load_run
+    from bayes_rlhf.variational.evaluation import evaluate
+
+    walks = []
+
+    def counted(original, kind):
+        def walk(lm, prompt, *args, **kwargs):
+            walks.append((kind, prompt))
+            return original(lm, prompt, *args, **kwargs)
+        return walk
+
+    monkeypatch.setattr(from_target, "enumerate_completions", counted(from_target.enumerate_completions, "prior"))
+    monkeypatch.setattr(enumerate_module, "enumerate_completions",
+                        counted(enumerate_module.enumerate_completions, "policy"))
+    prompts = ["the movie was", "the food is"]
+    cfg = load_config({"target": {"max_new_tokens": 2, "prompts": prompts},
+                       "trainer": {"steps": 3, "samples_per_prompt": 8, "progress": False}, "evaluate": {"exact": True}})
+    summary = train_from_config(cfg, tmp_path / "out")
+    # each posterior enumerated once; the policy walked at the last step (eval_every = 10 > steps) by the
+    # trainer's evaluator, then once more for summary.json and exact/ together (three walks before)
+    assert walks == [("prior", p) for p in prompts] + [("policy", p) for p in prompts] * 2
+    monkeypatch.undo()
+    policy = br.load_model(tmp_path / "out" / "policy")  # the saved weights: the final policy, bit for bit
+    posts = {p: br.exact_posterior(demo_target(beta=1.0, max_new_tokens=2), p) for p in prompts}
+    want = evaluate(policy, posts)  # what the command computed before: compare(policy, post) per prompt
+    assert {k: summary["exact"][k] for k in want} == want
+    saved = load_run(tmp_path / "out" / "exact").policies["rloo"]
+    for table, post in zip(saved, posts.values()):
+        assert torch.equal(table, policy_log_probs(policy, post))
