@@ -1,0 +1,122 @@
+"""MKL-packed weights for sampling's n-row forwards: the same products (float32 rounding), never stale,
+left alone under grad, for other row counts and outside the block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bayes_rlhf.models import packed
+from bayes_rlhf.models.toy import tiny_lm
+
+pytestmark = pytest.mark.skipif(not packed.available(), reason="torch without MKL's packed linear operators")
+
+# float32 products summed in another order: differences of a few ulps of values O(1) (eps 1.2e-7)
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _lin_modules(model):
+    return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+def _step_logits(model, ids, rows):
+    with torch.no_grad(), packed.packed_linears(model, rows):
+        return model(input_ids=ids).logits
+
+
+def test_packed_rows_match_the_plain_forward_and_other_row_counts_fall_through():
+    lm = tiny_lm("llama", vocab_size=8, seed=0, dtype=torch.float32)
+    ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
+    with torch.no_grad():
+        plain = lm.model(input_ids=ids).logits
+    mods = _lin_modules(lm.model)
+    fast = _step_logits(lm.model, ids, ids.numel())  # 6 token rows: every layer from its packed weight
+    assert mods and all(m in packed._PACKED for m in mods) and all("forward" not in m.__dict__ for m in mods)
+    torch.testing.assert_close(fast, plain, **TOL)
+    with packed.packed_linears(lm.model, 4), torch.no_grad():  # another row count: the modules' own forward
+        assert all("forward" in m.__dict__ for m in mods)
+        other = lm.model(input_ids=ids).logits
+    torch.testing.assert_close(other, plain, atol=0.0, rtol=0.0)  # bit for bit: the plain kernel ran
+
+
+def test_sampling_draws_the_same_completions_as_without_packing(monkeypatch):
+    lm = tiny_lm("llama", vocab_size=16, seed=3, dtype=torch.float32)
+    a = lm.sample(["w1 w2", "w3"], 4, 5, generator=torch.Generator().manual_seed(11))
+    assert all(m in packed._PACKED for m in _lin_modules(lm.model))  # the 8-row steps ran packed
+    monkeypatch.setitem(packed._STATE, "ok", False)  # as if torch had no MKL packed operators
+    b = lm.sample(["w1 w2", "w3"], 4, 5, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(a.log_probs, b.log_probs, **TOL)
+    # the draws' log-probs are the model's own: scoring (no packing there) agrees
+    torch.testing.assert_close(lm.score(["w1 w2"] * 4 + ["w3"] * 4, a.ids, a.mask).sum(-1), a.log_probs, **TOL)
+    assert all("forward" not in m.__dict__ for m in lm.model.modules())
+
+
+def test_changed_weights_are_packed_again_and_grad_mode_falls_through():
+    lm = tiny_lm("llama", vocab_size=8, seed=1, dtype=torch.float32)
+    ids = torch.tensor([[1, 3, 4]])
+    mods = _lin_modules(lm.model)
+    _step_logits(lm.model, ids, 3)
+    before = {m: packed._PACKED[m][1] for m in mods}
+    _step_logits(lm.model, ids, 3)
+    assert all(packed._PACKED[m][1] is before[m] for m in mods)  # unchanged weights: kept
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.mul_(1.5)                                  # what an optimiser step does to trainable weights
+        plain = lm.model(input_ids=ids).logits
+    torch.testing.assert_close(_step_logits(lm.model, ids, 3), plain, **TOL)  # no stale packed copy
+    assert all(packed._PACKED[m][1] is not before[m] for m in mods)
+    with packed.packed_linears(lm.model, 3):  # grad enabled: the module's own forward, gradients intact
+        out = lm.model(input_ids=ids).logits
+        grads = torch.autograd.grad(out.sum(), [mods[0].weight])
+    ref = torch.autograd.grad(lm.model(input_ids=ids).logits.sum(), [mods[0].weight])
+    torch.testing.assert_close(grads[0], ref[0], atol=0.0, rtol=0.0)
+
+
+def test_float64_and_too_many_rows_are_left_alone():
+    lm = tiny_lm("gpt2", vocab_size=8, seed=2)  # float64: MKL's packed GEMM is float32 only
+    with packed.packed_linears(lm.model, 3):
+        assert all("forward" not in m.__dict__ for m in _lin_modules(lm.model))
+    lm32 = tiny_lm("llama", vocab_size=8, seed=2, dtype=torch.float32)
+    with packed.packed_linears(lm32.model, packed.MAX_ROWS + 1):
+        assert all("forward" not in m.__dict__ for m in _lin_modules(lm32.model))
+
+
+def _lora(seed):
+    from peft import LoraConfig, get_peft_model
+
+    lm = tiny_lm("llama", vocab_size=8, seed=seed, dtype=torch.float32)
+    torch.manual_seed(seed)  # test: peft draws its adapter init from the global generator
+    model = get_peft_model(lm.model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)  # peft starts B at 0: make the adapters matter
+    return model
+
+
+def test_lora_layers_add_the_low_rank_term_to_the_packed_base_and_follow_adapter_updates():
+    pytest.importorskip("peft")
+    model = _lora(seed=7)
+    ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    loras = [m for m in model.modules() if hasattr(m, "lora_A")]
+    torch.testing.assert_close(_step_logits(model, ids, 6), plain, **TOL)
+    assert loras and all(m.base_layer in packed._PACKED for m in loras)
+    kept = {m: packed._PACKED[m.base_layer][1] for m in loras}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.mul_(-2.0)                              # an optimiser step on the adapters only
+        plain = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    torch.testing.assert_close(_step_logits(model, ids, 6), plain, **TOL)  # adapters read as they are now
+    assert all(packed._PACKED[m.base_layer][1] is kept[m] for m in loras)  # the frozen base: packed once
+    with torch.no_grad(), model.disable_adapter():        # adapters off: peft's own forward, the base alone
+        torch.testing.assert_close(_step_logits(model, ids, 6), base, **TOL)
+    with torch.no_grad(), packed.packed_linears(model, 6):
+        with model.disable_adapter():                     # switched off inside the block: followed too
+            torch.testing.assert_close(model(input_ids=ids).logits, base, **TOL)
+    assert all("forward" not in m.__dict__ for m in model.modules())
