@@ -25,6 +25,8 @@ def test_demo_writes_summary(tmp_path, capsys):
     assert f"writing {out}/" in text and "report" in captured.err  # the slowest step says what it does
     assert hf_logging.is_progress_bar_enabled()
     assert "log Z" in text and "the movie was" in text
+    # the BOS-only prompt has one label in every table: its summary, the samplers' and the policy's
+    assert text.count("'' (BOS only)") == 3 and "\n  ''  " not in text
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["posteriors"]) == 3
     for p in summary["posteriors"]:

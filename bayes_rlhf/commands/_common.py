@@ -185,6 +185,11 @@ def aligned_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _probability(p: float) -> str:
+    """6 characters: 4 decimals, or 1 significant digit below 1e-4 (a tiny prior mass is not 0)."""
+    return f"{p:.4f}" if p == 0 or p >= 1e-4 else f"{p:.0e}".rjust(6)
+
+
 def format_posterior(post: ExactPosterior, k: int = 5) -> str:
     """A readable summary: log Z, E[r] under prior and posterior, KL, the top completions."""
     s = post.summary()
@@ -198,7 +203,9 @@ def format_posterior(post: ExactPosterior, k: int = 5) -> str:
     for by in ("prior", "posterior"):
         lines.append(f"  most probable under the {by}:   (prior p, posterior p, reward)")
         for row in post.top(k, by=by):
-            lines.append(f"    {row['completion']!r:40s} {row['prior']:.4f}  {row['posterior']:.4f}  {row['reward']:+.2f}")
+            text = repr(row["completion"]) if row["completion"] else "'' (empty)"
+            lines.append(f"    {text:40s} {_probability(row['prior'])}  {_probability(row['posterior'])}  "
+                         f"{row['reward']:+.2f}")
     return "\n".join(lines)
 
 

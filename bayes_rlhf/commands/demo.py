@@ -100,6 +100,7 @@ def _sample_and_train(target, posteriors, args):
     """
     import torch
 
+    from bayes_rlhf.commands._common import show_prompt
     from bayes_rlhf.diagnostics.exact import compare, policy_log_probs
     from bayes_rlhf.samplers import importance_sample, smc
     from bayes_rlhf.variational import TrainerConfig, train_policy
@@ -111,7 +112,7 @@ def _sample_and_train(target, posteriors, args):
     print(f"sampling with {args.particles} particles per prompt: log Z estimate (exact)")
     for i, post in enumerate(posteriors):
         est = "   ".join(f"{name} {float(ws.log_z[i]):+.4f}" for name, ws in samples.items())
-        print(f"  {post.prompt!r:18s} {est}   ({post.log_z:+.4f})")
+        print(f"  {show_prompt(post.prompt):18s} {est}   ({post.log_z:+.4f})")
     if args.train_steps <= 0:
         return samples, None, None, None
     config = TrainerConfig(steps=args.train_steps, seed=args.seed)
@@ -119,7 +120,7 @@ def _sample_and_train(target, posteriors, args):
     log_q = [policy_log_probs(policy, post) for post in posteriors]  # exact log q on each table, once
     print(f"\nRLOO policy after {args.train_steps} steps: exact KL(q || pi*) per prompt (prior's in brackets)")
     for post, lq in zip(posteriors, log_q):
-        print(f"  {post.prompt!r:18s} {compare(lq, post).kl_q_posterior:.4f}   "
+        print(f"  {show_prompt(post.prompt):18s} {compare(lq, post).kl_q_posterior:.4f}   "
               f"({compare(post.prior_log_probs, post).kl_q_posterior:.4f})")
     return samples, policy, {"rloo": log_q}, {"rloo": history}
 

@@ -64,8 +64,11 @@ def evaluate(args):
     from bayes_rlhf.errors import TokenizerMismatchError
     from bayes_rlhf.exact import exact_posterior
     from bayes_rlhf.models import load_model
+    from bayes_rlhf.rewards.spec import check_spec
 
     prompts = prompts_of(args)
+    check_spec(args.reward)
+    check_policy_path(args.policy)  # both before the prior loads
     target = load_target(args)
     prior = target.prior
     for p in prompts:
@@ -85,6 +88,31 @@ def evaluate(args):
         tables.append(lq)
         comparisons.append(compare(lq, post).as_dict() | {"plain_q_outside": compare(plain_outside, post).q_outside})
     return posteriors, {"policy": tables}, comparisons
+
+
+def check_policy_path(policy: str) -> None:
+    """ModelLoadError, before anything loads, for a --policy that cannot be a checkpoint: no such path
+    (unless it has a hub id's owner/name form), or a folder without config.json, naming its policy/
+    checkpoint when it is the folder of a demo or train run."""
+    import re
+    from pathlib import Path
+
+    from bayes_rlhf.errors import ModelLoadError
+
+    path = Path(policy)
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", policy) and not policy.startswith("."):
+            return  # a hub id (the loader says if it is not cached)
+        raise ModelLoadError(f"--policy {policy!r} does not exist; give the folder of a saved checkpoint "
+                             "(config.json, model.safetensors, tokenizer files), e.g. demo_out/policy or "
+                             "runs/NAME/policy")
+    if path.is_file():
+        raise ModelLoadError(f"--policy {policy!r} is a file; give the checkpoint's folder (config.json, "
+                             "model.safetensors, tokenizer files)")
+    if not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        hint = (f"it is a run folder: use --policy {path / 'policy'}" if (path / "policy" / "config.json").is_file()
+                else "give the folder save_pretrained wrote")
+        raise ModelLoadError(f"--policy {policy!r} has no config.json, so it is not a transformers checkpoint; {hint}")
 
 
 def _read_policy(args, plain, prior):

@@ -36,3 +36,20 @@ def test_good_numbers_parse_to_their_types():
     args = cli.build_parser().parse_args(["exact", "--beta", "0.5", "--max-new-tokens", "3", "--top-k", "8"])
     assert (args.beta, args.max_new_tokens, args.top_k) == (0.5, 3, 8)
     assert isinstance(args.max_new_tokens, int) and isinstance(args.top_k, int)
+
+
+def test_posterior_summary_shows_tiny_masses_and_empty_completions(default):
+    """A completion that is EOS at once reads as '' (empty), and a prior mass below 1e-4 is not printed
+    as 0.0000 beside a large posterior one (a moment target can tilt it up by orders of magnitude)."""
+    import bayes_rlhf as br
+    from bayes_rlhf.commands._common import _probability, format_posterior
+
+    assert [_probability(p) for p in (0.0, 0.0724, 1e-4, 1.5e-5)] == ["0.0000", "0.0724", "0.0001", " 2e-05"]
+    lm, _ = default
+    length = br.TokenReward(lambda ids, mask: -10.0 * mask.sum(-1).double(), name="short")
+    post = br.exact_posterior(br.Target(lm, length, 1.0, 2), "the movie was")
+    text = format_posterior(post, k=1)
+    top = text.splitlines()[-1]  # the posterior's most probable: the shortest completion, EOS at once
+    assert top.split()[:2] == ["''", "(empty)"], text
+    prior_mass = float(post.prior_log_probs[post.log_probs.argmax()].exp())
+    assert 0 < prior_mass < 1e-4 and top.split()[2] == _probability(prior_mass).strip() != "0.0000"

@@ -94,3 +94,28 @@ def test_number_format():
         "0", "0", "0.5634", "-1.0000", "3.20e-08", "1.50e+07", "inf", "nan"]
     assert aligned_table(["a", "bb"], [["long label", "1"], ["x", "22.5"]]).splitlines() == [
         "a             bb", "long label     1", "x           22.5"]
+
+
+def test_a_policy_that_is_no_checkpoint_is_refused_before_loading(tmp_path, monkeypatch):
+    """A typo'd --policy, a run folder (its checkpoint is policy/) and a file are named as such before the
+    prior loads, not as a hub download or tokenizer failure."""
+    import bayes_rlhf.commands._common as common
+    from bayes_rlhf.errors import ModelLoadError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the prior was loaded")
+
+    monkeypatch.setattr(common, "load_target", no_loading)
+    run = tmp_path / "run"
+    (run / "policy").mkdir(parents=True)
+    (run / "policy" / "config.json").write_text("{}")
+    (tmp_path / "run.toml").write_text("")
+    for policy, match in [(tmp_path / "nowhere", "does not exist; give the folder of a saved checkpoint"),
+                          ("nowhere", "does not exist"),
+                          (run, f"it is a run folder: use --policy {run / 'policy'}"),
+                          (tmp_path, "has no config.json, so it is not a transformers checkpoint; give the folder"),
+                          (tmp_path / "run.toml", "is a file")]:
+        args = _parser().parse_args(["evaluate", "--policy", str(policy)])
+        with pytest.raises(ModelLoadError, match=match):
+            args.func(args)
+    evaluate_cmd.check_policy_path(str(run / "policy"))  # a checkpoint folder passes
