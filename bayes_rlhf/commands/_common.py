@@ -30,10 +30,29 @@ OVERWRITE_HELP = ("replace an --out folder that holds another command's run, a r
                   "refused and left untouched")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` of a subcommand: prose paragraphs (unindented lines) wrapped to the terminal's width,
+    indented lines (examples, a config file) kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out, prose = [], []
+        for line in text.splitlines() + [""]:
+            if line and not line[0].isspace():
+                prose.append(line)
+                continue
+            if prose:
+                out.append(textwrap.fill(" ".join(prose), width, initial_indent=indent, subsequent_indent=indent))
+                prose = []
+            out.append(indent + line)
+        return "\n".join(out[:-1])
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH_OR_ID",
                    help=f"prior: a model directory or hub id ({DEFAULT_MODEL!r}: the embedded model; the default)")
-    p.add_argument("--top-k", type=at_least_one, default=None, help="truncate the prior to its top k tokens per step")
+    p.add_argument("--top-k", type=at_least_one, default=None, metavar="K", help="truncate the prior to its top k tokens per step")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="load the prior in this dtype")
 
 
@@ -41,9 +60,9 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     """--prompt, --reward, --beta, --max-new-tokens, with the same defaults in every subcommand."""
     from bayes_rlhf.rewards.spec import SPEC_HELP
 
-    p.add_argument("--prompt", action="append", default=None,
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="a prompt (repeat for several; default with --model default: its demo prompts)")
-    p.add_argument("--reward", default=DEFAULT_REWARD, help=f"reward spec: {SPEC_HELP} (default: {DEFAULT_REWARD})")
+    p.add_argument("--reward", default=DEFAULT_REWARD, metavar="SPEC", help=f"reward spec: {SPEC_HELP} (default: {DEFAULT_REWARD})")
     add_beta_args(p)
 
 
@@ -65,7 +84,7 @@ def at_least_one(text: str) -> int:
 
 def add_beta_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=positive, default=DEFAULT_BETA, help=f"KL coefficient, > 0 (default {DEFAULT_BETA:g})")
-    p.add_argument("--max-new-tokens", type=at_least_one, default=DEFAULT_MAX_NEW_TOKENS,
+    p.add_argument("--max-new-tokens", type=at_least_one, default=DEFAULT_MAX_NEW_TOKENS, metavar="T",
                    help=f"T: completions end at EOS or after T tokens (default {DEFAULT_MAX_NEW_TOKENS})")
 
 
@@ -111,7 +130,7 @@ def load_prior(args):
 
 
 def add_out_args(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    p.add_argument("--out", default=default, help=f"{what}{'' if default is None else f' (default {default})'}")
+    p.add_argument("--out", default=default, metavar="DIR", help=f"{what}{'' if default is None else f' (default {default})'}")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 

@@ -12,24 +12,24 @@ command's run, or a demo with other settings, is refused unless --overwrite.
 
 
 def register(sub) -> None:
+    from bayes_rlhf.commands._common import HelpFormatter, add_beta_args, add_out_args
+
     p = sub.add_parser("demo", help="exact posterior, samplers and a short RLOO policy on the embedded model (the main job)",
                        description="Load the embedded default model and its sentiment reward, enumerate the "
                                    "exact posterior of each demo prompt, run SMC and importance sampling, "
                                    "train a short RLOO policy, compare everything with the exact posterior, "
                                    "print a summary and write it, with figures and a report, to --out.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from bayes_rlhf.commands._common import add_beta_args, add_out_args
+                       epilog=EPILOG, formatter_class=HelpFormatter)
 
     add_out_args(p, "demo_out", "output folder (written in full, then swapped in)")
     add_beta_args(p)
-    p.add_argument("--particles", type=int, default=256, help="SMC particles and importance samples per prompt (default 256)")
-    p.add_argument("--train-steps", type=int, default=60,
+    p.add_argument("--particles", type=int, default=256, metavar="N", help="SMC particles and importance samples per prompt (default 256)")
+    p.add_argument("--train-steps", type=int, default=60, metavar="STEPS",
                    help="RLOO steps of the policy compared with the posterior (default 60; 0: no training)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the training (default 0)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads (default 1: the embedded model is tiny, so more threads do not help, and "
-                        "they stall when other work shares the CPU: 9 training steps took 0.3 s on one thread and "
-                        "7-12 s on two on a busy 2-core machine)")
+                        "they stall when other work shares the CPU)")
     p.set_defaults(func=run)
 
 

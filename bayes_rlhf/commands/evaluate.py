@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  bayes-rlhf evaluate --policy runs/train/policy --out runs/eval
-  bayes-rlhf evaluate --policy runs/train/policy --tsv > eval.tsv     (tab-separated, for scripts)
+  bayes-rlhf evaluate --policy runs/rloo/policy --out runs/eval      (the policy of `train`'s example)
+  bayes-rlhf evaluate --policy demo_out/policy --tsv > eval.tsv     (tab-separated, for scripts)
   bayes-rlhf evaluate --policy ./trl-output --model ./base-model --prompt "Once upon" \\
       --reward mypkg.rewards:score --beta 0.5 --max-new-tokens 3 --top-k 20
 Without --model the prior is the embedded default model (with its demo prompts unless --prompt).
@@ -38,13 +38,14 @@ SUPPORTS = ("target", "own", "none")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from bayes_rlhf.commands._common import add_model_args, add_out_args, add_target_args
+    from bayes_rlhf.commands._common import HelpFormatter, add_model_args, add_out_args, add_target_args
 
     p = subparsers.add_parser("evaluate", help="compare a policy checkpoint with the exact posterior",
                               description="Compare a transformers checkpoint with the exact posterior of a prior "
                                           "and reward (KL both ways, TV, RL objective), in nats.",
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", required=True, help="checkpoint directory of the policy (model + tokenizer)")
+                              epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--policy", required=True, metavar="DIR",
+                   help="checkpoint directory of the policy (model + tokenizer), e.g. demo_out/policy")
     p.add_argument("--policy-support", choices=SUPPORTS, default="target",
                    help="with --top-k: read the policy restricted to the target's support and renormalised "
                         "(target, the default), as its support.json says (own), or plain (none)")

@@ -15,16 +15,17 @@ EPILOG = """example:
 
 
 def register(sub) -> None:
-    from bayes_rlhf.commands._common import add_control_args, add_model_args, add_out_args, add_target_args
+    from bayes_rlhf.commands._common import (HelpFormatter, add_control_args, add_model_args, add_out_args,
+                                             add_target_args)
 
     p = sub.add_parser("exact", help="enumerate a model's completions and print the exact posterior",
                        description="Enumerate every completion of each prompt, compute the exact posterior "
                                    "pi* = pi0 exp(r / beta) / Z, print a summary and optionally write it.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG, formatter_class=HelpFormatter)
     add_model_args(p)
     add_target_args(p)
     add_control_args(p)
-    p.add_argument("--max-completions", type=int, default=None, help="refuse spaces with more completions (default: refuse a table that would not fit in available memory)")
+    p.add_argument("--max-completions", type=int, default=None, metavar="N", help="refuse spaces with more completions (default: refuse a table that would not fit in available memory)")
     add_out_args(p, None, "write a run directory here (summary.json, posterior tables, inference_data.nc, "
                           "top_completions.csv; `bayes-rlhf report DIR` draws its figures)")
     p.set_defaults(func=run)

@@ -18,11 +18,13 @@ with other --betas); a train folder's report goes to RUN_DIR/exact/."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from bayes_rlhf.commands._common import HelpFormatter
+
     p = subparsers.add_parser("report", help="write an HTML report of a run directory",
                               description="Write RUN_DIR/report.html (figures and tables) from a run directory, "
-                                          "what bayes_rlhf.save_run writes;\nthe figures also go to "
+                                          "what bayes_rlhf.save_run writes; the figures also go to "
                                           "RUN_DIR/figures/ (PDF and PNG).",
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR",
                    help="the --out folder of demo, exact, evaluate, or train with [evaluate] exact = true")
     p.add_argument("--betas", type=float, nargs="+", default=None, metavar="BETA",

@@ -59,14 +59,16 @@ _TARGET_KEYS = {"model", "reward", "beta", "max_new_tokens", "prompts", "top_k",
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train an amortised policy q towards the posterior pi*",
-                       description="Fine-tune a copy of the prior with RLOO, PPO, DPG, distillation or "
-                                   "trajectory balance (TrainerConfig fields in the [trainer] table), "
-                                   "log metrics and exact KL to pi*, and save the policy.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from bayes_rlhf.commands._common import add_out_args
+    from bayes_rlhf.commands._common import HelpFormatter, add_out_args
 
-    p.add_argument("--config", required=True, help="a TOML file with [target], [trainer] and [evaluate] tables")
+    p = sub.add_parser("train", help="train an amortised policy q towards the posterior pi*",
+                       description="Fine-tune a copy of the prior with RLOO (the default) or another objective "
+                                   "(objective = \"ppo\", \"grpo\", \"dpg\", \"distill\", \"vargrad\", "
+                                   "\"fdpg\", \"bond\", \"vbon\", \"dpo\", \"ipo\", \"online_dpo\"; any "
+                                   "TrainerConfig field goes in the [trainer] table), log metrics and exact KL to "
+                                   "pi*, and save the policy.",
+                       epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--config", required=True, metavar="FILE", help="a TOML file with [target], [trainer] and [evaluate] tables")
     add_out_args(p, None, "output directory (default: runs/<config file name>)")
     p.set_defaults(func=run)
 

@@ -53,3 +53,21 @@ def test_posterior_summary_shows_tiny_masses_and_empty_completions(default):
     assert top.split()[:2] == ["''", "(empty)"], text
     prior_mass = float(post.prior_log_probs[post.log_probs.argmax()].exp())
     assert 0 < prior_mass < 1e-4 and top.split()[2] == _probability(prior_mass).strip() != "0.0000"
+
+
+def test_help_wraps_prose_and_keeps_examples(monkeypatch):
+    """Every subcommand's --help fits an 80-column terminal, except example lines (indented), which
+    are kept exactly as written so that they can be copied."""
+    from bayes_rlhf.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subparsers) == {"demo", "exact", "train", "evaluate", "report"}
+    for name, sub in subparsers.items():
+        text = sub.format_help()
+        long = [line for line in text.splitlines() if len(line) > 80 and not line.startswith("  ")]
+        assert not long, (name, long)
+        for line in (sub.epilog or "").splitlines():
+            if line.startswith("  "):
+                assert line in text.splitlines(), (name, line)  # examples untouched
