@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from bayes_rlhf.errors import BayesRLHFError
+from bayes_rlhf.errors import BayesRLHFError, SpaceTooLargeError
 
 COMMANDS = ("demo", "exact", "train", "evaluate", "report")
 
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BayesRLHFError as exc:
-        print(f"bayes-rlhf {args.command}: error: {exc}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, SpaceTooLargeError):  # its advice names the Python arguments
+            hint = (" On the command line: a lower --max-new-tokens, --top-k K"
+                    + (", or --max-completions N." if args.command == "exact" else "."))
+        print(f"bayes-rlhf {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 2
 
 

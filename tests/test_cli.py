@@ -80,6 +80,10 @@ def test_exact_command(tmp_path, capsys):
     (["--max-new-tokens", "0"], "argument --max-new-tokens"),  # refused by the parser: SystemExit(2)
     (["--model", "/no/such/dir"], "does not exist"),
     (["--max-new-tokens", "9"], "max_completions"),
+    # the Python advice comes with the flags that take it on the command line
+    (["--max-new-tokens", "9"], "On the command line: a lower --max-new-tokens, --top-k K, or --max-completions N."),
+    (["--max-new-tokens", "3", "--max-completions", "100"], "or --max-completions N."),
+    (["--max-completions", "0"], "argument --max-completions: must be an integer >= 1"),  # was read as no limit
     (["--reward", "nonsense"], "unknown reward"),
 ])
 def test_bad_input_writes_nothing(tmp_path, capsys, args, message):

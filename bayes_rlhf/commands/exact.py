@@ -16,7 +16,7 @@ EPILOG = """example:
 
 def register(sub) -> None:
     from bayes_rlhf.commands._common import (HelpFormatter, add_control_args, add_model_args, add_out_args,
-                                             add_target_args)
+                                             add_target_args, at_least_one)
 
     p = sub.add_parser("exact", help="enumerate a model's completions and print the exact posterior",
                        description="Enumerate every completion of each prompt, compute the exact posterior "
@@ -25,7 +25,9 @@ def register(sub) -> None:
     add_model_args(p)
     add_target_args(p)
     add_control_args(p)
-    p.add_argument("--max-completions", type=int, default=None, metavar="N", help="refuse spaces with more completions (default: refuse a table that would not fit in available memory)")
+    p.add_argument("--max-completions", type=at_least_one, default=None, metavar="N",
+                   help="refuse spaces with more completions (default: refuse a table that would not fit in "
+                        "available memory)")
     add_out_args(p, None, "write a run directory here (summary.json, posterior tables, inference_data.nc, "
                           "top_completions.csv; `bayes-rlhf report DIR` draws its figures)")
     p.set_defaults(func=run)
