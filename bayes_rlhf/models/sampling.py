@@ -23,7 +23,8 @@ import torch
 
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.completions import Completions
-from bayes_rlhf.models.packed import packed_linears
+from bayes_rlhf.models.linears import MAX_ROWS
+from bayes_rlhf.models.packed import available as packed_available, packed_linears, plain_lora
 
 
 def sample(lm, prompts: str | Sequence[str], num_samples: int, max_new_tokens: int, *,
@@ -37,15 +38,50 @@ def sample(lm, prompts: str | Sequence[str], num_samples: int, max_new_tokens: i
         for net in [lm.model] + ([lm.support.model] if lm.support is not None else []):
             stack.enter_context(packed_linears(net, n))
         ids, mask, total, support_tok = _draw(lm, plist, num_samples, max_new_tokens, generator)
+    return _completions(plist, num_samples, ids, mask, total, support_tok)
+
+
+def rides_along(lm, rows: int) -> bool:
+    """True when ``sample_with_base`` can sample ``rows`` completions of ``lm``: an untruncated CPU
+    LoRA model (every LoRA layer plain, float32) with MKL's packed operators and 2 x rows <= MAX_ROWS."""
+    return (lm.top_k is None and lm.support is None and lm.device.type == "cpu" and 2 * rows <= MAX_ROWS
+            and packed_available() and plain_lora(lm.model))
+
+
+def sample_with_base(lm, prompts: str | Sequence[str], num_samples: int, max_new_tokens: int, *,
+                     generator: torch.Generator | None = None) -> tuple[Completions, torch.Tensor]:
+    """``sample`` of a LoRA model, and the per-token log-probs [n, T] (0 at padding) of the draws under
+    its base (adapters off), computed in the same forwards: each one-token step runs 2n rows, the
+    second n through the base only (``packed_linears(base_half=True)``). Needs ``rides_along``.
+
+    The draws are ``lm``'s own; their log-probs, and the base's, equal ``lm.score`` and the base's
+    ``score`` up to float32 rounding (the products run on 2n rows instead of n).
+    """
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ConfigError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
+    plist = lm._as_prompt_list(prompts)
+    n = len(plist) * num_samples
+    if not rides_along(lm, n):
+        raise ConfigError("sample_with_base needs an untruncated CPU model with plain float32 LoRA layers, MKL's "
+                          f"packed operators and 2 x {n} rows <= {MAX_ROWS}; use sample and score the base instead")
+    with packed_linears(lm.model, 2 * n, base_half=True):
+        ids, mask, total, base_tok = _draw(lm, plist, num_samples, max_new_tokens, generator, base=True)
+    return _completions(plist, num_samples, ids, mask, total, None), base_tok.cpu()
+
+
+def _completions(plist, num_samples, ids, mask, total, support_tok) -> Completions:
     prompt_index = torch.arange(len(plist)).repeat_interleave(num_samples)
     return Completions(ids.cpu(), mask.cpu(), total.cpu(), prompt_index,
                        support_log_probs=None if support_tok is None else support_tok.cpu())
 
 
-def _draw(lm, plist, num_samples, max_new_tokens, generator):
-    """The sampling loop: ids, mask [n, T], total log-probs [n] and the support's per-token log-probs."""
-    state, logp, support_lp = lm._start(plist, num_samples)
-    n = state.batch_size
+def _draw(lm, plist, num_samples, max_new_tokens, generator, base: bool = False):
+    """The sampling loop: ids, mask [n, T], total log-probs [n] and the support's per-token log-probs
+    (``base``: the base's, from the second half of 2n rows that all take the first half's tokens)."""
+    state, logp, support_lp = lm._start(plist + plist if base else plist, num_samples)
+    n = len(plist) * num_samples
+    if base:
+        logp, support_lp = logp[:n], logp[n:]
     support_tok = None if support_lp is None else torch.zeros((n, max_new_tokens), dtype=support_lp.dtype,
                                                              device=lm.device)
     ids = torch.full((n, max_new_tokens), lm.pad_id, dtype=torch.long, device=lm.device)
@@ -62,7 +98,9 @@ def _draw(lm, plist, num_samples, max_new_tokens, generator):
         if lm.eos_token_id is not None:
             alive = alive & (tok != lm.eos_token_id)
         if t + 1 < max_new_tokens and alive.any():
-            state, logp, support_lp = lm._step(state, tok)
+            state, logp, support_lp = lm._step(state, torch.cat([tok, tok]) if base else tok)
+            if base:
+                logp, support_lp = logp[:n], logp[n:]
         else:
             break
     return ids, mask, total, support_tok

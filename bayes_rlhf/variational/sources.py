@@ -24,6 +24,7 @@ from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.rejection import exact_rejection_sample
 from bayes_rlhf.exact.from_target import exact_posterior
 from bayes_rlhf.models.completions import Completions
+from bayes_rlhf.models.sampling import rides_along, sample_with_base
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.variational.preferences import check_covers
 
@@ -86,8 +87,12 @@ def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: d
         return _pairs(preferences, max(1, num_per_prompt // 2))
     if source.kind in ("policy", "prior"):
         lm = policy if source.kind == "policy" else target.prior
+        with_prior = lm is policy and base_is_prior(policy, target.prior)
 
         def draw_lm(prompts, gen):
+            if with_prior and rides_along(lm, len(prompts) * num_per_prompt):  # the prior in the same forwards
+                c, prior_lp = sample_with_base(lm, list(prompts), num_per_prompt, target.max_new_tokens, generator=gen)
+                return Drawn(c.ids, c.mask, c.prompt_index, prior_logp=prior_lp)
             c = lm.sample(list(prompts), num_per_prompt, target.max_new_tokens, generator=gen)
             prior_lp = c.support_log_probs if lm.support is target.prior else None
             return Drawn(c.ids, c.mask, c.prompt_index, prior_logp=prior_lp)
@@ -95,6 +100,22 @@ def make_draw(source: Source, target, policy, num_per_prompt: int, posteriors: d
     one = {"exact": _exact, "rejection": _rejection, "given": _given}[source.kind](source, target, posteriors,
                                                                                   sampler)
     return lambda prompts, gen: _per_prompt(one, prompts, num_per_prompt, gen)
+
+
+def base_is_prior(policy, prior) -> bool:
+    """True when ``policy`` is a LoRA model whose frozen base is ``prior`` (equal tensors, untruncated
+    both): sampling can then run the prior's rows in its forwards (``sample_with_base``)."""
+    model = policy.model
+    if (not hasattr(model, "disable_adapter") or prior.top_k is not None or policy.top_k is not None
+            or policy.support is not None or policy.device != prior.device):
+        return False
+    base = {k.replace(".base_layer.", "."): v for k, v in model.get_base_model().state_dict().items()
+            if ".lora_" not in k}
+    own = prior.model.state_dict()
+    if base.keys() != own.keys():
+        return False
+    frozen = all(not p.requires_grad for k, p in model.named_parameters() if ".lora_" not in k)
+    return frozen and all(base[k].dtype == v.dtype and torch.equal(base[k], v) for k, v in own.items())
 
 
 def _per_prompt(one, prompts: Sequence[str], n: int, gen) -> Drawn:

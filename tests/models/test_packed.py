@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bayes_rlhf import errors as br_errors
 from bayes_rlhf.models import packed
 from bayes_rlhf.models.toy import tiny_lm
 
@@ -120,3 +121,29 @@ def test_lora_layers_add_the_low_rank_term_to_the_packed_base_and_follow_adapter
         with model.disable_adapter():                     # switched off inside the block: followed too
             torch.testing.assert_close(model(input_ids=ids).logits, base, **TOL)
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_base_half_runs_the_second_half_of_the_batch_through_the_base_alone():
+    pytest.importorskip("peft")
+    model = _lora(seed=5)
+    ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
+    with torch.no_grad():
+        lora = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    both = torch.cat([ids, ids])
+    for rows in (both.numel(), 4):  # packed products (12 rows) and the plain kernel (any other count)
+        with torch.no_grad(), packed.packed_linears(model, rows, base_half=True):
+            out = model(input_ids=both).logits
+        torch.testing.assert_close(out[:2], lora, **TOL)
+        torch.testing.assert_close(out[2:], base, **TOL)
+    with packed.packed_linears(model, 4, base_half=True), pytest.raises(RuntimeError, match="no-grad"):
+        model(input_ids=both)                             # under grad it refuses rather than mix the halves
+    with pytest.raises(br_errors.ConfigError, match="even row count"):
+        with packed.packed_linears(model, 5, base_half=True):
+            pass
+    plain = tiny_lm("llama", vocab_size=8, seed=5, dtype=torch.float32)
+    assert not packed.plain_lora(plain.model)         # no LoRA layers: nothing to ride along
+    with pytest.raises(br_errors.ConfigError, match="LoRA"):
+        with packed.packed_linears(plain.model, 4, base_half=True):
+            pass

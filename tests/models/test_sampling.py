@@ -1,9 +1,14 @@
-"""Ancestral sampling: a model restricted to a truncated prior's support keeps the prior's log-probs."""
+"""Ancestral sampling: a model restricted to a truncated prior's support keeps the prior's log-probs; a LoRA
+model samples with its base's log-probs computed in the same forwards."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 
+from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.models.toy import tiny_lm
 
 
@@ -19,3 +24,42 @@ def test_support_log_probs_of_the_draws_equal_the_prior_scoring_them():
     picked = c.select(torch.tensor([4, 0]))
     assert torch.equal(picked.support_log_probs, c.support_log_probs[[4, 0]])
     assert prior.sample("w1", 3, 2, generator=torch.Generator().manual_seed(0)).support_log_probs is None
+
+
+def _lora_lm(seed):
+    from peft import LoraConfig, get_peft_model
+
+    from bayes_rlhf.models.causal_lm import CausalLM
+
+    lm = tiny_lm("llama", vocab_size=16, seed=seed, dtype=torch.float32)
+    torch.manual_seed(seed)  # test: peft draws its adapter init from the global generator
+    model = get_peft_model(copy.deepcopy(lm.model), LoraConfig(r=2, lora_alpha=4, target_modules="all-linear",
+                                                               lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)  # peft starts B at 0: make the adapters matter
+    return lm, CausalLM(model, lm.tokenizer, device="cpu")
+
+
+def test_sample_with_base_draws_the_lora_model_and_scores_the_base_in_the_same_forwards():
+    pytest.importorskip("peft")
+    from bayes_rlhf.models import packed
+    from bayes_rlhf.models.sampling import rides_along, sample_with_base
+
+    if not packed.available():
+        pytest.skip("torch without MKL's packed linear operators")
+    base, policy = _lora_lm(seed=4)
+    prompts = ["w1 w2", "w3"]
+    assert rides_along(policy, 8) and not rides_along(base, 8) and not rides_along(policy, packed.MAX_ROWS)
+    c, base_lp = sample_with_base(policy, prompts, 4, 5, generator=torch.Generator().manual_seed(3))
+    plain = policy.sample(prompts, 4, 5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(c.ids, plain.ids) and torch.equal(c.mask, plain.mask)  # the LoRA model's own draws
+    rows = [p for p in prompts for _ in range(4)]
+    # float32 products over 16 rows instead of 8: rounding only (log-probs O(1), eps 1.2e-7)
+    torch.testing.assert_close(c.log_probs, policy.score(rows, c.ids, c.mask).sum(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(base_lp, base.score(rows, c.ids, c.mask), atol=1e-5, rtol=1e-5)
+    assert (base_lp[~c.mask] == 0).all()
+    assert (base_lp - policy.score(rows, c.ids, c.mask)).abs().max() > 1e-2  # the adapters matter here
+    with pytest.raises(ConfigError, match="sample and score the base"):
+        sample_with_base(base, prompts, 4, 5)

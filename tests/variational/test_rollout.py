@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import bayes_rlhf as br
@@ -38,3 +39,51 @@ def test_an_unrestricted_policy_has_its_draws_scored_by_the_prior(monkeypatch):
     assert prior_scored
     torch.testing.assert_close(out.prior_logp, prior.score(list(out.rows), out.ids, out.mask).double(),
                                atol=0, rtol=0)
+
+
+def test_a_lora_policy_brings_the_prior_log_probs_from_its_own_forwards_and_the_gradient_is_unchanged(monkeypatch):
+    pytest.importorskip("peft")
+    from bayes_rlhf.models import packed
+    from bayes_rlhf.variational import sources
+    from bayes_rlhf.variational.config import TrainerConfig
+    from bayes_rlhf.variational.policy import make_policy
+
+    if not packed.available():
+        pytest.skip("torch without MKL's packed linear operators")
+    prior = tiny_lm("llama", vocab_size=10, seed=3, dtype=torch.float32)
+    target = br.Target(prior, first_word_reward(), 0.5, 3)
+    config = TrainerConfig(lora_rank=2, seed=0)
+    policy = make_policy(prior, config)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)  # as after some training: the policy differs from its base
+    assert sources.base_is_prior(policy, prior) and not sources.base_is_prior(prior, prior)
+    along, prior_scored = _rollout(target, policy, monkeypatch)
+    assert not prior_scored                          # the prior rode along the sampling forwards
+    monkeypatch.setattr(sources, "rides_along", lambda lm, rows: False)
+    plain, prior_scored = _rollout(target, policy, monkeypatch)
+    assert prior_scored and torch.equal(along.ids, plain.ids)
+    # float32 products on 2n rows against a separate scoring pass: rounding only (eps 1.2e-7, values O(1))
+    torch.testing.assert_close(along.prior_logp, plain.prior_logp, atol=1e-5, rtol=1e-5)
+    grads = []
+    for out in (along, plain):
+        logq, _ = ro.forward(policy, list(out.rows), out.ids, out.mask)
+        loss = config.bound_objective().loss(ro.policy_batch(out, target.beta, logq, None)).loss
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)  # the same gradient up to that rounding
+    assert grads[1].abs().max() > 1e-3
+
+
+def test_a_lora_policy_whose_base_is_not_the_prior_is_scored_by_the_prior():
+    pytest.importorskip("peft")
+    from bayes_rlhf.variational import sources
+    from bayes_rlhf.variational.config import TrainerConfig
+    from bayes_rlhf.variational.policy import make_policy
+
+    prior = tiny_lm("llama", vocab_size=10, seed=3, dtype=torch.float32)
+    policy = make_policy(tiny_lm("llama", vocab_size=10, seed=4, dtype=torch.float32), TrainerConfig(lora_rank=2))
+    assert not sources.base_is_prior(policy, prior)   # other base weights
+    truncated = tiny_lm("llama", vocab_size=10, seed=3, dtype=torch.float32, top_k=3)
+    assert not sources.base_is_prior(make_policy(truncated, TrainerConfig(lora_rank=2)), truncated)
