@@ -170,6 +170,8 @@ def test_evaluate_speaks_the_same_vocabulary(tmp_path, default, capsys):
 
 
 def test_help_has_examples():
+    res = subprocess.run([sys.executable, "-m", "bayes_rlhf.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "Start with `bayes-rlhf demo`" in res.stdout  # where a new user begins
     for cmd in ("demo", "exact", "train", "evaluate", "report"):
         res = subprocess.run([sys.executable, "-m", "bayes_rlhf.cli", cmd, "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "example" in res.stdout

@@ -46,7 +46,8 @@ def run_directory(run_dir) -> Path:
 
     run_dir = Path(run_dir)
     try:
-        command = json.loads((run_dir / MARKER).read_text()).get("command")
+        marker = json.loads((run_dir / MARKER).read_text())
+        command, settings = marker.get("command"), marker.get("settings") or {}
     except (OSError, ValueError, AttributeError):
         return run_dir
     if command != "train":
@@ -55,8 +56,31 @@ def run_directory(run_dir) -> Path:
         return run_dir / "exact"
     raise RunDirError(f"{run_dir} is a `bayes-rlhf train` folder without an exact evaluation to report; set "
                       "[evaluate] exact = true in its config and run the same train command again (it resumes "
-                      f"and writes {run_dir / 'exact'}), or run `bayes-rlhf evaluate --policy {run_dir / 'policy'} "
-                      "--out DIR` and report DIR")
+                      f"and writes {run_dir / 'exact'}), or run `{evaluate_command(run_dir, settings)} --out DIR` "
+                      "(the policy against the target it was trained for); its DIR/report.html is the report")
+
+
+def evaluate_command(run_dir: Path, settings: dict) -> str:
+    """The ``bayes-rlhf evaluate`` line comparing a train folder's policy with the target it was trained
+    for (its run.json settings), naming only the settings that differ from evaluate's defaults."""
+    import shlex
+
+    from bayes_rlhf.demo import DEFAULT_BETA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, DEFAULT_PROMPTS, DEFAULT_REWARD
+
+    t = settings.get("target") if isinstance(settings.get("target"), dict) else {
+        k.removeprefix("target."): v for k, v in settings.items() if k.startswith("target.")}
+    args = ["bayes-rlhf", "evaluate", "--policy", str(run_dir / "policy")]
+    for flag, key, default in (("--model", "model", DEFAULT_MODEL), ("--reward", "reward", DEFAULT_REWARD),
+                               ("--beta", "beta", DEFAULT_BETA), ("--max-new-tokens", "max_new_tokens",
+                                                                  DEFAULT_MAX_NEW_TOKENS),
+                               ("--top-k", "top_k", None), ("--dtype", "dtype", None)):
+        if t.get(key, default) != default:
+            args += [flag, f"{t[key]:g}" if isinstance(t[key], float) else str(t[key])]
+    prompts = t.get("prompts") or []
+    if prompts != list(DEFAULT_PROMPTS) or t.get("model", DEFAULT_MODEL) != DEFAULT_MODEL:
+        for prompt in prompts:
+            args += ["--prompt", prompt]
+    return shlex.join(args)
 
 
 def run(args) -> int:

@@ -84,6 +84,21 @@ def test_report_of_a_train_folder_without_exact_says_what_to_do(tmp_path, capsys
     out = tmp_path / "out"
     assert main(["train", "--config", str(cfg), "--out", str(out)]) == 0 and not (out / "exact").exists()
     refused(capsys, ["report", str(out)], out, "[evaluate] exact = true")
+    # the evaluate command it suggests compares the policy with the target it was trained for
+    import shlex
+
+    from bayes_rlhf.commands.report import run_directory
+    from bayes_rlhf.diagnostics.run_dir import RunDirError
+
+    with pytest.raises(RunDirError) as info:
+        run_directory(out)
+    command = str(info.value).split("`")[3]
+    assert command.endswith(" --out DIR") and "--max-new-tokens 2" in command
+    argv = shlex.split(command.replace("--out DIR", f"--out {tmp_path / 'eval'}"))
+    assert argv[:2] == ["bayes-rlhf", "evaluate"] and main(argv[1:]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:4]
+    assert [r.split("  ")[0] for r in rows] == ["'the movie was'", "'the food is'"]  # the config's prompts
+    assert (tmp_path / "eval" / "report.html").is_file()
 
 
 @pytest.mark.parametrize("text,match", [
