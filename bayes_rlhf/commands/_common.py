@@ -54,6 +54,27 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"prior: a model directory or hub id ({DEFAULT_MODEL!r}: the embedded model; the default)")
     p.add_argument("--top-k", type=at_least_one, default=None, metavar="K", help="truncate the prior to its top k tokens per step")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="load the prior in this dtype")
+    add_threads_arg(p)
+
+
+THREADS_HELP = ("torch threads (default: 1 with the embedded model, which is tiny: more threads do not help, and "
+                "they stall when other work shares the CPU; torch's own default with any other model)")
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=at_least_one, default=None, metavar="N", help=THREADS_HELP)
+
+
+def command_threads(threads: int | None, model: str):
+    """The block a command runs in: ``torch_threads(threads)``; by default one thread for the embedded
+    model (as the demo runs it) and torch's own count for any other."""
+    import contextlib
+
+    from bayes_rlhf.threads import torch_threads
+
+    if threads is None:
+        threads = 1 if model == DEFAULT_MODEL else None
+    return contextlib.nullcontext() if threads is None else torch_threads(threads)
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:

@@ -153,6 +153,14 @@ def format_comparisons(posteriors, comparisons, tsv: bool = False) -> str:
 
 
 def run(args) -> int:
+    """``_run`` on ``--threads`` torch threads (default: one for the embedded model)."""
+    from bayes_rlhf.commands._common import command_threads
+
+    with command_threads(getattr(args, "threads", None), args.model):
+        return _run(args)
+
+
+def _run(args) -> int:
     """Print one row of exact comparisons per prompt; bad input raises typed errors (the CLI prints them)."""
     from bayes_rlhf.commands._common import claim, target_settings
 

@@ -97,6 +97,14 @@ def format_control(target) -> str:
 
 
 def run(args) -> int:
+    """``_run`` on ``--threads`` torch threads (default: one for the embedded model)."""
+    from bayes_rlhf.commands._common import command_threads
+
+    with command_threads(getattr(args, "threads", None), args.model):
+        return _run(args)
+
+
+def _run(args) -> int:
     from bayes_rlhf.commands._common import (claim, format_posterior, model_path, parse_moments, prompts_of,
                                              target_settings, write_top_completions)
     from bayes_rlhf.control import control_summary

@@ -59,7 +59,7 @@ _TARGET_KEYS = {"model", "reward", "beta", "max_new_tokens", "prompts", "top_k",
 
 
 def register(sub) -> None:
-    from bayes_rlhf.commands._common import HelpFormatter, add_out_args
+    from bayes_rlhf.commands._common import HelpFormatter, add_out_args, add_threads_arg
 
     p = sub.add_parser("train", help="train an amortised policy q towards the posterior pi*",
                        description="Fine-tune a copy of the prior with RLOO (the default) or another objective "
@@ -70,6 +70,7 @@ def register(sub) -> None:
                        epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, metavar="FILE", help="a TOML file with [target], [trainer] and [evaluate] tables")
     add_out_args(p, None, "output directory (default: runs/<config file name>)")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -219,8 +220,12 @@ def _train(cfg: dict, target, config, d: Path, main: bool, recorded: dict) -> di
 
 
 def run(args) -> int:
+    from bayes_rlhf.commands._common import command_threads
+
     out = args.out or str(Path("runs") / Path(args.config).stem)
-    summary = train_from_config(args.config, out, overwrite=args.overwrite)
+    model = load_config(args.config)["target"]["model"]  # its ConfigErrors are train_from_config's
+    with command_threads(getattr(args, "threads", None), model):
+        summary = train_from_config(args.config, out, overwrite=args.overwrite)
     last = summary["final"]
     line = f"trained {summary['steps']} steps: objective {last['objective']:.4f}, KL(q||pi0) {last['kl_prior']:.4f}"
     if "exact" in summary:

@@ -71,3 +71,36 @@ def test_help_wraps_prose_and_keeps_examples(monkeypatch):
         for line in (sub.epilog or "").splitlines():
             if line.startswith("  "):
                 assert line in text.splitlines(), (name, line)  # examples untouched
+
+
+def test_commands_run_the_embedded_model_on_one_thread(monkeypatch, tmp_path):
+    """exact, evaluate and train run on --threads torch threads: by default one for the embedded model
+    (as the demo does: more only stall on a busy CPU), torch's own count for another; restored after."""
+    import torch
+
+    from bayes_rlhf import cli
+    from bayes_rlhf.commands import evaluate, exact, train
+
+    seen = []
+    record = lambda *args, **kwargs: seen.append(torch.get_num_threads()) or 0  # noqa: E731
+    monkeypatch.setattr(exact, "_run", record)
+    monkeypatch.setattr(evaluate, "_run", record)
+    monkeypatch.setattr(train, "train_from_config", lambda *a, **k: seen.append(torch.get_num_threads()) or {
+        "final": {"objective": 0.0, "kl_prior": 0.0}, "steps": 0})
+    config = tmp_path / "run.toml"
+    config.write_text('[target]\nprompts = ["the movie was"]\n')
+    other = tmp_path / "other.toml"
+    other.write_text('[target]\nmodel = "some/model"\nprompts = ["a"]\n')
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for argv in (["exact"], ["exact", "--threads", "2"], ["exact", "--model", "m", "--prompt", "a"],
+                     ["evaluate", "--policy", "p"], ["evaluate", "--policy", "p", "--threads", "2"],
+                     ["train", "--config", str(config), "--out", str(tmp_path / "o")],
+                     ["train", "--config", str(other), "--out", str(tmp_path / "o")]):
+            assert cli.main(argv) == 0, argv
+            assert torch.get_num_threads() == 2, argv
+        assert seen == [1, 2, 2, 1, 2, 1, 2]
+        assert cli.main(["train", "--config", str(tmp_path / "nope.toml")]) == 2  # the config's own error
+    finally:
+        torch.set_num_threads(before)
