@@ -34,46 +34,67 @@ weights). The recipe, the same for both sides::
       --repeats times; the wall ratio compares each side's fastest run, the per-CPU-second ratio
       each side's best rate per CPU second (every run is kept in the JSON)
 
-Measured 2026-12-02 03:01-03:14 UTC on 2 shared cores (Xeon, AVX-512; load average 7.1 falling to 2.0
-from other jobs), one thread per side, 384 timed tokens per run, best of 3 runs per side
+Measured 2026-12-02 05:29-05:38 UTC on 2 shared cores (Xeon, AVX-512; load average 2.8-3.7 from other
+jobs), one thread per side, 384 timed tokens per run, best of 3 runs per side
 (results/policy_smollm2.json; every run with its load in results/policy_smollm2.log)::
 
                       ours tok/s   TRL tok/s, ckpt off / on   ours / TRL wall   per CPU second
-    full fine-tuning     13.9          14.0 / 11.0             1.00x / 1.27x     1.22x / 1.35x
-    LoRA r = 8           30.0          21.7 / 19.1             1.39x / 1.57x     1.33x / 1.53x
+    full fine-tuning     29.4          26.5 / 18.0             1.11x / 1.63x     1.28x / 1.34x
+    LoRA r = 8           30.9          17.7 / 16.9             1.75x / 1.83x     1.52x / 1.68x
 
-(per CPU second, each side's best run: full 27.8 against 22.8 / 20.7, LoRA 30.4 against 22.8 / 19.8
-tokens). The run before it (02:46-03:00, load 5-7) gave per CPU second 1.16x / 1.29x (full) and
-1.40x / 1.57x (LoRA). So 1.5x TRL is reached against TRL's default (gradient checkpointing on) with
-LoRA, not against TRL with checkpointing off, and not in full fine-tuning; see what is left below.
-The wall column is the load lottery (TRL's fastest full fine-tuning run came as the load fell to
-3.5). Unexplained: our full fine-tuning rate per CPU second fell from run to run within one process
-in both runs (27.8, 25.8, 24.3 and 27.2, 25.3, 24.4) while TRL's stayed within 4%.
+(per CPU second, each side's best run: full 34.1 against 26.6 / 25.5, LoRA 38.8 against 25.5 / 23.1
+tokens). An earlier run the same morning (05:18-05:23, load 2.7-3.4, LoRA only, before the prior rode
+along the sampling) gave LoRA 1.46x / 1.59x; one of full fine-tuning (05:23-05:30, with the same
+code) gave 1.34x / 1.46x. So 1.5x TRL per CPU second is reached with LoRA against both TRL settings,
+and not in full fine-tuning (1.3x). The wall column is the load lottery (TRL's fastest full run came in
+a quiet minute: 14.5 s wall for 14.4 s of CPU). Before this (03:01-03:14, load 7.1 falling to 2.0; before
+the packed sampling kernels and the prior riding along) the same recipe gave per CPU second 1.22x / 1.35x
+(full) and 1.33x / 1.53x (LoRA); on 2026-12-01 (before the tiled LM head and the merged LoRA sampling
+path) 0.98x / 1.06x and 1.28x / 1.72x. On this shared machine one side's runs differ by up to 25% in
+CPU time and more in wall time; the per-CPU-second ratios are the steadier.
 
-Earlier (2026-12-01, before the tiled LM head and the merged LoRA sampling path) the same recipe gave
-0.98x / 1.06x (full) and 1.28x / 1.72x (LoRA) per CPU second. On this shared machine one side's
-runs differ by up to 25% in CPU time and more in wall time; the per-CPU-second ratios are the steadier.
+The slowdown from run to run seen at 03:01 (our full fine-tuning 27.8, 25.8, 24.3 tokens per CPU
+second) is not denormal arithmetic and was not reproduced: after 6 full fine-tuning steps no
+gradient, Adam moment or weight was subnormal (0 of 134.5M / 269M / 134.5M values);
+``torch.set_flush_denormal(True)`` against False, alternated run by run (3 pairs, 4 steps each) gave
+4.3-4.5 s against 4.3-4.6 s per step; 3 and 6 runs in a row in one process, with and without TRL's
+runs between them, stayed within the noise (4.6 -> 4.3 s per step; today 34.4, 28.9, 34.0 and 31.4,
+32.9, 34.1 tokens per CPU second, the dip while tests ran beside it), resident memory flat at
+3.8-3.9 GB after the first run. Only a process's first run pays extra: 5.9 s of system time in page
+faults (741k minor faults) against 0.3-0.5 s in later runs. What made the 03:01 runs drift is not
+known: not the load alone (it fell from 7.1 to 2.0 while our rate fell), and not denormals, growing
+memory or a retained graph; it did not recur in the runs above, so no flag was added.
 
-Where the time goes (CPU seconds per step of 128 tokens, one thread, load 3.5-4.5; timers around
+Where the time goes (CPU seconds per step of 128 tokens, one thread, load 2.6-4.5; timers around
 each phase, and py-spy / torch.profiler for the breakdowns)::
 
                         sample   prior score   train forward   backward   Adam    step
-    ours full, before    2.6-3.4    0.6-0.9       0.7-1.6       1.4-2.8   0.2    6.6-8.4
-    ours full, now       2.3-2.4    0.51-0.53     0.47-0.55     0.91-0.94 0.17   4.5-4.7
-    ours LoRA, before    3.1-3.7    0.6-0.7       0.74-0.84     0.72-0.76 0.01   5.2-5.9
-    ours LoRA, now       2.3-2.5    0.52-0.54     0.59-0.64     0.52-0.55 0.01   4.0-4.3
+    ours full, first     2.6-3.4    0.6-0.9       0.7-1.6       1.4-2.8   0.2    6.6-8.4
+    ours full, 03:00     2.3-2.4    0.51-0.53     0.47-0.55     0.91-0.94 0.17   4.5-4.7
+    ours full, now       1.82 *     0.50          0.50            0.94      0.18   4.06
+    ours LoRA, first     3.1-3.7    0.6-0.7       0.74-0.84     0.72-0.76 0.01   5.2-5.9
+    ours LoRA, 03:00     2.3-2.5    0.52-0.54     0.59-0.64     0.52-0.55 0.01   4.0-4.3
+    ours LoRA, now       2.53 **    -             0.61            0.56      0.01   3.74
     TRL full (no ckpt)   generate 2.7-2.9; three log-prob forwards (old, reference, training)
                          1.7-2.0 together; backward 1.3; training_step 5.7-6.1 without AdamW
+    (* 0.26 s of it packing the changed weights; ** the prior's log-probs computed in the same forwards)
 
-- Sampling is bound by weight bandwidth: 16 one-token forwards of 8 rows each read all 540 MB of
-  float32 weights (the tied 49152 x 576 head is 113 MB of them); ``Linear.forward`` is 73% of it,
-  about 3.7 GB/s here. A transposed copy (``x @ Wt``) is 1.5-2x faster on one cache-resident matrix
-  but only 4% on the whole model (2.33 s against 2.45 s), where the weights stream from memory.
+- Sampling is bound by weight traffic: 16 one-token forwards of 8 rows each read all 540 MB of
+  float32 weights (the tied 49152 x 576 head is 113 MB of them). torch's GEMM for 8 rows ran at
+  4-6 GB/s of weights where a plain read of them runs at 14 GB/s; MKL's packed GEMM
+  (``bayes_rlhf.models.packed``: each weight packed once per sampling call, or kept while unchanged)
+  samples 16 x 8 tokens in 1.68 s against 2.25 s (2.08 s with transposed copies). Full fine-tuning
+  packs its changed weights once per step (0.26 s); a LoRA base is packed once per run and the
+  low-rank term added on top (no merged copy per step).
+- The prior rides along a LoRA policy's sampling: its base is the prior, so each one-token step runs
+  16 rows, the second 8 through the base alone (``packed_linears(base_half=True)``), and the prior's
+  log-probs of the draws come out of the same forwards instead of a 0.45-0.6 s scoring pass
+  (alternated step by step: 3.72 s against 3.87 s per step). Full fine-tuning has no such sharing:
+  the prior's weights are other weights.
 - LoRA sampling through peft cost 0.7-0.9 s more than the plain model: re-entering
   ``transposed_linears`` walked and checked the peft model's 2,499 modules (17 ms per forward,
-  0.27 s per step) and each LoRA layer ran six small kernels more per token. Now each LoRA layer
-  runs as one ``x @ (W + s B A)^T``, merged into a kept buffer once per step, and the layers to
-  patch are listed once per model (2.7 ms per forward): LoRA samples as fast as the plain model.
+  0.27 s per step) and each LoRA layer ran six small kernels more per token. The layers to patch
+  are now listed once per model (2.7 ms per forward).
 - The full fine-tuning backward: with the prompt run once through a KV cache every weight received
   two gradients that autograd added (``aten::add`` 0.57 s) and the tied embedding two dense
   [49152, 576] gradients (2 x 0.23 s); under grad the forward is now one pass over the concatenated
@@ -83,12 +104,12 @@ each phase, and py-spy / torch.profiler for the breakdowns)::
   (under grad one softmax per tile is kept for the backward, nothing recomputed), and only at the
   16 positions that predict a completion token (the plain full pass ran the head on all 20).
 - Not worth it: a sparse gradient for the tied input embedding (0.02-0.05 s of the backward) and
-  the cached prompt pass under grad with LoRA (the same 0.6 s forward, 0.55 s backward).
-- What is left: full fine-tuning now spends 2.35 s sampling (the bandwidth floor in float32),
-  0.5 s on the prior, 1.4 s on the training pass and 0.17 s in Adam, against TRL's 5.5-6 s; that
-  structure caps the full fine-tuning ratio near 1.3x per CPU second. More needs fewer weight bytes
-  per sampled token (bf16 weights: not equal precision) or no separate prior pass (for LoRA the
-  prior is the base: its rows could share the sampling forwards, which are bandwidth-bound).
+  the cached prompt pass under grad with LoRA (the same 0.6 s forward, 0.55 s backward); the prior
+  riding along the training forward (at 128 rows the products are compute-bound: the same work).
+- What is left: full fine-tuning spends 1.8 s sampling, 0.5 s on the prior, 1.45 s on the training
+  pass and 0.18 s in Adam against TRL's 4.8-5.3 s, which caps it near 1.3x per CPU second in float32.
+  More needs fewer weight bytes per sampled token (bf16 weights: not equal precision; a bf16 row
+  for both sides is not measured yet).
 """
 
 from __future__ import annotations
