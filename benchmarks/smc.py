@@ -49,17 +49,28 @@ skips runs already there; ``--report-only`` summarises it again) and ``smc.pdf``
 takes the exact and sampled references from an earlier run when what they depend on (prompt, T,
 top_k, forbidden set size, vocabulary, reference runs and particles) is the same, and says so.
 
-Measured (one fresh run with the defaults, 2-core machine shared with other jobs, load 3.4-7.3,
-50 min): exact top-16 log Z A -1.207413, B -3.798840 (the same through the hook, and the hook's
-first-step log-probs equal our ``top_k``'s); full-prior reference A -1.3113 +- 0.0036, B -3.3319
-+- 0.0229. Peer cost / our cost at equal RMSE, peer at its best mode, wall time (positions):
-llamppl A 6.3x (16.7x), A-top16 4.6x (12.0x), B >= 5.4x (>= 14.6x), B-top16 >= 2.7x (>= 3.0x);
-genlm-control A >= 1.9x (>= 6.3x), A-top16 >= 2.0x (>= 7.1x), B >= 3.2x (>= 8.0x), B-top16
->= 15.4x (>= 2.3x). ">=": our cheapest point is already more accurate than the peer's most
-accurate one (peer N only 8 and 32: the peers took 3-57 s a run against our 1-5 s), so the
-ratio is a bound, not a reading. The goal of issue 14 (>= 5x both peers at equal RMSE) is met
-in wall time against llamppl on A and B, not on their top-16 variants (4.6x, >= 2.7x), and not
-shown against genlm-control (bounds 1.9-15.4x; in positions >= 6.3x except B-top16 >= 2.3x).
+Measured (one fresh run with the defaults, started at commit 8c94596, 2-core machine shared with
+other jobs, load 2.2-4.1 at the runs, 2.7 at the end; 556 runs in 23 min; the references reused from
+the previous run at 5a46c22, whose config they match: exact top-16 log Z A -1.207413, B -3.798840;
+full-prior reference A -1.3113 +- 0.0036, B -3.3319 +- 0.0229, 8 x 2048 particles). The summary was
+re-read with ``--report-only`` after one fix to the read-off (a one-point frontier inside the other
+curve's range is read there, not reported as "the curves touch"). Peer cost / our cost at equal
+RMSE, the peer at its best mode, ratio at the middle of the shared RMSE range (its range over
+that RMSE range in brackets), wall time; positions after the slash:
+llamppl A 5.4x (2.5-6.9) / 21.8x, A-top16 3.9x (2.9-5.1) / 12.1x, B 5.4x (3.8-7.4) / 25.7x,
+B-top16 >= 4.9x / >= 10.3x; genlm-control A 6.8x (2.9-12.0) / 30.4x, A-top16 3.8x (1.9-7.9) / 12.9x,
+B 3.4x (2.1-10.5) / 12.7x (in positions
+AWRS is the best mode, read at its one point), B-top16 >= 5.2x / >= 13.5x. ">=": our
+cheapest point without failures (ours constrained N = 32, RMSE 1.81) is more accurate than
+the peer's best (llamppl 1.91, genlm 2.39; on B-top16 every sampler is noisy, RMSE >= 1.5 for
+the peers up to N = 32 / 128), so a bound. Readings now on six of eight (task, peer) pairs. The
+goal of issue 14 (>= 5x both peers at equal RMSE, wall time) is met on A against both peers, on
+B against llamppl, and as a bound on B-top16 against genlm; not on A-top16 (3.9x, 3.8x) nor on B
+against genlm (3.4x). In positions every ratio is >= 10x. Where the wall-time gap is: our runs
+are T = 4 forwards of N rows and 85-95% of their time is those forwards' matrix products (a
+profile of ours at N = 8: 0.75-1.0 s a run, no fixed per-run overhead to cut), and on one CPU
+thread a forward of 8 rows costs almost what one of 64 does (weights are streamed once per
+forward), so the peers' 6-10x more positions cost them only 2-3x more wall time at equal N.
 """
 
 from __future__ import annotations
@@ -82,7 +93,8 @@ from bayes_rlhf.errors import NoMassError  # noqa: E402
 from bayes_rlhf.models.smollm2 import prepare_smollm2  # noqa: E402
 from bayes_rlhf.samplers import LocallyConstrained, PrefixPotential, TokenMask, TwistedProposal  # noqa: E402
 from smc_report import figure, headline, summarise  # noqa: E402
-from smc_shared import SharedModel, exact_log_z, forbidden_ids, reference_log_z, task_rewards  # noqa: E402
+from smc_shared import (SharedModel, exact_log_z, forbidden_ids, reference_log_z, reuse_references,  # noqa: E402
+                        task_rewards)
 
 PROMPT = "<|im_start|>user\nName an animal. Answer in one word.<|im_end|>\n<|im_start|>assistant\n"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -183,34 +195,6 @@ def max_n(args, name: str, task: str) -> float:
     """The largest N ``name`` runs on ``task`` (``--max-n``; its base task, A or B, names both variants)."""
     base = task.partition("-")[0]
     return args.max_n.get(f"{name}@{base}", args.max_n.get(name, math.inf))
-
-
-def reference_config(config: dict) -> tuple[dict, dict]:
-    """What the exact and the sampled references depend on, from a run's config."""
-    exact = {k: config.get(k) for k in ("prompt", "T", "top_k", "forbidden_tokens", "vocab")}
-    n_ref = config["reference_factor"] * max(config["particles"] + config["peer_particles"])
-    sampled = {**{k: config.get(k) for k in ("prompt", "T", "forbidden_tokens", "vocab", "reference_runs")},
-               "reference_particles": n_ref}
-    return exact, sampled
-
-
-def reuse_references(path: Path, config: dict, data: dict) -> None:
-    """Copy the exact and sampled references of an earlier run into ``data`` where their config matches."""
-    old = json.loads(path.read_text())
-    ex_old, ref_old = reference_config(old["config"])
-    ex_new, ref_new = reference_config(config)
-    notes = []
-    for key, same, extra in (("exact", ex_old == ex_new, ()), ("reference", ref_old == ref_new, ("reference_seconds",))):
-        if same and key in old:
-            data[key] = old[key]
-            for e in extra:
-                if e in old:
-                    data[e] = old[e]
-            notes.append(f"{key} reused")
-        else:
-            notes.append(f"{key} recomputed (config differs or absent)")
-    data["references_from"] = {"path": str(path), "git": old.get("git"), "notes": notes}
-    print(f"references from {path} (git {old.get('git')}): " + "; ".join(notes))
 
 
 def references(args, shared, bad, rewards, data):

@@ -6,7 +6,9 @@ surviving runs only, would flatter them), reduced to the frontier (each kept poi
 accurate than every cheaper one), then log cost interpolated linearly in log RMSE between
 neighbouring frontier points. ``ratio`` evaluates peer cost / our cost on 25 RMSE levels spread
 geometrically over the range both curves cover and reports the middle level's ratio and the
-range; where the curves do not overlap it gives the bound the measured points imply instead.
+range; where one side's frontier is a single point inside the other's RMSE range, the other
+curve is read at that point's RMSE; where the curves do not overlap it gives the bound the
+measured points imply instead.
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ def ratio(ours: list, peer: list, cost: str) -> dict:
         return {"kind": "none", "text": "no point without failures on one side"}
     lo = max(min(e for _, e in fo), min(e for _, e in fp))
     hi = min(max(e for _, e in fo), max(e for _, e in fp))
+    if lo <= hi and (len(fo) == 1) != (len(fp) == 1):
+        # one side's curve is a single point inside the other's RMSE range (then lo = hi = its RMSE):
+        # read the other curve at that RMSE, one level only
+        r_one = cost_at(fp, lo) / cost_at(fo, lo)
+        if math.isfinite(r_one):
+            side = "our" if len(fo) == 1 else "the peer's"
+            return {"kind": "interpolated", "ratio": r_one, "min": r_one, "max": r_one, "rmse_range": [lo, hi],
+                    "text": f"x{r_one:.2f} at RMSE {lo:.3g} ({side} frontier is one point; the other curve "
+                            "read there)"}
     if lo <= hi and len(fo) > 1 and len(fp) > 1:
         levels = [math.exp(math.log(lo) + i / 24 * (math.log(hi) - math.log(lo))) for i in range(25)]
         rs = [cost_at(fp, e) / cost_at(fo, e) for e in levels]

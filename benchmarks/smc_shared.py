@@ -9,6 +9,7 @@
 - ``forbidden_ids``: the lipogram's forbidden set, by token id, given to every library.
 - ``task_rewards``: tasks A (no 'e', at most T tokens) and B (also ends with EOS within T).
 - ``exact_log_z``: both tasks' exact log Z on the top-k prior from one enumeration.
+- ``reuse_references``: an earlier run's references, where what they depend on is unchanged.
 - ``reference_log_z``: the untruncated tasks' reference, log of the mean of Z_hat over runs of
   sequential importance sampling with the locally constrained proposal (both tasks from the
   same draws), with its delta-method SE.
@@ -16,7 +17,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -179,3 +182,31 @@ def rmse_with_se(log_z_hats, ref: float, boot: int = 2000, seed: int = 0) -> dic
     idx = torch.randint(len(vals), (boot, len(vals)), generator=g)
     se = float(err[idx].pow(2).mean(-1).sqrt().std()) if len(vals) > 1 else math.nan
     return {**out, "rmse": rmse, "rmse_se": se, "bias": float(err.mean())}
+
+
+def reference_config(config: dict) -> tuple[dict, dict]:
+    """What the exact and the sampled references depend on, from a run's config."""
+    exact = {k: config.get(k) for k in ("prompt", "T", "top_k", "forbidden_tokens", "vocab")}
+    n_ref = config["reference_factor"] * max(config["particles"] + config["peer_particles"])
+    sampled = {**{k: config.get(k) for k in ("prompt", "T", "forbidden_tokens", "vocab", "reference_runs")},
+               "reference_particles": n_ref}
+    return exact, sampled
+
+
+def reuse_references(path: Path, config: dict, data: dict) -> None:
+    """Copy the exact and sampled references of an earlier run into ``data`` where their config matches."""
+    old = json.loads(path.read_text())
+    ex_old, ref_old = reference_config(old["config"])
+    ex_new, ref_new = reference_config(config)
+    notes = []
+    for key, same, extra in (("exact", ex_old == ex_new, ()), ("reference", ref_old == ref_new, ("reference_seconds",))):
+        if same and key in old:
+            data[key] = old[key]
+            for e in extra:
+                if e in old:
+                    data[e] = old[e]
+            notes.append(f"{key} reused")
+        else:
+            notes.append(f"{key} recomputed (config differs or absent)")
+    data["references_from"] = {"path": str(path), "git": old.get("git"), "notes": notes}
+    print(f"references from {path} (git {old.get('git')}): " + "; ".join(notes))

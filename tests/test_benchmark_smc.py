@@ -114,14 +114,27 @@ def test_reuse_references_only_when_their_config_matches(tmp_path):
     path.write_text(__import__("json").dumps(old))
     # another N grid and repeats, the same largest N: both references reused
     data = {}
-    smc_bench.reuse_references(path, _config(particles=[4, 128], repeats=7), data)
+    smc_shared.reuse_references(path, _config(particles=[4, 128], repeats=7), data)
     assert data["exact"] == old["exact"] and data["reference"] == old["reference"]
     assert data["references_from"]["git"] == "abc"
     # a larger largest N needs more reference particles: the sampled reference is recomputed
     data = {}
-    smc_bench.reuse_references(path, _config(peer_particles=[8, 256]), data)
+    smc_shared.reuse_references(path, _config(peer_particles=[8, 256]), data)
     assert "exact" in data and "reference" not in data
     # another top_k changes the exact reference only
     data = {}
-    smc_bench.reuse_references(path, _config(top_k=8), data)
+    smc_shared.reuse_references(path, _config(top_k=8), data)
     assert "exact" not in data and "reference" in data
+
+
+def test_equal_rmse_ratio_with_a_one_point_frontier():
+    ours = [{"seconds": c, "rmse": c ** -0.5, "failures": 0} for c in (1.0, 4.0, 16.0)]
+    # the peer's dearer point is less accurate than its cheaper one: its frontier is one point,
+    # RMSE 0.5, where our curve costs 4; the peer pays 12 there
+    peer = [{"seconds": 12.0, "rmse": 0.5, "failures": 0}, {"seconds": 30.0, "rmse": 0.6, "failures": 0}]
+    r = smc_report.ratio(ours, peer, "seconds")
+    assert r["kind"] == "interpolated" and r["ratio"] == pytest.approx(3.0)
+    assert r["rmse_range"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    # outside our range it stays a bound
+    far = [{"seconds": 12.0, "rmse": 2.0, "failures": 0}]
+    assert smc_report.ratio(ours, far, "seconds")["kind"] == "lower_bound"
