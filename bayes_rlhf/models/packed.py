@@ -99,7 +99,7 @@ def _linear_forward(module: torch.nn.Linear, packed: torch.Tensor, rows: int):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not _eligible(x, rows):
             return own(module, x)
-        return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+        return torch.ops.mkl._mkl_linear(x.contiguous(), packed, weight, bias, rows)
     return forward
 
 
@@ -111,15 +111,15 @@ def _lora_forward(module, parts: tuple, packed: torch.Tensor | None, rows: int, 
         if not base_half:
             if packed is None or args or kwargs or not _eligible(x, rows) or _lora_parts(module) is not parts:
                 return own(module, x, *args, **kwargs)  # also when peft's adapter state changed in the block
-            y = torch.ops.mkl._mkl_linear(x, packed, base.weight, base.bias, rows)
+            y = torch.ops.mkl._mkl_linear(x.contiguous(), packed, base.weight, base.bias, rows)
             y.view(rows, -1).addmm_(x.reshape(rows, x.shape[-1]) @ a.t(), b.t(), alpha=scaling)
             return y
         # base_half: the second half of the batch runs the base alone; peft's forward cannot do that
         if args or kwargs or torch.is_grad_enabled() or _lora_parts(module) is not parts or x.shape[0] % 2:
-            raise RuntimeError("packed_linears(base_half=True) serves no-grad forwards of an even batch of "
-                               "plain LoRA layers only")
+            raise ConfigError("packed_linears(base_half=True) serves no-grad forwards of an even batch of plain "
+                              "LoRA layers only; run other forwards outside the block")
         if packed is not None and _eligible(x, rows):
-            y = torch.ops.mkl._mkl_linear(x, packed, base.weight, base.bias, rows)
+            y = torch.ops.mkl._mkl_linear(x.contiguous(), packed, base.weight, base.bias, rows)
         else:
             y = torch.nn.functional.linear(x, base.weight, base.bias)
         h = x.shape[0] // 2

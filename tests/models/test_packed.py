@@ -137,7 +137,7 @@ def test_base_half_runs_the_second_half_of_the_batch_through_the_base_alone():
             out = model(input_ids=both).logits
         torch.testing.assert_close(out[:2], lora, **TOL)
         torch.testing.assert_close(out[2:], base, **TOL)
-    with packed.packed_linears(model, 4, base_half=True), pytest.raises(RuntimeError, match="no-grad"):
+    with packed.packed_linears(model, 4, base_half=True), pytest.raises(br_errors.ConfigError, match="no-grad"):
         model(input_ids=both)                             # under grad it refuses rather than mix the halves
     with pytest.raises(br_errors.ConfigError, match="even row count"):
         with packed.packed_linears(model, 5, base_half=True):
@@ -147,3 +147,13 @@ def test_base_half_runs_the_second_half_of_the_batch_through_the_base_alone():
     with pytest.raises(br_errors.ConfigError, match="LoRA"):
         with packed.packed_linears(plain.model, 4, base_half=True):
             pass
+
+
+def test_a_strided_input_gives_the_same_product():
+    layer = torch.nn.Linear(6, 5)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)).t()  # [4, 6], not contiguous
+    with torch.no_grad():
+        plain = layer(x)
+        with packed.packed_linears(layer, 4):
+            assert "forward" in layer.__dict__
+            torch.testing.assert_close(layer(x), plain, **TOL)
