@@ -95,14 +95,14 @@ def check_policy_path(policy: str) -> None:
     """ModelLoadError, before anything loads, for a --policy that cannot be a checkpoint: no such path
     (unless it has a hub id's owner/name form), or a folder without config.json, naming its policy/
     checkpoint when it is the folder of a demo or train run."""
-    import re
     from pathlib import Path
 
     from bayes_rlhf.errors import ModelLoadError
+    from bayes_rlhf.models.loading import looks_like_hub_id
 
     path = Path(policy)
     if not path.exists():
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", policy) and not policy.startswith("."):
+        if "/" in policy and looks_like_hub_id(policy):
             return  # a hub id (the loader says if it is not cached)
         raise ModelLoadError(f"--policy {policy!r} does not exist; give the folder of a saved checkpoint "
                              "(config.json, model.safetensors, tokenizer files), e.g. demo_out/policy or "

@@ -14,8 +14,8 @@ logits restricted to S and renormalised). ``support.json`` names the prior and k
 from __future__ import annotations
 
 import json
-import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -25,6 +25,13 @@ from bayes_rlhf.errors import ModelLoadError
 
 SUPPORT_FILE = "support.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # 'gpt2', 'owner/name'
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """True for a name of a hub id's form ('gpt2', 'HuggingFaceTB/SmolLM2-135M', 'Qwen/Qwen2.5-0.5B'):
+    one optional owner, no leading '.' or '/', no '..'. A path of that form that exists is still local."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
 
 
 def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, **kwargs):
@@ -35,8 +42,8 @@ def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, *
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    looks_local = os.path.sep in name or name.startswith(".") or Path(name).suffix != ""
-    if looks_local and not Path(name).exists():
+    hub_form = looks_like_hub_id(name)
+    if not hub_form and not Path(name).exists():
         raise ModelLoadError(f"model path {name!r} does not exist; give an existing directory "
                              "holding config.json and weights, or a hub id such as 'gpt2'")
     if isinstance(dtype, str):
@@ -51,7 +58,9 @@ def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, *
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype,
                                                      **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
-        raise ModelLoadError(f"could not load a causal LM from {name!r}: {type(exc).__name__}: {exc}. "
+        where = (" (no local path of that name exists either, so it was read as a hub id)"
+                 if hub_form and not Path(name).exists() else "")
+        raise ModelLoadError(f"could not load a causal LM from {name!r}{where}: {type(exc).__name__}: {exc}. "
                              "Give a local directory with config.json, safetensors weights and tokenizer "
                              "files (a truncated or corrupted model.safetensors reads as a header error: "
                              "save it again), or a hub id that is cached when offline") from exc
