@@ -23,6 +23,8 @@ The model states hold rows for live particles only (``_live_rows``): a finished 
 stepped along, ignored, until finished rows exceed ``compact_threshold`` of the state; then one
 ``reindex`` drops them. Resampling copies rows anyway and keeps live children's only. Draws and
 weights are per particle, so results do not depend on the threshold; only the compute does.
+On CPU the steps of all n rows run the float32 linear layers from MKL-packed weights
+(``models.packed``; results equal up to float32 rounding; SmolLM2, N = 8: a forward ~25% cheaper).
 
 The product of a particle's increments is pi0(x) exp(r / beta) / q(x), so the final weights
 are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t) every
@@ -38,6 +40,7 @@ completions mostly run to T, that is importance sampling with the prior. ``twist
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Sequence
@@ -49,6 +52,7 @@ from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import NoMassError
 from bayes_rlhf.logweights import kish_ess, log_mean_exp
 from bayes_rlhf.models.causal_lm import sample_categorical
+from bayes_rlhf.models.packed import packed_linears
 from bayes_rlhf.samplers._common import as_prompts, check_target
 from bayes_rlhf.samplers._live_rows import LiveRows
 from bayes_rlhf.samplers.potentials import Potentials
@@ -130,7 +134,8 @@ class SMC:
         if going.any():
             if rows.num_rows - int(going.sum()) > self.config.compact_threshold * rows.num_rows:
                 rows = rows.compact(going)  # one KV copy drops every finished particle's row
-            rows = rows.step(self.target.prior, self.proposal.lm, tok, alive, self.target.prior.pad_id)
+            with self._packed():
+                rows = rows.step(self.target.prior, self.proposal.lm, tok, alive, self.target.prior.pad_id)
             stepped_rows = rows.num_rows
         q_state = self.proposal.advance(state.q_state, view, tok[live], proposed)
         new = SMCState(t + 1, rows, ids, mask, going, log_w, torch.where(alive, new_psi, state.log_psi),
@@ -138,6 +143,18 @@ class SMC:
         new, info = self._maybe_resample(generator, new, bool(going.any()), int(alive.sum()))
         info["model_rows"] = stepped_rows
         return new, info
+
+    def _packed(self) -> contextlib.ExitStack:
+        """The block of a step's forward: on CPU, the models' float32 linear layers compute a forward of
+        all n = P * N rows (every run's count until particles finish) from MKL-packed weights, packed once
+        and kept while the weights are unchanged (``models.packed``); fewer rows, after compaction or
+        resampling dropped finished particles, run the plain kernels. Same products up to float32 rounding."""
+        stack = contextlib.ExitStack()
+        for lm in dict.fromkeys(x for x in (self.target.prior, self.proposal.lm) if x is not None):
+            if lm.device.type == "cpu":
+                for net in [lm.model] + ([lm.support.model] if lm.support is not None else []):
+                    stack.enter_context(packed_linears(net, self.P * self.N))
+        return stack
 
     def _new_potentials(self, proposed: Proposed, live, tok, ids, mask, ended, going, t):
         """log psi [n] and rewards [n] (NaN unless ended) after the step: a lookahead proposal's where it
