@@ -18,7 +18,7 @@ with other --betas); a train folder's report goes to RUN_DIR/exact/."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from bayes_rlhf.commands._common import HelpFormatter
+    from bayes_rlhf.commands._common import HelpFormatter, at_least_one
 
     p = subparsers.add_parser("report", help="write an HTML report of a run directory",
                               description="Write RUN_DIR/report.html (figures and tables) from a run directory, "
@@ -32,6 +32,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--link-figures", action="store_true",
                    help="reference figures/*.png instead of embedding them in the HTML")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--threads", type=at_least_one, default=1, metavar="N",
+                   help="torch threads (default 1: the report's work is many passes over tables, which more "
+                        "threads slow down when other work shares the CPU)")
     p.set_defaults(func=run)
     return p
 
@@ -86,8 +89,10 @@ def evaluate_command(run_dir: Path, settings: dict) -> str:
 def run(args) -> int:
     """Write the report; a missing or half-written RUN_DIR raises ``RunDirError`` (the CLI prints it)."""
     from bayes_rlhf.report import write_report
+    from bayes_rlhf.threads import torch_threads
 
-    path = write_report(run_directory(args.run_dir), betas=args.betas, embed_figures=not args.link_figures,
-                        progress=args.progress)
+    with torch_threads(args.threads):
+        path = write_report(run_directory(args.run_dir), betas=args.betas, embed_figures=not args.link_figures,
+                            progress=args.progress)
     print(path)
     return 0
