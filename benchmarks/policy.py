@@ -34,36 +34,36 @@ weights). The recipe, the same for both sides::
       --repeats times; the wall ratio compares each side's fastest run, the per-CPU-second ratio
       each side's best rate per CPU second (every run is kept in the JSON)
 
-Measured 2026-12-02 05:29-05:38 UTC on 2 shared cores (Xeon, AVX-512; load average 2.8-3.7 from other
+Measured 2026-12-02 05:45-05:54 UTC on 2 shared cores (Xeon, AVX-512; load average 1.3-3.3 from other
 jobs), one thread per side, 384 timed tokens per run, best of 3 runs per side
 (results/policy_smollm2.json; every run with its load in results/policy_smollm2.log)::
 
                       ours tok/s   TRL tok/s, ckpt off / on   ours / TRL wall   per CPU second
-    full fine-tuning     29.4          26.5 / 18.0             1.11x / 1.63x     1.28x / 1.34x
-    LoRA r = 8           30.9          17.7 / 16.9             1.75x / 1.83x     1.52x / 1.68x
+    full fine-tuning     31.7          22.7 / 21.4             1.39x / 1.48x     1.42x / 1.50x
+    LoRA r = 8           31.2          16.2 / 18.7             1.92x / 1.67x     1.65x / 1.72x
 
-(per CPU second, each side's best run: full 34.1 against 26.6 / 25.5, LoRA 38.8 against 25.5 / 23.1
-tokens). An earlier run the same morning (05:18-05:23, load 2.7-3.4, LoRA only, before the prior rode
-along the sampling) gave LoRA 1.46x / 1.59x; one of full fine-tuning (05:23-05:30, with the same
-code) gave 1.34x / 1.46x. So 1.5x TRL per CPU second is reached with LoRA against both TRL settings,
-and not in full fine-tuning (1.3x). The wall column is the load lottery (TRL's fastest full run came in
-a quiet minute: 14.5 s wall for 14.4 s of CPU). Before this (03:01-03:14, load 7.1 falling to 2.0; before
-the packed sampling kernels and the prior riding along) the same recipe gave per CPU second 1.22x / 1.35x
-(full) and 1.33x / 1.53x (LoRA); on 2026-12-01 (before the tiled LM head and the merged LoRA sampling
-path) 0.98x / 1.06x and 1.28x / 1.72x. On this shared machine one side's runs differ by up to 25% in
-CPU time and more in wall time; the per-CPU-second ratios are the steadier.
+(per CPU second, each side's best run: full 32.4 against 22.9 / 21.5, LoRA 33.1 against 20.0 / 19.2
+tokens). The paired run just before it (05:29-05:38, load 2.8-3.7, the same code; in the log) gave
+per CPU second 1.28x / 1.34x (full: 34.1 against 26.6 / 25.5) and 1.52x / 1.68x (LoRA: 38.8 against
+25.5 / 23.1): both sides' rates moved by up to 20% between the two runs, and the ratios with them.
+So 1.5x TRL per CPU second is reached with LoRA against both TRL settings in both runs, and in full
+fine-tuning only against TRL's default (checkpointing on) in the quieter run: 1.3-1.4x against TRL
+without checkpointing. The wall column is the load lottery. Before this (03:01-03:14, load 7.1
+falling to 2.0; before the packed sampling kernels and the prior riding along) the same recipe gave
+per CPU second 1.22x / 1.35x (full) and 1.33x / 1.53x (LoRA); on 2026-12-01 (before the tiled LM head
+and the merged LoRA sampling path) 0.98x / 1.06x and 1.28x / 1.72x.
 
-The slowdown from run to run seen at 03:01 (our full fine-tuning 27.8, 25.8, 24.3 tokens per CPU
-second) is not denormal arithmetic and was not reproduced: after 6 full fine-tuning steps no
-gradient, Adam moment or weight was subnormal (0 of 134.5M / 269M / 134.5M values);
-``torch.set_flush_denormal(True)`` against False, alternated run by run (3 pairs, 4 steps each) gave
-4.3-4.5 s against 4.3-4.6 s per step; 3 and 6 runs in a row in one process, with and without TRL's
-runs between them, stayed within the noise (4.6 -> 4.3 s per step; today 34.4, 28.9, 34.0 and 31.4,
-32.9, 34.1 tokens per CPU second, the dip while tests ran beside it), resident memory flat at
-3.8-3.9 GB after the first run. Only a process's first run pays extra: 5.9 s of system time in page
-faults (741k minor faults) against 0.3-0.5 s in later runs. What made the 03:01 runs drift is not
-known: not the load alone (it fell from 7.1 to 2.0 while our rate fell), and not denormals, growing
-memory or a retained graph; it did not recur in the runs above, so no flag was added.
+Our full fine-tuning rate falls from run to run inside one process in some runs (03:01: 27.8, 25.8,
+24.3 tokens per CPU second; 05:45: 32.4, 30.5, 29.6; TRL's within 7%) and not in others (05:29: 31.4,
+32.9, 34.1). It is not denormal arithmetic: after 6 full fine-tuning steps no gradient, Adam moment
+or weight was subnormal (0 of 134.5M / 269M / 134.5M values), and ``torch.set_flush_denormal(True)``
+against False, alternated run by run (3 pairs, 4 steps each), gave 4.3-4.5 s against 4.3-4.6 s per
+step. Nor is it retained state: every finished run's policy is freed (weak references), the packed
+copies with it, and 4 or 6 runs in a row without TRL between them (with and without ``gc.collect``)
+stayed within the noise (4.6 -> 4.3 s per step; 28.1, 31.5, 28.6, 30.6 tokens per CPU second).
+Peak resident memory grows from 4.3 to 6.1 GB over 4 runs; a process's first run pays 5.9 s of system
+time in page faults (741k minor faults) against 0.3-0.5 s later. The cause is still unknown; as it
+does not come from a setting that could be switched off, nothing was added to the training loop.
 
 Where the time goes (CPU seconds per step of 128 tokens, one thread, load 2.6-4.5; timers around
 each phase, and py-spy / torch.profiler for the breakdowns)::
@@ -107,9 +107,10 @@ each phase, and py-spy / torch.profiler for the breakdowns)::
   the cached prompt pass under grad with LoRA (the same 0.6 s forward, 0.55 s backward); the prior
   riding along the training forward (at 128 rows the products are compute-bound: the same work).
 - What is left: full fine-tuning spends 1.8 s sampling, 0.5 s on the prior, 1.45 s on the training
-  pass and 0.18 s in Adam against TRL's 4.8-5.3 s, which caps it near 1.3x per CPU second in float32.
-  More needs fewer weight bytes per sampled token (bf16 weights: not equal precision; a bf16 row
-  for both sides is not measured yet).
+  pass and 0.18 s in Adam against TRL's 4.4-5.6 s, which holds it near 1.3-1.4x TRL without
+  checkpointing per CPU second in float32. More needs fewer weight bytes per sampled token (bf16
+  weights: not equal precision; a bf16 row for both sides, TRL with ``bf16=True``, is not measured
+  yet: our trainer's ``bf16`` applies on CUDA only and the packed kernels are float32).
 """
 
 from __future__ import annotations
