@@ -18,7 +18,19 @@ def encode_known(tokenizer, text: str, *, add_special_tokens: bool, what: str) -
     raise PromptError(f"the {what} {short(text)} has word(s) this tokenizer does not know: "
                       f"{', '.join(repr(w) for w in words)} (they would be read as "
                       f"{tokenizer.unk_token!r}); use words from the model's vocabulary "
-                      "(check case and spelling)")
+                      f"(check case and spelling){_listing(tokenizer)}")
+
+
+def _listing(tokenizer, limit: int = 64) -> str:
+    """'': the words of a small word-level vocabulary (the embedded model's), so the user sees them."""
+    vocab = getattr(tokenizer, "get_vocab", None)
+    if vocab is None:  # a minimal tokenizer-like object: the error stands without a listing
+        return ""
+    special = set(getattr(tokenizer, "all_special_tokens", ()))
+    words = [w for w, _ in sorted(vocab().items(), key=lambda kv: kv[1]) if w not in special]
+    if not words or len(words) > limit:
+        return ""
+    return ": " + " ".join(words)
 
 
 def short(text: str, limit: int = 60) -> str:

@@ -30,6 +30,20 @@ def test_unknown_words_are_named(default, prompt, unknown):
         lm.encode_completions(["great", "ZZZ"], 3)
 
 
+def test_a_small_vocabulary_is_listed_in_the_error(default):
+    # a new user typing a word the embedded model lacks ('film') should see which words it has
+    lm, _ = default
+    with pytest.raises(br.PromptError) as err:
+        lm.encode_prompt("the film was")
+    listed = str(err.value).rsplit(": ", 1)[1].split()
+    assert "movie" in listed and "great" in listed and "film" not in listed
+    assert lm.tokenizer.unk_token not in listed and lm.tokenizer.eos_token not in listed
+    big = tiny_lm("gpt2", vocab_size=80, seed=0)  # past 64 words the message names no vocabulary
+    with pytest.raises(br.PromptError) as err:
+        big.encode_prompt("w0 zzz")
+    assert "w1" not in str(err.value)
+
+
 def test_known_words_and_literal_unknown_token_pass(default):
     lm, _ = default
     assert lm.encode_prompt("the movie was")[0] == lm.tokenizer.bos_token_id
