@@ -21,7 +21,10 @@ dtype runs the module's own forward: the block changes which kernel computes a n
 never what it computes (results differ from the plain kernels by float32 rounding only). A
 packed copy is made again whenever its weight's storage or in-place version changed, so a
 trainable weight (full fine-tuning) is packed once per sampling call, after each optimiser step
-(all of SmolLM2's weights: about 0.26 s, against 0.5-0.6 s gained over the 16 tokens).
+(all of SmolLM2's weights: about 0.26 s, against 0.5-0.6 s gained over the 16 tokens; the fresh
+buffers also cost page faults, up to 0.6 s of system time a step once the heap is fragmented by
+earlier runs in the process, less with torch's ``THP_MEM_ALLOC_ENABLE=1``). A frozen weight (a
+LoRA base, a prior) is packed once.
 Where torch lacks these MKL operators (or their self-check fails) nothing is patched.
 
 ``base_half=True`` runs a LoRA model and its base (adapters off) in the same forwards: the batch's
