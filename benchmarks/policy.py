@@ -46,9 +46,11 @@ jobs), one thread per side, 384 timed tokens per run, best of 3 runs per side
 tokens). The paired run just before it (05:29-05:38, load 2.8-3.7, the same code; in the log) gave
 per CPU second 1.28x / 1.34x (full: 34.1 against 26.6 / 25.5) and 1.52x / 1.68x (LoRA: 38.8 against
 25.5 / 23.1): both sides' rates moved by up to 20% between the two runs, and the ratios with them.
-So 1.5x TRL per CPU second is reached with LoRA against both TRL settings in both runs, and in full
-fine-tuning only against TRL's default (checkpointing on) in the quieter run: 1.3-1.4x against TRL
-without checkpointing. The wall column is the load lottery. Before this (03:01-03:14, load 7.1
+Two more runs in the log: 05:56 (full fine-tuning, TRL without checkpointing, 4 runs a side) 1.31x;
+06:05 with ``THP_MEM_ALLOC_ENABLE=1`` (huge-page allocations, both sides) 1.25x / 1.38x (full) and
+1.46x / 1.57x (LoRA). So against TRL's default (checkpointing on) LoRA is 1.57-1.72x in every run;
+against TRL without checkpointing LoRA is 1.46-1.65x (1.5x in 2 of 3 runs) and full fine-tuning
+1.25-1.42x, short of 1.5x. The wall column is the load lottery. Before this (03:01-03:14, load 7.1
 falling to 2.0; before the packed sampling kernels and the prior riding along) the same recipe gave
 per CPU second 1.22x / 1.35x (full) and 1.33x / 1.53x (LoRA); on 2026-12-01 (before the tiled LM head
 and the merged LoRA sampling path) 0.98x / 1.06x and 1.28x / 1.72x.
@@ -61,9 +63,13 @@ against False, alternated run by run (3 pairs, 4 steps each), gave 4.3-4.5 s aga
 step. Nor is it retained state: every finished run's policy is freed (weak references), the packed
 copies with it, and 4 or 6 runs in a row without TRL between them (with and without ``gc.collect``)
 stayed within the noise (4.6 -> 4.3 s per step; 28.1, 31.5, 28.6, 30.6 tokens per CPU second).
-Peak resident memory grows from 4.3 to 6.1 GB over 4 runs; a process's first run pays 5.9 s of system
-time in page faults (741k minor faults) against 0.3-0.5 s later. The cause is still unknown; as it
-does not come from a setting that could be switched off, nothing was added to the training loop.
+Peak resident memory grows from 4.3 to 6.1 GB over 4 runs. One part is page faults: the packed
+copies of trainable weights are fresh buffers every step, and once earlier runs have fragmented the
+heap our runs' system time grows (05:56: 0.45, 0.48, 1.68, 1.47 s a run, TRL's 0.01-0.04 s after
+its first; alternating packed and unpacked full fine-tuning runs: 0.5, 2.4, 2.6 s against 0.3,
+0.05, 0.03 s, the packed runs 29.4, 25.3, 24.1 tokens per CPU second against 25.5, 25.2, 24.1, so
+packing gains in a fresh process and breaks even later); the unpacked runs drift without it, so a
+part is still unexplained. Nothing was added to the training loop for it.
 
 Where the time goes (CPU seconds per step of 128 tokens, one thread, load 2.6-4.5; timers around
 each phase, and py-spy / torch.profiler for the breakdowns)::
