@@ -49,28 +49,41 @@ skips runs already there; ``--report-only`` summarises it again) and ``smc.pdf``
 takes the exact and sampled references from an earlier run when what they depend on (prompt, T,
 top_k, forbidden set size, vocabulary, reference runs and particles) is the same, and says so.
 
-Measured (one fresh run with the defaults, started at commit 8c94596, 2-core machine shared with
-other jobs, load 2.2-4.1 at the runs, 2.7 at the end; 556 runs in 23 min; the references reused from
-the previous run at 5a46c22, whose config they match: exact top-16 log Z A -1.207413, B -3.798840;
-full-prior reference A -1.3113 +- 0.0036, B -3.3319 +- 0.0229, 8 x 2048 particles). The summary was
-re-read with ``--report-only`` after one fix to the read-off (a one-point frontier inside the other
-curve's range is read there, not reported as "the curves touch"). Peer cost / our cost at equal
-RMSE, the peer at its best mode, ratio at the middle of the shared RMSE range (its range over
-that RMSE range in brackets), wall time; positions after the slash:
-llamppl A 5.4x (2.5-6.9) / 21.8x, A-top16 3.9x (2.9-5.1) / 12.1x, B 5.4x (3.8-7.4) / 25.7x,
-B-top16 >= 4.9x / >= 10.3x; genlm-control A 6.8x (2.9-12.0) / 30.4x, A-top16 3.8x (1.9-7.9) / 12.9x,
-B 3.4x (2.1-10.5) / 12.7x (in positions
-AWRS is the best mode, read at its one point), B-top16 >= 5.2x / >= 13.5x. ">=": our
-cheapest point without failures (ours constrained N = 32, RMSE 1.81) is more accurate than
-the peer's best (llamppl 1.91, genlm 2.39; on B-top16 every sampler is noisy, RMSE >= 1.5 for
-the peers up to N = 32 / 128), so a bound. Readings now on six of eight (task, peer) pairs. The
-goal of issue 14 (>= 5x both peers at equal RMSE, wall time) is met on A against both peers, on
-B against llamppl, and as a bound on B-top16 against genlm; not on A-top16 (3.9x, 3.8x) nor on B
-against genlm (3.4x). In positions every ratio is >= 10x. Where the wall-time gap is: our runs
-are T = 4 forwards of N rows and 85-95% of their time is those forwards' matrix products (a
-profile of ours at N = 8: 0.75-1.0 s a run, no fixed per-run overhead to cut), and on one CPU
-thread a forward of 8 rows costs almost what one of 64 does (weights are streamed once per
-forward), so the peers' 6-10x more positions cost them only 2-3x more wall time at equal N.
+Measured (one fresh run with the defaults, started at commit 2707ede: our one-token steps of all
+n = N rows through MKL-packed float32 weights, ``models.packed``; 556 runs in 20 min, one torch
+thread, 2-core machine shared with other jobs, load 2.0-3.8 at the runs, 2.1 at the end; my own
+test runs overlapped its first ~10 min, N = 2 to 8, where N = 2 and 4 are ours alone; references
+reused from the c4fbb86 run, made at 5a46c22, config equal: exact top-16 log Z A -1.207413, B -3.798840;
+full-prior reference A -1.3113 +- 0.0036, B -3.3319 +- 0.0229, 8 x 2048 particles). Peer cost /
+our cost at equal RMSE, the peer at its best mode, ratio at the middle of the shared RMSE range
+(its range over that RMSE range in brackets), wall time; positions after the slash:
+llamppl A 6.3x (2.7-6.6) / 21.8x, A-top16 4.6x (3.4-5.9) / 12.1x, B 8.3x (7.0-9.8) / 25.7x,
+B-top16 >= 5.0x / >= 10.3x; genlm-control A 8.9x (3.7-9.7) / 30.4x, A-top16 4.5x (2.2-9.3) / 12.9x,
+B 6.9x (4.7-10.5) / 12.7x (in positions AWRS is the best mode, read at its one point), B-top16
+>= 6.6x / >= 13.5x. ">=": our cheapest point without failures (ours constrained N = 32, RMSE 1.81)
+is more accurate than the peer's best (llamppl 1.91, genlm 2.39), so a bound. Against c4fbb86
+(5.4 / 3.9 / 5.4 / >= 4.9 and 6.8 / 3.8 / 3.4 / >= 5.2): the positions ratios are the same (the
+draws are the same: 555 of 556 log Z_hat equal to 1e-4; one of ours-bootstrap's, A N = 8, drew
+another token, float32 rounding at a CDF boundary). The wall-time ratios moved mostly with the
+machine: the whole run was less loaded (peers 1-24% faster at N = 32-128, ours 9-14% faster at
+N = 128 where nothing is packed, > 64 rows). At N = 8 our runs took 0.55-0.61 s (0.65-0.82 s at
+c4fbb86: x0.67-0.88) while the peers in the same cells changed by x0.74-1.15, so packing is worth
+roughly 5-25% there, about the size of the noise; a paired check on an idle machine (ours
+constrained, task A, 8 pairs): N = 8 0.73 vs 0.78 s, N = 4 equal, N = 2 0.58 vs 0.49 s (packing
+2 rows is slower). The B readings jumped (3.4x -> 6.9x, 5.4x -> 8.3x) mostly by where they are read:
+our N = 8 point (0.55 s, RMSE 2.0) became cheaper than our N = 4 and N = 2 points (0.60 s and
+1.25 s, RMSE 8.6: the overlap and the 2-row packing), so these left our wall-time frontier and the
+shared RMSE range shrank to 0.66-2.0 / 0.94-2.0 (0.66-8.6 / 1.8-8.6 before); our B points at
+N = 8-128 changed by x0.67-0.91, the peers' by x0.75-0.89. So the goal of issue 14 (>= 5x both peers at equal RMSE, wall time)
+is met on A and B against both peers and as a bound on B-top16 against both; not on A-top16
+(4.6x, 4.5x). In positions every ratio is >= 10x. The figure: ours (constrained; on B and B-top16
+bootstrap too) are the lowest-left curves on every wall-time panel (A: RMSE 0.15 at 0.5 s to 0.045 at 2.6 s; llamppl
+masked and genlm AWRS reach 0.04 / 0.03 only at 8 / 12 s); on B-top16 every peer stays at RMSE
+1.6-2.4 while ours reach 0.41-0.48 at N = 32-128 (bootstrap N = 32 with one failure in 6);
+our N = 2 points sit right of our N = 4 points on A and B. Where the wall-time gap is: our runs are T = 4 forwards of N rows, mostly
+those forwards' matrix products, and on one CPU thread a forward of 8 rows costs almost what one
+of 64 does (weights are streamed once per forward), so the peers' 6-10x more positions cost them
+only 2-3x more wall time at equal N.
 """
 
 from __future__ import annotations
