@@ -23,9 +23,9 @@ The model states hold rows for live particles only (``_live_rows``): a finished 
 stepped along, ignored, until finished rows exceed ``compact_threshold`` of the state; then one
 ``reindex`` drops them. Resampling copies rows anyway and keeps live children's only. Draws and
 weights are per particle, so results do not depend on the threshold; only the compute does.
-On CPU the steps of all n rows run the float32 linear layers from MKL-packed weights
+On CPU the steps of all n rows (4 <= n <= 64) run the float32 linear layers from MKL-packed weights
 (``models.packed``; results equal up to float32 rounding; SmolLM2, one thread: a forward of 8 rows
-15-20% cheaper, a run of N = 8 about 7%; N = 2 runs were 18% slower, N = 4 alike).
+15-20% cheaper, a run of N = 8 about 7%; below 4 rows the plain kernels run: packed, N = 2 runs were 18% slower).
 
 The product of a particle's increments is pi0(x) exp(r / beta) / q(x), so the final weights
 are proper. With psi_t = exp(V_t / beta) (``ExactTwist``) and q = pi*(x_t | x_<t) every

@@ -55,19 +55,19 @@ def test_sampling_draws_the_same_completions_as_without_packing(monkeypatch):
 
 def test_changed_weights_are_packed_again_and_grad_mode_falls_through():
     lm = tiny_lm("llama", vocab_size=8, seed=1, dtype=torch.float32)
-    ids = torch.tensor([[1, 3, 4]])
+    ids = torch.tensor([[1, 3, 4, 5]])
     mods = _lin_modules(lm.model)
-    _step_logits(lm.model, ids, 3)
+    _step_logits(lm.model, ids, 4)
     before = {m: packed._PACKED[m][1] for m in mods}
-    _step_logits(lm.model, ids, 3)
+    _step_logits(lm.model, ids, 4)
     assert all(packed._PACKED[m][1] is before[m] for m in mods)  # unchanged weights: kept
     with torch.no_grad():
         for p in lm.model.parameters():
             p.mul_(1.5)                                  # what an optimiser step does to trainable weights
         plain = lm.model(input_ids=ids).logits
-    torch.testing.assert_close(_step_logits(lm.model, ids, 3), plain, **TOL)  # no stale packed copy
+    torch.testing.assert_close(_step_logits(lm.model, ids, 4), plain, **TOL)  # no stale packed copy
     assert all(packed._PACKED[m][1] is not before[m] for m in mods)
-    with packed.packed_linears(lm.model, 3):  # grad enabled: the module's own forward, gradients intact
+    with packed.packed_linears(lm.model, 4):  # grad enabled: the module's own forward, gradients intact
         out = lm.model(input_ids=ids).logits
         grads = torch.autograd.grad(out.sum(), [mods[0].weight])
     ref = torch.autograd.grad(lm.model(input_ids=ids).logits.sum(), [mods[0].weight])
@@ -81,6 +81,11 @@ def test_float64_and_too_many_rows_are_left_alone():
     lm32 = tiny_lm("llama", vocab_size=8, seed=2, dtype=torch.float32)
     with packed.packed_linears(lm32.model, packed.MAX_ROWS + 1):
         assert all("forward" not in m.__dict__ for m in _lin_modules(lm32.model))
+    for rows in range(1, packed.MIN_ROWS):  # so few rows run faster on the plain kernels
+        with packed.packed_linears(lm32.model, rows):
+            assert all("forward" not in m.__dict__ for m in _lin_modules(lm32.model))
+    with packed.packed_linears(lm32.model, packed.MIN_ROWS):
+        assert all("forward" in m.__dict__ for m in _lin_modules(lm32.model))
 
 
 def _lora(seed):
