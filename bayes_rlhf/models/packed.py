@@ -25,7 +25,8 @@ trainable weight (full fine-tuning) is packed once per sampling call, after each
 buffers also cost page faults, up to 0.6 s of system time a step once the heap is fragmented by
 earlier runs in the process, less with torch's ``THP_MEM_ALLOC_ENABLE=1``). A frozen weight (a
 LoRA base, a prior) is packed once.
-Where torch lacks these MKL operators (or their self-check fails) nothing is patched.
+Where torch lacks these MKL operators (or their self-check fails) nothing is patched; ``set_enabled(False)``
+turns them off for the process.
 
 ``base_half=True`` runs a LoRA model and its base (adapters off) in the same forwards: the batch's
 second half skips the low-rank term. Sampling a LoRA policy this way (``sampling.sample_with_base``,
@@ -51,6 +52,14 @@ MAX_PACKED_BYTES = 2 * 1024 ** 3  # packed copies kept, all modules together (co
 
 _PACKED: "weakref.WeakKeyDictionary[torch.nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 _STATE = {"ok": None}
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the packed kernels where torch has them (``True``, the default) or never (``False``, e.g. to
+    reproduce draws made with the plain kernels bit for bit), for this process."""
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"set_enabled takes True or False, got {enabled!r}")
+    _STATE["ok"] = None if enabled else False
 
 
 def available() -> bool:

@@ -162,3 +162,18 @@ def test_a_strided_input_gives_the_same_product():
         with packed.packed_linears(layer, 4):
             assert "forward" in layer.__dict__
             torch.testing.assert_close(layer(x), plain, **TOL)
+
+
+def test_set_enabled_turns_the_packed_kernels_off_and_on():
+    lm = tiny_lm("llama", vocab_size=8, seed=4, dtype=torch.float32)
+    try:
+        packed.set_enabled(False)
+        assert not packed.available()
+        with packed.packed_linears(lm.model, 8):
+            assert all("forward" not in m.__dict__ for m in _lin_modules(lm.model))
+        packed.set_enabled(True)
+        assert packed.available() == packed._self_check()
+        with pytest.raises(br_errors.ConfigError, match="True or False"):
+            packed.set_enabled("no")
+    finally:
+        packed.set_enabled(True)
