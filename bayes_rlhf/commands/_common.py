@@ -16,6 +16,7 @@ The defaults (model, prompts, reward, beta, T) are the demo target's, ``bayes_rl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from pathlib import Path
 
@@ -67,14 +68,34 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
 
 def command_threads(threads: int | None, model: str):
     """The block a command runs in: ``torch_threads(threads)``; by default one thread for the embedded
-    model (as the demo runs it) and torch's own count for any other."""
+    model (as the demo runs it) and torch's own count for any other. With the embedded model
+    transformers' progress bars are off too (``hf_progress_bars_off``)."""
     import contextlib
 
     from bayes_rlhf.threads import torch_threads
 
-    if threads is None:
-        threads = 1 if model == DEFAULT_MODEL else None
-    return contextlib.nullcontext() if threads is None else torch_threads(threads)
+    stack = contextlib.ExitStack()
+    if model == DEFAULT_MODEL:
+        stack.enter_context(hf_progress_bars_off())
+        threads = 1 if threads is None else threads
+    if threads is not None:
+        stack.enter_context(torch_threads(threads))
+    return stack
+
+
+@contextlib.contextmanager
+def hf_progress_bars_off():
+    """transformers' progress bars off in the block, restored after: loading or saving the embedded
+    model's 28 tensors is instant, and "Loading weights 28/28" bars only break up a command's output."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:

@@ -36,18 +36,11 @@ def register(sub) -> None:
 def run(args) -> int:
     """The demo on ``--threads`` torch threads, without transformers' progress bars: loading and saving
     the 28 tensors of the embedded model is instant, and its bars interleaved with the demo's own output."""
-    from transformers.utils import logging as hf_logging
-
+    from bayes_rlhf.commands._common import hf_progress_bars_off
     from bayes_rlhf.threads import torch_threads
 
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with torch_threads(getattr(args, "threads", 1)):
-            return _run(args)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
+    with hf_progress_bars_off(), torch_threads(getattr(args, "threads", 1)):
+        return _run(args)
 
 
 def _run(args) -> int:

@@ -104,3 +104,19 @@ def test_commands_run_the_embedded_model_on_one_thread(monkeypatch, tmp_path):
         assert cli.main(["train", "--config", str(tmp_path / "nope.toml")]) == 2  # the config's own error
     finally:
         torch.set_num_threads(before)
+
+
+def test_commands_hide_transformers_bars_with_the_embedded_model_only(monkeypatch):
+    # "Loading weights 28/28" bars broke up exact / evaluate / train output on the embedded model
+    from transformers.utils import logging as hf_logging
+
+    from bayes_rlhf import cli
+    from bayes_rlhf.commands import exact
+
+    seen = []
+    monkeypatch.setattr(exact, "_run", lambda *a, **k: seen.append(hf_logging.is_progress_bar_enabled()) or 0)
+    hf_logging.enable_progress_bar()
+    for argv in (["exact"], ["exact", "--model", "some/model", "--prompt", "a"]):
+        assert cli.main(argv) == 0
+        assert hf_logging.is_progress_bar_enabled()  # restored
+    assert seen == [False, True]  # a real model's loading bar stays: its loading can take a while
