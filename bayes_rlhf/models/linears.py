@@ -102,6 +102,8 @@ def _merged_transposed(module) -> torch.Tensor | None:
     if parts is None:
         return None
     base, a, b, scaling = parts
+    if a.requires_grad or b.requires_grad:  # trainable adapters: a fused optimiser's in-place step
+        return None                         # bumps no version counter, so a merged copy could go stale
     stamp = (_stamp(base.weight), _stamp(a), _stamp(b), scaling)
     held = _COPIES.get(module)
     if held is not None and held[0] == stamp:

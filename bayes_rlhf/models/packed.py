@@ -86,7 +86,11 @@ def _self_check() -> bool:
 
 def _packed(linear: torch.nn.Linear, rows: int) -> torch.Tensor | None:
     """MKL's packed copy of ``linear.weight`` for ``rows`` rows (made again if the weight changed);
-    None past the copy budget."""
+    None past the copy budget.
+
+    A copy is kept across blocks only for a frozen weight: a fused optimiser (``Adam(fused=True)``,
+    the trainer's on CPU) updates a parameter in place without bumping its version counter, so the
+    stamp cannot see that step; a trainable weight is packed again on entering each block."""
     w = linear.weight
     stamp = (_stamp(w), rows)
     held = _PACKED.get(linear)
@@ -179,6 +183,8 @@ def packed_linears(model: torch.nn.Module, rows: int, base_half: bool = False):
             if "forward" in m.__dict__ or id(m) in adapters:
                 continue
             if type(m) is torch.nn.Linear:
+                if m.weight.requires_grad:  # trainable: packed again in every block (see _packed)
+                    _PACKED.pop(m, None)
                 packed = _packed(m, rows) if _float32_cpu(m) else None
                 if packed is not None:
                     m.forward = _linear_forward(m, packed, rows)

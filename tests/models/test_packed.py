@@ -58,15 +58,23 @@ def test_changed_weights_are_packed_again_and_grad_mode_falls_through():
     ids = torch.tensor([[1, 3, 4, 5]])
     mods = _lin_modules(lm.model)
     _step_logits(lm.model, ids, 4)
+    trainable = {m: packed._PACKED[m][1] for m in mods}
+    _step_logits(lm.model, ids, 4)
+    assert all(packed._PACKED[m][1] is not trainable[m] for m in mods)  # trainable: packed in each block
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    _step_logits(lm.model, ids, 4)
     before = {m: packed._PACKED[m][1] for m in mods}
     _step_logits(lm.model, ids, 4)
-    assert all(packed._PACKED[m][1] is before[m] for m in mods)  # unchanged weights: kept
+    assert all(packed._PACKED[m][1] is before[m] for m in mods)  # frozen and unchanged: kept
     with torch.no_grad():
         for p in lm.model.parameters():
-            p.mul_(1.5)                                  # what an optimiser step does to trainable weights
+            p.mul_(1.5)                                  # an in-place change that bumps the version
         plain = lm.model(input_ids=ids).logits
     torch.testing.assert_close(_step_logits(lm.model, ids, 4), plain, **TOL)  # no stale packed copy
     assert all(packed._PACKED[m][1] is not before[m] for m in mods)
+    for p in lm.model.parameters():
+        p.requires_grad_(True)
     with packed.packed_linears(lm.model, 4):  # grad enabled: the module's own forward, gradients intact
         out = lm.model(input_ids=ids).logits
         grads = torch.autograd.grad(out.sum(), [mods[0].weight])
@@ -177,3 +185,26 @@ def test_set_enabled_turns_the_packed_kernels_off_and_on():
             packed.set_enabled("no")
     finally:
         packed.set_enabled(True)
+
+
+def test_a_fused_optimiser_step_is_seen_by_the_next_block():
+    # Adam(fused=True), the trainer's optimiser on CPU, updates parameters in place without bumping
+    # their version counters: a packed copy kept by its stamp was stale after the step, so full
+    # fine-tuning sampled from the first policy (the adaptive-KL test's beta came out 7-12% low)
+    from bayes_rlhf.models.linears import transposed_linears
+
+    ids = torch.tensor([[1, 3, 4, 5]])
+    full = tiny_lm("llama", vocab_size=8, seed=0, dtype=torch.float32).model
+    blocks = ((full, lambda m: packed.packed_linears(m, 4)), (_lora(0), lambda m: packed.packed_linears(m, 4)),
+              (_lora(1), lambda m: transposed_linears(m, 4)))
+    for model, block in blocks:
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1, fused=True)
+        for _ in range(3):
+            with torch.no_grad():
+                plain = model(input_ids=ids).logits
+            with torch.no_grad(), block(model):
+                fast = model(input_ids=ids).logits
+            torch.testing.assert_close(fast, plain, **TOL)
+            model(input_ids=ids).logits.pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
