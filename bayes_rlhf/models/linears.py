@@ -11,7 +11,9 @@ depends on the model's flags only, never on what ran before (a resumed run repea
 bit for bit).
 
 A copy is kept beside its module (weakly: it goes with the module) and made again whenever the
-weight's storage or in-place version changes, so a result never depends on a stale copy. Copies
+weight's storage or in-place version changes, or for a trainable weight whenever an optimiser has
+stepped (fused optimisers change parameters without bumping versions), so a result never depends
+on a stale copy; in-place changes through ``.data`` escape both and are not supported. Copies
 are bounded by ``MAX_COPY_BYTES`` in all; CUDA and other devices are left alone.
 
 peft's LoRA layers (plain LoRA, one active adapter, no dropout, not merged, frozen base) run in
@@ -27,6 +29,7 @@ import contextlib
 import weakref
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 MAX_ROWS = 64                 # token rows of a forward up to which the transposed layout is faster
 MAX_COPY_BYTES = 2 * 1024 ** 3  # transposed copies kept, all modules together
@@ -34,8 +37,24 @@ MAX_COPY_BYTES = 2 * 1024 ** 3  # transposed copies kept, all modules together
 _COPIES: "weakref.WeakKeyDictionary[torch.nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
+# optimiser steps taken in this process (any optimiser: a global post-step hook). A fused optimiser
+# (Adam(fused=True), the trainer's on CPU) updates parameters in place without bumping their version
+# counters, so a copy of a trainable weight is also stale once any optimiser has stepped since
+_STEPS = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
 def _stamp(weight: torch.Tensor) -> tuple:
-    return weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype
+    """What a copy of ``weight`` depends on: its storage, in-place version, shape and dtype, and for a
+    trainable weight the optimiser steps taken so far (``_STEPS``)."""
+    return (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype,
+            _STEPS[0] if weight.requires_grad else 0)
 
 
 def _transposed(module: torch.nn.Linear) -> torch.Tensor | None:
@@ -102,8 +121,6 @@ def _merged_transposed(module) -> torch.Tensor | None:
     if parts is None:
         return None
     base, a, b, scaling = parts
-    if a.requires_grad or b.requires_grad:  # trainable adapters: a fused optimiser's in-place step
-        return None                         # bumps no version counter, so a merged copy could go stale
     stamp = (_stamp(base.weight), _stamp(a), _stamp(b), scaling)
     held = _COPIES.get(module)
     if held is not None and held[0] == stamp:

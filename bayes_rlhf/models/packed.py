@@ -19,7 +19,8 @@ every CPU float32 ``nn.Linear`` of ``model`` and every plain peft LoRA layer::
 A forward with another row count than ``rows`` (the prompt pass), under grad, or in another
 dtype runs the module's own forward: the block changes which kernel computes a no-grad product,
 never what it computes (results differ from the plain kernels by float32 rounding only). A
-packed copy is made again whenever its weight's storage or in-place version changed, so a
+packed copy is made again whenever its weight's storage or in-place version changed (or, for a
+trainable weight, after any optimiser step: ``linears._stamp``), so a
 trainable weight (full fine-tuning) is packed once per sampling call, after each optimiser step
 (all of SmolLM2's weights: about 0.26 s, against 0.5-0.6 s gained over the 16 tokens; the fresh
 buffers also cost page faults, up to 0.6 s of system time a step once the heap is fragmented by
@@ -86,11 +87,7 @@ def _self_check() -> bool:
 
 def _packed(linear: torch.nn.Linear, rows: int) -> torch.Tensor | None:
     """MKL's packed copy of ``linear.weight`` for ``rows`` rows (made again if the weight changed);
-    None past the copy budget.
-
-    A copy is kept across blocks only for a frozen weight: a fused optimiser (``Adam(fused=True)``,
-    the trainer's on CPU) updates a parameter in place without bumping its version counter, so the
-    stamp cannot see that step; a trainable weight is packed again on entering each block."""
+    None past the copy budget."""
     w = linear.weight
     stamp = (_stamp(w), rows)
     held = _PACKED.get(linear)
@@ -183,8 +180,6 @@ def packed_linears(model: torch.nn.Module, rows: int, base_half: bool = False):
             if "forward" in m.__dict__ or id(m) in adapters:
                 continue
             if type(m) is torch.nn.Linear:
-                if m.weight.requires_grad:  # trainable: packed again in every block (see _packed)
-                    _PACKED.pop(m, None)
                 packed = _packed(m, rows) if _float32_cpu(m) else None
                 if packed is not None:
                     m.forward = _linear_forward(m, packed, rows)
