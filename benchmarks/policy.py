@@ -34,7 +34,22 @@ weights). The recipe, the same for both sides::
       --repeats times; the wall ratio compares each side's fastest run, the per-CPU-second ratio
       each side's best rate per CPU second (every run is kept in the JSON)
 
-Measured 2026-12-02 05:45-05:54 UTC on 2 shared cores (Xeon, AVX-512; load average 1.3-3.3 from other
+Measured 2026-12-02 06:52-07:00 UTC, after the fix of stale sampling weights (c61b429), on a quiet
+machine (load 0.8-1.4), one thread per side, 384 timed tokens per run, best of 3 runs per side
+(results/policy_smollm2.json; every run in results/policy_smollm2.log), per CPU second, TRL with
+gradient checkpointing off / on::
+
+                      ours tok/s   TRL tok/s, ckpt off / on   ours / TRL
+    full fine-tuning     30.8          25.2 / 25.2             1.22x / 1.22x
+    LoRA r = 8           36.0          24.5 / 22.2             1.47x / 1.62x
+
+Every full fine-tuning reading below, and the earlier ones of that day, were taken while sampling
+drew from stale packed weights: Adam(fused=True) bumps no version counter, so the packed copies of
+the trainable weights were never made again after the first step (no 0.26 s repacking per step,
+and samples from the first policy). They are kept as a record, not as results. The LoRA readings
+below were not affected (its adapters are read live, its frozen base packed once).
+
+Earlier (stale full fine-tuning, see above): 2026-12-02 05:45-05:54 UTC on 2 shared cores (Xeon, AVX-512; load average 1.3-3.3 from other
 jobs), one thread per side, 384 timed tokens per run, best of 3 runs per side
 (results/policy_smollm2.json; every run with its load in results/policy_smollm2.log)::
 
