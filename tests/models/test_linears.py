@@ -7,6 +7,7 @@ import torch
 
 from bayes_rlhf.models import linears
 from bayes_rlhf.models.toy import tiny_lm
+from tests.models.conftest import tiny_lora
 
 
 def _lin_modules(model):
@@ -59,16 +60,7 @@ def test_large_batches_and_grad_mode_are_left_alone():
 
 
 def _lora(seed):
-    from peft import LoraConfig, get_peft_model
-
-    lm = tiny_lm("llama", vocab_size=8, seed=seed)
-    torch.manual_seed(seed)  # test: peft draws its adapter init from the global generator
-    model = get_peft_model(lm.model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", lora_dropout=0.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)  # peft starts B at 0: make the adapters matter
-    return model
+    return tiny_lora(seed)
 
 
 def test_lora_layers_run_merged_and_match_peft_and_follow_adapter_updates():

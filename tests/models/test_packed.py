@@ -9,6 +9,7 @@ import torch
 from bayes_rlhf import errors as br_errors
 from bayes_rlhf.models import packed
 from bayes_rlhf.models.toy import tiny_lm
+from tests.models.conftest import tiny_lora
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="torch without MKL's packed linear operators")
 
@@ -89,16 +90,7 @@ def test_float64_and_too_many_rows_are_left_alone():
 
 
 def _lora(seed):
-    from peft import LoraConfig, get_peft_model
-
-    lm = tiny_lm("llama", vocab_size=8, seed=seed, dtype=torch.float32)
-    torch.manual_seed(seed)  # test: peft draws its adapter init from the global generator
-    model = get_peft_model(lm.model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", lora_dropout=0.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)  # peft starts B at 0: make the adapters matter
-    return model
+    return tiny_lora(seed, dtype=torch.float32)
 
 
 def test_lora_layers_add_the_low_rank_term_to_the_packed_base_and_follow_adapter_updates():
