@@ -144,10 +144,14 @@ def _lora_forward(module, parts: tuple, packed: torch.Tensor | None, rows: int, 
     return forward
 
 
+def _lora_layers(model: torch.nn.Module) -> list:
+    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+
+
 def plain_lora(model: torch.nn.Module) -> bool:
     """True when ``model`` has LoRA layers and every one is plain (``linears._plain_lora``), float32 on CPU:
     what ``packed_linears(model, rows, base_half=True)`` needs."""
-    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    layers = _lora_layers(model)
     return bool(layers) and all(
         (parts := _lora_parts(m)) is not None and _float32_cpu(parts[0]) and parts[1].dtype == torch.float32
         for m in layers)
@@ -196,11 +200,19 @@ def packed_linears(model: torch.nn.Module, rows: int, base_half: bool = False):
                 if packed is not None and "forward" not in parts[0].__dict__:  # not called inside: no copy
                     parts[0].forward = _linear_forward(parts[0], packed, rows)
                     patched.append(parts[0])
-        if base_half and any("forward" not in m.__dict__ for m in model.modules()
-                             if hasattr(m, "lora_A") and hasattr(m, "base_layer")):
+        if base_half and any("forward" not in m.__dict__ for m in _lora_layers(model)):
             raise ConfigError("packed_linears(base_half=True): a LoRA layer of the model was patched already "
                               "or added after its first use; run the forward outside other patching blocks")
         yield
     finally:
         for m in patched:
             m.__dict__.pop("forward", None)
+
+
+def packed_lm(lm, rows: int) -> contextlib.ExitStack:
+    """``packed_linears(net, rows)`` for a CausalLM's model and, when it is restricted to a support,
+    the support model it runs beside (both step the same rows)."""
+    stack = contextlib.ExitStack()
+    for net in [lm.model] + ([lm.support.model] if lm.support is not None else []):
+        stack.enter_context(packed_linears(net, rows))
+    return stack

@@ -53,7 +53,7 @@ from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import NoMassError
 from bayes_rlhf.logweights import kish_ess, log_mean_exp
 from bayes_rlhf.models.causal_lm import sample_categorical
-from bayes_rlhf.models.packed import packed_linears
+from bayes_rlhf.models.packed import packed_lm
 from bayes_rlhf.samplers._common import as_prompts, check_target
 from bayes_rlhf.samplers._live_rows import LiveRows
 from bayes_rlhf.samplers.potentials import Potentials
@@ -152,9 +152,7 @@ class SMC:
         resampling dropped finished particles, run the plain kernels. Same products up to float32 rounding."""
         stack = contextlib.ExitStack()
         for lm in dict.fromkeys(x for x in (self.target.prior, self.proposal.lm) if x is not None):
-            if lm.device.type == "cpu":
-                for net in [lm.model] + ([lm.support.model] if lm.support is not None else []):
-                    stack.enter_context(packed_linears(net, self.P * self.N))
+            stack.enter_context(packed_lm(lm, self.P * self.N))  # CPU float32 layers only (packed_linears)
         return stack
 
     def _new_potentials(self, proposed: Proposed, live, tok, ids, mask, ended, going, t):
