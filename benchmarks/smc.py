@@ -1,8 +1,9 @@
 """Token-level SMC against llamppl and genlm-control on SmolLM2-135M: cost against log Z accuracy.
 
-    /tmp/peers-venv/bin/python benchmarks/smc.py [--smoke] [--resume] [--particles 2,4,8,32,128]
-        [--peer-particles 8,32,128] [--repeats 6] [--repeats-at 2:12,4:12,8:10,128:4] [--peer-repeats-at 128:4]
-        [--max-n genlm-awrs@B=8,llamppl-bootstrap=32,llamppl-masked=32] [--reuse-reference OLD.json]
+    /tmp/peers-venv/bin/python benchmarks/smc.py [--smoke] [--resume] [--particles 2,4,8,16,32,64,128]
+        [--peer-particles 8,16,32,128] [--repeats 6] [--repeats-at 2:12,4:12,8:10,16:10,128:4]
+        [--peer-repeats-at 128:4] [--reuse-reference OLD.json]
+        [--max-n genlm-awrs@B=8,llamppl-bootstrap=32,llamppl-masked=32,llamppl-bootstrap@B-top16=128,...]
         [--max-new-tokens 4] [--top-k 16] [--tasks A,B,A-top16,B-top16]
 
 Install (tried in a fresh venv; neither peer is a dependency of bayes_rlhf; CPU only, no vllm)::
@@ -160,14 +161,16 @@ def parse(argv):
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/smollm2-135m"))
     ap.add_argument("--max-new-tokens", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=16)
-    ap.add_argument("--particles", default="2,4,8,32,128", help="N grid for our samplers")
-    ap.add_argument("--peer-particles", default="8,32,128", help="N grid for the peers (their cost per run is larger)")
+    ap.add_argument("--particles", default="2,4,8,16,32,64,128", help="N grid for our samplers")
+    ap.add_argument("--peer-particles", default="8,16,32,128", help="N grid for the peers (their cost per run is larger)")
     ap.add_argument("--repeats", type=int, default=6, help="runs (seeds) per sampler, task and N")
-    ap.add_argument("--repeats-at", default="2:12,4:12,8:10,128:4",
+    ap.add_argument("--repeats-at", default="2:12,4:12,8:10,16:10,128:4",
                     help="N:R overrides of --repeats for our samplers (more runs where they are cheap)")
     ap.add_argument("--peer-repeats-at", default="128:4", help="N:R overrides of --repeats for the peers")
-    ap.add_argument("--max-n", default="genlm-awrs@B=8,llamppl-bootstrap=32,llamppl-masked=32",
-                    help="SAMPLER=N or SAMPLER@TASK=N: the largest N a sampler runs (on tasks TASK, TASK-top{k})")
+    ap.add_argument("--max-n", default="genlm-awrs@B=8,llamppl-bootstrap=32,llamppl-masked=32,"
+                    "llamppl-bootstrap@B-top16=128,llamppl-masked@B-top16=128",
+                    help="SAMPLER=N or SAMPLER@TASK=N: the largest N a sampler runs (A or B name both variants; "
+                         "A-top16 names one, and wins)")
     ap.add_argument("--reference-runs", type=int, default=8)
     ap.add_argument("--reference-factor", type=int, default=16)
     ap.add_argument("--reuse-reference", type=Path, default=None,
@@ -205,9 +208,10 @@ def repeats_at(args, name: str, N: int) -> int:
 
 
 def max_n(args, name: str, task: str) -> float:
-    """The largest N ``name`` runs on ``task`` (``--max-n``; its base task, A or B, names both variants)."""
+    """The largest N ``name`` runs on ``task`` (``--max-n``: the task itself, else its base task A or B, which
+    names both variants, else the sampler alone)."""
     base = task.partition("-")[0]
-    return args.max_n.get(f"{name}@{base}", args.max_n.get(name, math.inf))
+    return args.max_n.get(f"{name}@{task}", args.max_n.get(f"{name}@{base}", args.max_n.get(name, math.inf)))
 
 
 def references(args, shared, bad, rewards, data):
