@@ -59,13 +59,9 @@ def test_large_batches_and_grad_mode_are_left_alone():
         assert all("forward" not in m.__dict__ for m in _lin_modules(lm.model))
 
 
-def _lora(seed):
-    return tiny_lora(seed)
-
-
 def test_lora_layers_run_merged_and_match_peft_and_follow_adapter_updates():
     pytest.importorskip("peft")
-    model = _lora(seed=7)
+    model = tiny_lora(seed=7)
     ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
     with torch.no_grad():
         plain = model(input_ids=ids).logits
