@@ -103,15 +103,41 @@ def _draw(lm, plist, num_samples, max_new_tokens, generator, base: bool = False)
     return ids, mask, total, support_tok
 
 
-def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``."""
+def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None,
+                       uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``, or
+    with the given ``uniforms`` [n] in [0, 1) (e.g. ``stratified_uniforms``)."""
     probs = torch.exp(log_probs.double())
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64).to(probs.device)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
+    if uniforms is None:
+        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64)
+    else:
+        u = uniforms.double().reshape(-1, 1)
+    idx = torch.searchsorted(cdf, u.to(probs.device) * cdf[:, -1:]).squeeze(-1)
     # guard against landing on a zero-probability token at the top edge
     idx = idx.clamp(max=probs.shape[-1] - 1)
     bad = probs.gather(-1, idx[:, None]).squeeze(-1) <= 0
     if bad.any():
         idx[bad] = probs[bad].argmax(-1)
     return idx
+
+
+def stratified_uniforms(keys: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniforms [n] in [0, 1), stratified within each group of rows whose ``keys`` rows ([n, k] ints) are equal.
+
+    A group of m rows gets one uniform in each stratum [j / m, (j + 1) / m), j = 0..m-1, the strata
+    dealt to its rows in random order. Each row's uniform is marginally U[0, 1), so a draw by inverse
+    CDF keeps each row's distribution (and any sum over rows its expectation), while the m draws of
+    rows that share a distribution cover its CDF evenly: fewer repeats of the same token, less
+    variance in anything averaged over them. Rows alone in their group get a plain uniform.
+    """
+    n = keys.shape[0]
+    _, group, counts = torch.unique(keys.reshape(n, -1), dim=0, return_inverse=True, return_counts=True)
+    perm = torch.randperm(n, generator=generator)
+    order = perm[torch.argsort(group[perm], stable=True)]  # rows grouped, in random order within a group
+    g = group[order]
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n) - start[g]
+    u = torch.empty(n, dtype=torch.float64)
+    u[order] = (rank + torch.rand(n, generator=generator, dtype=torch.float64)) / counts[g]
+    return u

@@ -53,6 +53,7 @@ from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import NoMassError
 from bayes_rlhf.logweights import kish_ess, log_mean_exp
 from bayes_rlhf.models.causal_lm import sample_categorical
+from bayes_rlhf.models.sampling import stratified_uniforms
 from bayes_rlhf.models.packed import packed_lm
 from bayes_rlhf.samplers._common import as_prompts, check_target
 from bayes_rlhf.samplers._live_rows import LiveRows
@@ -118,7 +119,10 @@ class SMC:
                         self.potentials, state.log_psi[live])  # next-token log-probs stay on the model's device
         proposed = self.proposal.log_probs(state.q_state, view)
         tok = torch.full_like(alive, self.target.prior.pad_id, dtype=torch.long)
-        tok[live] = sample_categorical(proposed.log_q, generator=generator).cpu()
+        u = None
+        if self.config.stratify:  # particles with one prefix draw their tokens from strata of its CDF
+            u = stratified_uniforms(torch.cat([self.group[live, None], state.ids[live, :t]], 1), generator=generator)
+        tok[live] = sample_categorical(proposed.log_q, generator=generator, uniforms=u).cpu()
         ids, mask = state.ids.clone(), state.mask.clone()
         ids[live, t], mask[live, t] = tok[live], True
         eos = self.target.prior.eos_token_id
@@ -246,7 +250,7 @@ class SMC:
 
 def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, proposal=None, twist=None,
         ess_threshold: float = 0.5, resampling="systematic", generator: torch.Generator | None = None,
-        progress: bool = False, compact_threshold: float = 0.25) -> WeightedSamples:
+        progress: bool = False, compact_threshold: float = 0.25, stratify: bool = True) -> WeightedSamples:
     """Token-level SMC for the posterior of ``target`` (see the module docstring).
 
     Parameters
@@ -287,6 +291,9 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, prop
     progress : bool
     compact_threshold : float in [0, 1]
         When finished particles' KV-cache rows are dropped (see ``SMCConfig``); no effect on results.
+    stratify : bool
+        Particles that share a prefix (all N at the first token, copies after resampling) draw their
+        next tokens from strata of the proposal's CDF (see ``SMCConfig``); False: independent draws.
 
     Returns
     -------
@@ -298,6 +305,6 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, prop
         never resampled, saying why). ``summary()`` gives each prompt's ``num_resampling_steps``.
     """
     config = SMCConfig(num_particles, ess_threshold=ess_threshold, resampling=resampling, progress=progress,
-                       compact_threshold=compact_threshold)
+                       compact_threshold=compact_threshold, stratify=stratify)
     check_generator(generator)
     return SMC(target, prompt, config, proposal=proposal, twist=twist).run(generator=generator)

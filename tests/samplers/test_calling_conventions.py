@@ -14,6 +14,7 @@ from bayes_rlhf import ppl
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM, sample_categorical
+from bayes_rlhf.models.sampling import stratified_uniforms
 from bayes_rlhf.samplers import (RESAMPLERS, SMC, CTLConfig, SMCConfig, WeightedSamples, best_of_n, fit_twist,
                                  fit_twist_ctl, get_resampler, importance_sample, lower_bound, quasi_rejection_sample,
                                  sampling_importance_resampling, smc, upper_bound)
@@ -24,7 +25,7 @@ PUBLIC = [importance_sample, sampling_importance_resampling, draw_proposals, bes
           lower_bound, upper_bound, smc, fit_twist, fit_twist_ctl, SMC.step, SMC.run, WeightedSamples.resample,
           ppl.posterior_model, ppl.policy_guide, ppl.pyro_importance, ppl.elbo, ppl.fit_policy_svi,
           ppl.CompletionDistribution.__init__, *RESAMPLERS.values(), br.exact_rejection_sample, ExactPosterior.sample,
-          CausalLM.sample, sample_categorical]
+          CausalLM.sample, sample_categorical, stratified_uniforms]
 
 
 @pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__qualname__)

@@ -61,12 +61,12 @@ def test_packed_steps_match_the_plain_kernels(spy, monkeypatch, kind):
     # N = 4 x 2 prompts = 8 rows; compact_threshold = 0 drops finished rows at once, so later
     # forwards have fewer rows and must fall through to the plain kernels
     args = dict(ess_threshold=1.0, resampling="multinomial", compact_threshold=0.0)
-    packed_ws = smc(target, PROMPTS, 4, generator=torch.Generator().manual_seed(5), **args, **kw)
+    packed_ws = smc(target, PROMPTS, 4, generator=torch.Generator().manual_seed(8), **args, **kw)
     assert spy[True] > 0 and spy[False] > 0  # both paths ran
     assert all("forward" not in m.__dict__ for m in prior.model.modules())  # the block was left
     ran = dict(spy)
     monkeypatch.setitem(packed._STATE, "ok", False)  # as if torch had no MKL packed operators
-    plain_ws = smc(target, PROMPTS, 4, generator=torch.Generator().manual_seed(5), **args, **kw)
+    plain_ws = smc(target, PROMPTS, 4, generator=torch.Generator().manual_seed(8), **args, **kw)
     assert dict(spy) == ran  # nothing was patched this time
     assert torch.equal(packed_ws.ids, plain_ws.ids) and torch.equal(packed_ws.mask, plain_ws.mask)
     # float32 products summed in another order: a few ulps per log-prob, summed over <= 5 tokens
