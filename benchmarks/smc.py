@@ -50,41 +50,33 @@ skips runs already there; ``--report-only`` summarises it again) and ``smc.pdf``
 takes the exact and sampled references from an earlier run when what they depend on (prompt, T,
 top_k, forbidden set size, vocabulary, reference runs and particles) is the same, and says so.
 
-Measured (one fresh run with the defaults, started at commit 2707ede: our one-token steps of all
-n = N rows through MKL-packed float32 weights, ``models.packed``; 556 runs in 20 min, one torch
-thread, 2-core machine shared with other jobs, load 2.0-3.8 at the runs, 2.1 at the end; my own
-test runs overlapped its first ~10 min, N = 2 to 8, where N = 2 and 4 are ours alone; references
-reused from the c4fbb86 run, made at 5a46c22, config equal: exact top-16 log Z A -1.207413, B -3.798840;
-full-prior reference A -1.3113 +- 0.0036, B -3.3319 +- 0.0229, 8 x 2048 particles). Peer cost /
-our cost at equal RMSE, the peer at its best mode, ratio at the middle of the shared RMSE range
-(its range over that RMSE range in brackets), wall time; positions after the slash:
-llamppl A 6.3x (2.7-6.6) / 21.8x, A-top16 4.6x (3.4-5.9) / 12.1x, B 8.3x (7.0-9.8) / 25.7x,
-B-top16 >= 5.0x / >= 10.3x; genlm-control A 8.9x (3.7-9.7) / 30.4x, A-top16 4.5x (2.2-9.3) / 12.9x,
-B 6.9x (4.7-10.5) / 12.7x (in positions AWRS is the best mode, read at its one point), B-top16
->= 6.6x / >= 13.5x. ">=": our cheapest point without failures (ours constrained N = 32, RMSE 1.81)
-is more accurate than the peer's best (llamppl 1.91, genlm 2.39), so a bound. Against c4fbb86
-(5.4 / 3.9 / 5.4 / >= 4.9 and 6.8 / 3.8 / 3.4 / >= 5.2): the positions ratios are the same (the
-draws are the same: 555 of 556 log Z_hat equal to 1e-4; one of ours-bootstrap's, A N = 8, drew
-another token, float32 rounding at a CDF boundary). The wall-time ratios moved mostly with the
-machine: the whole run was less loaded (peers 1-24% faster at N = 32-128, ours 9-14% faster at
-N = 128 where nothing is packed, > 64 rows). At N = 8 our runs took 0.55-0.61 s (0.65-0.82 s at
-c4fbb86: x0.67-0.88) while the peers in the same cells changed by x0.74-1.15, so packing is worth
-roughly 5-25% there, about the size of the noise; a paired check on an idle machine (ours
-constrained, task A, 8 pairs): N = 8 0.73 vs 0.78 s, N = 4 equal, N = 2 0.58 vs 0.49 s (packing
-2 rows is slower). The B readings jumped (3.4x -> 6.9x, 5.4x -> 8.3x) mostly by where they are read:
-our N = 8 point (0.55 s, RMSE 2.0) became cheaper than our N = 4 and N = 2 points (0.60 s and
-1.25 s, RMSE 8.6: the overlap and the 2-row packing), so these left our wall-time frontier and the
-shared RMSE range shrank to 0.66-2.0 / 0.94-2.0 (0.66-8.6 / 1.8-8.6 before); our B points at
-N = 8-128 changed by x0.67-0.91, the peers' by x0.75-0.89. So the goal of issue 14 (>= 5x both peers at equal RMSE, wall time)
-is met on A and B against both peers and as a bound on B-top16 against both; not on A-top16
-(4.6x, 4.5x). In positions every ratio is >= 10x. The figure: ours (constrained; on B and B-top16
-bootstrap too) are the lowest-left curves on every wall-time panel (A: RMSE 0.15 at 0.5 s to 0.045 at 2.6 s; llamppl
-masked and genlm AWRS reach 0.04 / 0.03 only at 8 / 12 s); on B-top16 every peer stays at RMSE
-1.6-2.4 while ours reach 0.41-0.48 at N = 32-128 (bootstrap N = 32 with one failure in 6);
-our N = 2 points sit right of our N = 4 points on A and B. Where the wall-time gap is: our runs are T = 4 forwards of N rows, mostly
-those forwards' matrix products, and on one CPU thread a forward of 8 rows costs almost what one
-of 64 does (weights are streamed once per forward), so the peers' 6-10x more positions cost them
-only 2-3x more wall time at equal N.
+Measured (one fresh run with the defaults at commit b78f19f, 2026-12-02 15:20-15:41 UTC: 776 runs in
+21 min, one torch thread, nothing else running, load 0.84-1.08; our SMC draws the particles that share
+a prefix from strata of one CDF, ``stratify=True``; references reused from the 8aca66d run, config
+equal: exact top-16 log Z A -1.207413, B -3.798840; full-prior reference A -1.3113 +- 0.0036,
+B -3.3319 +- 0.0229, 8 x 2048 particles). Peer cost / our cost at equal RMSE, the peer at its best
+mode, ratio at the middle of the shared RMSE range (its range over that RMSE range in brackets),
+wall time; positions after the slash:
+llamppl A 8.3x (2.7-9.0) / 27.4x, A-top16 4.8x (4.5-5.5) / 15.3x, B 6.7x (5.0-9.4) / 20.1x,
+B-top16 9.6x (7.7-10.9) / 15.1x; genlm-control A 6.0x (2.4-13.8) / 26.2x, A-top16 5.0x (2.2-11.5) /
+14.9x, B 7.5x (7.5-7.5) / 14.2x, B-top16 >= 6.0x / >= 13.5x (">=": our cheapest point without
+failures, ours constrained N = 32 at RMSE 1.47, is more accurate than the peer's best, 2.39, so a
+bound). So the goal of issue 14 (>= 5x both peers at equal RMSE, wall time) holds in 7 of the 8
+cells; A-top16 against llamppl reads 4.8x, where llamppl bootstrap reaches RMSE 0.18 at 2.4 s and
+our N = 2-8 points (0.33-0.43 s, RMSE 0.27-0.57, 10-12 seeds each) carry our curve. In positions
+every ratio is >= 13x.
+
+Against the run at 8aca66d (independent draws, same references; x8.7 / 6.8, 5.0 / 4.6, 7.0 / 8.1,
+7.8 / >= 6.1): stratified draws made ours constrained more accurate from N = 16 on (A-top16 N = 16
+RMSE 0.081 against 0.171, N = 32 0.031 against 0.065; B-top16 N = 128 0.20 against 0.46) and, on
+A-top16, not at N = 4 (0.57 +- 0.24 against 0.30 +- 0.05; a separate 96-seed check: N = 4 0.51 against
+0.36, N = 8 0.25 against 0.23). Stratification lowers the variance of Z_hat (tests: 0.71-0.76x against
+enumeration), not necessarily that of log Z_hat at 2-4 particles. Where the wall-time gap is: our
+runs are one prompt forward and T - 1 = 3 one-token forwards of N rows; on one CPU thread the prompt
+forward (about 18 positions, plain kernels) costs 0.18 s and a step of 8 rows 0.08 s (all 540 MB of
+weights are streamed per forward), so an N = 8 run takes 0.43-0.47 s of which 0.42 s is forwards,
+and a forward of 8 rows costs almost what one of 64 does; the peers' 6-15x more positions cost them
+only 2-5x more wall time at equal N.
 """
 
 from __future__ import annotations

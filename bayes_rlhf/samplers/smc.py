@@ -14,6 +14,13 @@ N particles per prompt, P prompts, one batch of n = P * N rows. With proposal q,
             state = state.reindex(idx)      # the KV cache rows are copied, never recomputed
     log_Z += logsumexp(log_w) - log N       # E[exp(log_Z)] = Z
 
+The m particles of a prompt that share a prefix (all N at t = 0, the copies of one parent after
+resampling) draw x_t from m equal strata of q's CDF, one uniform in each, dealt in random order
+(``stratify=True``, the default; ``models.sampling.stratified_uniforms``): every particle's x_t
+still has law q(. | x_<t), so the weights and E[exp(log_Z)] = Z are unchanged, while the group
+covers q evenly. Against enumeration (the tiny lipogram, constrained proposal, N = 4 and 8, 2000 runs)
+Var(Z_hat / Z) fell to 0.71-0.76x of independent draws' (``tests/samplers/test_stratified.py``).
+
 Where x_t comes from is a ``Proposal`` (``proposals.py``: the prior, another CausalLM, the exact
 token posterior, the twisted proposal, any of them masked by a token-level constraint
 (``constrained.py``), or any object with that method set); the potentials are ``potentials.py``,
