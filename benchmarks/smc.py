@@ -36,7 +36,7 @@ force EOS there); llamppl bootstrap and masked (``mask_dist``); genlm-control bo
 lipogram as a critic) and AWRS. (``ours-constrained-twisted``, the mask over
 ``TwistedProposal(top_p=0.95)``, is left out by default: without a twist and with EOS forced at T
 it draws what ours constrained draws, at more cost.) All use multinomial resampling at ESS < N/2, every peer's
-batch size is N, each sampler has one untimed warm-up run per task, runs alternate between
+batch size is N, each sampler has two untimed warm-up runs per task, runs alternate between
 samplers, one torch thread. Cost per run: wall seconds and model positions (rows x new
 positions of every forward, counted by the shared hook). Accuracy per (sampler, N): RMSE of
 log Z_hat over seeds (``--repeats``, more at small N: ``--repeats-at``; the dearest peer modes
@@ -303,10 +303,12 @@ def main(argv=None):
         return N is None or (N in (args.particles if name in OURS else args.peer_particles)
                              and N <= max_n(args, name, task))
 
-    for task in args.tasks:  # one untimed warm-up run per sampler and task
-        for name in samplers:
+    for task in args.tasks:  # two untimed warm-up runs per sampler and task (the second runs what a
+        for name in samplers:  # repeated prompt runs: ours packs its prompt pass's weights there)
             if runs_on(name, task):
-                runner(name, task, min(args.particles if name in OURS else args.peer_particles))(999)
+                once = runner(name, task, min(args.particles if name in OURS else args.peer_particles))
+                once(998)
+                once(999)
     done = {(r["task"], r["sampler"], r["N"], r["seed"]) for r in data["records"]}
     prompt_ids = None
     for N in sorted(set(args.particles + args.peer_particles)):  # every task at small N first

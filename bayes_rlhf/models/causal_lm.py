@@ -37,6 +37,7 @@ from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.models.cache import LMState, _fork_cache, _select_cache, cache_argument, forward_with_cache
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.models.linears import transposed_linears
+from bayes_rlhf.models.packed import packed_repeat
 from bayes_rlhf.models.sampling import sample, sample_categorical
 from bayes_rlhf.models.scoring import sequence_forward
 from bayes_rlhf.models.prompts import TextIds
@@ -188,7 +189,8 @@ class CausalLM(TextIds):
         ids, att = self._prompt_batch(prompts)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits, cache = self._forward(ids, att, pos)
+            with packed_repeat(self.model, ids.numel()):  # a prompt run again: from packed weights
+                logits, cache = self._forward(ids, att, pos)
         support, support_lp = self.support.start(prompts) if self.support is not None else (None, None)
         state = LMState(cache, att, pos[:, -1] + 1, support)
         logp = self.log_softmax(logits, support_lp)

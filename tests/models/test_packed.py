@@ -3,6 +3,8 @@ left alone under grad, for other row counts and outside the block."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -59,15 +61,15 @@ def test_changed_weights_are_packed_again_and_grad_mode_falls_through():
     ids = torch.tensor([[1, 3, 4, 5]])
     mods = _lin_modules(lm.model)
     _step_logits(lm.model, ids, 4)
-    before = {m: packed._PACKED[m][1] for m in mods}
+    before = {m: packed.held_copy(m) for m in mods}
     _step_logits(lm.model, ids, 4)
-    assert all(packed._PACKED[m][1] is before[m] for m in mods)  # unchanged weights: kept
+    assert all(packed.held_copy(m) is before[m] for m in mods)  # unchanged weights: kept
     with torch.no_grad():
         for p in lm.model.parameters():
             p.mul_(1.5)                                  # what an optimiser step does to trainable weights
         plain = lm.model(input_ids=ids).logits
     torch.testing.assert_close(_step_logits(lm.model, ids, 4), plain, **TOL)  # no stale packed copy
-    assert all(packed._PACKED[m][1] is not before[m] for m in mods)
+    assert all(packed.held_copy(m) is not before[m] for m in mods)
     with packed.packed_linears(lm.model, 4):  # grad enabled: the module's own forward, gradients intact
         out = lm.model(input_ids=ids).logits
         grads = torch.autograd.grad(out.sum(), [mods[0].weight])
@@ -102,7 +104,7 @@ def test_lora_layers_add_the_low_rank_term_to_the_packed_base_and_follow_adapter
     loras = [m for m in model.modules() if hasattr(m, "lora_A")]
     torch.testing.assert_close(_step_logits(model, ids, 6), plain, **TOL)
     assert loras and all(m.base_layer in packed._PACKED for m in loras)
-    kept = {m: packed._PACKED[m.base_layer][1] for m in loras}
+    kept = {m: packed.held_copy(m.base_layer) for m in loras}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_A" in name:
@@ -111,7 +113,7 @@ def test_lora_layers_add_the_low_rank_term_to_the_packed_base_and_follow_adapter
         with model.disable_adapter():
             base = model(input_ids=ids).logits
     torch.testing.assert_close(_step_logits(model, ids, 6), plain, **TOL)  # adapters read as they are now
-    assert all(packed._PACKED[m.base_layer][1] is kept[m] for m in loras)  # the frozen base: packed once
+    assert all(packed.held_copy(m.base_layer) is kept[m] for m in loras)  # the frozen base: packed once
     with torch.no_grad(), model.disable_adapter():        # adapters off: peft's own forward, the base alone
         torch.testing.assert_close(_step_logits(model, ids, 6), base, **TOL)
     with torch.no_grad(), packed.packed_linears(model, 6):
@@ -192,3 +194,51 @@ def test_a_fused_optimiser_step_is_seen_by_the_next_block():
             model(input_ids=ids).logits.pow(2).mean().backward()
             opt.step()
             opt.zero_grad()
+
+
+def _prompt_start(lm, prompt="w1 w2 w3 w4"):
+    ids, _ = lm._prompt_batch([prompt])
+    return ids.numel(), lm.start([prompt], 2)[1]
+
+
+def test_a_prompt_run_again_is_computed_from_packed_copies_kept_beside_the_steps():
+    lm = tiny_lm("llama", vocab_size=16, seed=5, dtype=torch.float32)
+    mods = _lin_modules(lm.model)
+    lm.sample("w1", 8, 3, generator=torch.Generator().manual_seed(0))  # the 8-row steps: packed
+    rows, first = _prompt_start(lm)
+    assert rows != 8 and all(packed.held_copy(m, rows) is None for m in mods)  # once: plain
+    steps = {m: packed.held_copy(m, 8) for m in mods}
+    _, again = _prompt_start(lm)
+    assert all(packed.held_copy(m, rows) is not None for m in mods)  # again: packed for its rows
+    assert all(packed.held_copy(m, 8) is steps[m] for m in mods)  # the steps' copies kept beside
+    torch.testing.assert_close(again, first, **TOL)
+    # an optimiser step: the weights may have changed, so the prompt counts as new (plain once more)
+    opt = torch.optim.SGD(lm.model.parameters(), lr=0.0)
+    opt.step()
+    seen = packed._PROMPT_ROWS[lm.model]
+    _prompt_start(lm)
+    assert packed._PROMPT_ROWS[lm.model] is not seen and packed._PROMPT_ROWS[lm.model][1] == {rows}
+
+
+def test_past_the_budget_the_least_recently_used_copies_go_never_the_current_blocks(monkeypatch):
+    lm = tiny_lm("llama", vocab_size=16, seed=6, dtype=torch.float32)
+    mods = _lin_modules(lm.model)
+    one_set = sum(m.weight.numel() * m.weight.element_size() for m in mods)
+    monkeypatch.setattr(packed, "_PACKED", weakref.WeakKeyDictionary())  # other tests' copies aside
+    monkeypatch.setattr(packed, "MAX_PACKED_BYTES", int(1.5 * one_set))  # room for one set and a half
+    ids = torch.tensor([[1, 3, 4, 5]])
+    _step_logits(lm.model, ids, 4)
+    assert all(packed.held_copy(m, 4) is not None for m in mods)
+    plain = lm.model(input_ids=torch.tensor([[1, 3, 4, 5, 6, 7]])).logits
+    out = _step_logits(lm.model, torch.tensor([[1, 3, 4, 5, 6, 7]]), 6)
+    torch.testing.assert_close(out, plain, **TOL)
+    assert all(packed.held_copy(m, 6) is not None for m in mods)  # the new row count: every layer packed
+    dropped = [m for m in mods if packed.held_copy(m, 4) is None]
+    assert 0 < len(dropped) < len(mods)  # the older copies made room, as much as needed
+    assert sum(h[2] for m in mods for h in packed._PACKED[m].values()) <= packed.MAX_PACKED_BYTES
+    monkeypatch.setattr(packed, "MAX_PACKED_BYTES", int(0.5 * one_set))  # not even one set fits
+    out = _step_logits(lm.model, torch.tensor([[1, 3, 4, 5, 6]]), 5)
+    torch.testing.assert_close(out, lm.model(input_ids=torch.tensor([[1, 3, 4, 5, 6]])).logits, **TOL)
+    made = [m for m in mods if packed.held_copy(m, 5) is not None]
+    assert 0 < len(made) < len(mods)  # the block packed what fit and left the rest to the plain kernels
+    assert sum(h[2] for m in mods for h in packed._PACKED[m].values()) <= packed.MAX_PACKED_BYTES
