@@ -26,6 +26,12 @@ trainable weight (full fine-tuning) is packed once per sampling call, after each
 buffers also cost page faults, up to 0.6 s of system time a step once the heap is fragmented by
 earlier runs in the process, less with torch's ``THP_MEM_ALLOC_ENABLE=1``). A frozen weight (a
 LoRA base, a prior) is packed once.
+A packed copy serves one row count (MKL packs for a given M), so copies for several row counts
+are kept side by side (a prompt pass's and the steps'), all models together within
+``MAX_PACKED_BYTES``; past it the least recently used copies are dropped, never one the current
+block uses (its remaining layers then run the plain kernels). ``packed_repeat`` packs a prompt
+pass only when the model ran that many prompt rows before with the same weights: one forward does
+not repay its packing, a prompt run again and again (repeated SMC runs, a sweep over N) does.
 Where torch lacks these MKL operators (or their self-check fails) nothing is patched; ``set_enabled(False)``
 turns them off for the process.
 
