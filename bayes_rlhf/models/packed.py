@@ -261,7 +261,8 @@ def packed_repeat(model: torch.nn.Module, rows: int):
     2 s the first time), but a prompt run again and again (SMC or importance sampling repeated on one
     prompt, a sweep over N) is then computed from packed copies kept beside the steps' (18 positions
     of SmolLM2, one thread: 0.10 s against 0.17 s). A model in training never repeats: its prompt
-    passes stay plain."""
+    passes stay plain; nor does a model whose linear weights exceed half of ``MAX_PACKED_BYTES``
+    (its prompt's copies and its steps' would evict each other)."""
     if not (MIN_ROWS <= rows <= MAX_ROWS) or torch.is_grad_enabled() or not available():
         return contextlib.nullcontext()
     steps, seen = _PROMPT_ROWS.get(model, (None, set()))
@@ -270,5 +271,8 @@ def packed_repeat(model: torch.nn.Module, rows: int):
         _PROMPT_ROWS[model] = (steps, seen)
     if rows not in seen:
         seen.add(rows)
+        return contextlib.nullcontext()
+    weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if type(m) is torch.nn.Linear)
+    if 2 * weights > MAX_PACKED_BYTES:  # no room beside the steps' copies: they would evict each other every run
         return contextlib.nullcontext()
     return packed_linears(model, rows)

@@ -39,7 +39,7 @@ class SMCConfig:
         of m equal strata of the proposal's CDF, dealt in random order (``stratified_uniforms``).
         Each particle's draw keeps its distribution, so log Z_hat stays unbiased in exp and the
         weights are unchanged; the group covers the proposal evenly instead of repeating its
-        likeliest tokens, which lowers the variance of log Z_hat. False: independent draws.
+        likeliest tokens, which lowers the variance of Z_hat. False: independent draws.
     """
 
     num_particles: int

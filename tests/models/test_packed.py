@@ -242,3 +242,13 @@ def test_past_the_budget_the_least_recently_used_copies_go_never_the_current_blo
     made = [m for m in mods if packed.held_copy(m, 5) is not None]
     assert 0 < len(made) < len(mods)  # the block packed what fit and left the rest to the plain kernels
     assert sum(h[2] for m in mods for h in packed._PACKED[m].values()) <= packed.MAX_PACKED_BYTES
+
+
+def test_a_model_too_large_for_two_sets_of_copies_keeps_its_prompt_pass_plain(monkeypatch):
+    lm = tiny_lm("llama", vocab_size=16, seed=8, dtype=torch.float32)
+    mods = _lin_modules(lm.model)
+    weights = sum(m.weight.numel() * m.weight.element_size() for m in mods)
+    monkeypatch.setattr(packed, "MAX_PACKED_BYTES", int(1.5 * weights))  # the steps' copies fit, not two sets
+    rows, _ = _prompt_start(lm)
+    _prompt_start(lm)
+    assert all(packed.held_copy(m, rows) is None for m in mods)
