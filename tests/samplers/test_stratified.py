@@ -36,7 +36,7 @@ def test_each_row_is_marginally_uniform():
     assert abs(float(first.mean()) - 0.5) < 0.02
 
 
-def test_a_token_drawn_by_m_rows_from_strata_appears_floor_or_ceil_of_m_p_times_at_most_plus_one():
+def test_stratified_draws_of_one_categorical_count_each_token_within_two_of_m_p():
     # stratified draws of one categorical: the count of a token of probability p among m rows
     # differs from m p by less than 2 (it covers an interval of m p strata, cut at both ends)
     p = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
