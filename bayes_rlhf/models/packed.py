@@ -60,7 +60,8 @@ MAX_PACKED_BYTES = 2 * 1024 ** 3  # packed copies kept, all modules together (co
 # per linear layer, {rows: [weight stamp, packed copy, bytes, tick of last use]}
 _PACKED: "weakref.WeakKeyDictionary[torch.nn.Linear, dict]" = weakref.WeakKeyDictionary()
 _TICK = [0]
-# per model, (optimiser steps, row counts of the prompt forwards it ran since) (``packed_repeat``)
+# per model, (optimiser steps, its linear weights' bytes, row counts of the prompt forwards it ran
+# since) (``packed_repeat``)
 _PROMPT_ROWS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 _STATE = {"ok": None}
 
@@ -265,14 +266,15 @@ def packed_repeat(model: torch.nn.Module, rows: int):
     (its prompt's copies and its steps' would evict each other)."""
     if not (MIN_ROWS <= rows <= MAX_ROWS) or torch.is_grad_enabled() or not available():
         return contextlib.nullcontext()
-    steps, seen = _PROMPT_ROWS.get(model, (None, set()))
+    steps, weights, seen = _PROMPT_ROWS.get(model, (None, 0, set()))
     if steps != _STEPS[0]:  # an optimiser has stepped: what ran before no longer counts
+        weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                      if type(m) is torch.nn.Linear)  # counted once per model and optimiser step
         steps, seen = _STEPS[0], set()
-        _PROMPT_ROWS[model] = (steps, seen)
+        _PROMPT_ROWS[model] = (steps, weights, seen)
     if rows not in seen:
         seen.add(rows)
         return contextlib.nullcontext()
-    weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if type(m) is torch.nn.Linear)
     if 2 * weights > MAX_PACKED_BYTES:  # no room beside the steps' copies: they would evict each other every run
         return contextlib.nullcontext()
     return packed_linears(model, rows)

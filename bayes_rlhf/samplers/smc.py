@@ -59,9 +59,8 @@ from tqdm.auto import tqdm
 from bayes_rlhf._checks import check_generator
 from bayes_rlhf.errors import NoMassError
 from bayes_rlhf.logweights import kish_ess, log_mean_exp
-from bayes_rlhf.models.causal_lm import sample_categorical
 from bayes_rlhf.models.packed import packed_lm
-from bayes_rlhf.models.sampling import stratified_uniforms
+from bayes_rlhf.models.sampling import sample_categorical, stratified_uniforms
 from bayes_rlhf.samplers._common import as_prompts, check_target
 from bayes_rlhf.samplers._live_rows import LiveRows
 from bayes_rlhf.samplers.potentials import Potentials

@@ -217,7 +217,7 @@ def test_a_prompt_run_again_is_computed_from_packed_copies_kept_beside_the_steps
     opt.step()
     seen = packed._PROMPT_ROWS[lm.model]
     _prompt_start(lm)
-    assert packed._PROMPT_ROWS[lm.model] is not seen and packed._PROMPT_ROWS[lm.model][1] == {rows}
+    assert packed._PROMPT_ROWS[lm.model] is not seen and packed._PROMPT_ROWS[lm.model][2] == {rows}
 
 
 def test_past_the_budget_the_least_recently_used_copies_go_never_the_current_blocks(monkeypatch):
