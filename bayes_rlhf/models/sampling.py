@@ -103,11 +103,25 @@ def _draw(lm, plist, num_samples, max_new_tokens, generator, base: bool = False)
     return ids, mask, total, support_tok
 
 
+_LOG2E = 1.4426950408889634  # log2(e)
+
+
+def exp_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """exp of log-probs, float64, quick where many are -inf (a masked or top-k-truncated row).
+
+    On CPU ``torch.exp`` runs MKL's vector math, which takes a slow path on -inf entries: 8 rows of
+    SmolLM2's 49,152 log-probs in 4.9-5.5 ms with -inf among them (40% or all but 16) against 0.5 ms
+    without, one thread. ``exp2(x log2 e)`` runs torch's own vector kernel: 1.0-1.2 ms in every case,
+    exactly 0 at -inf, within 3e-15 of ``exp`` (relative). Elsewhere (CUDA) it is ``torch.exp``."""
+    x = log_probs.double()
+    return torch.exp2(x * _LOG2E) if x.device.type == "cpu" else torch.exp(x)
+
+
 def sample_categorical(log_probs: torch.Tensor, *, generator: torch.Generator | None = None,
                        uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row from log-probs [n, V] by inverse CDF with uniforms from ``generator``, or
     with the given ``uniforms`` [n] in [0, 1) (e.g. ``stratified_uniforms``)."""
-    probs = torch.exp(log_probs.double())
+    probs = exp_log_probs(log_probs)
     cdf = probs.cumsum(-1)
     if uniforms is None:
         u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64)

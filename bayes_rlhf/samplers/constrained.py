@@ -136,15 +136,19 @@ class LocallyConstrained:
         """q_base masked to ``allowed`` ([V] or [a, V]) and renormalised, log-probs [a, V]; dead rows [a]
         (no allowed mass: left as the base's, their weight is set to 0)."""
         allowed = allowed.to(log_q.device)
-        # exp of the base's log-probs, not of the masked ones: exp is several times slower where it underflows
+        # the base's probabilities by softmax, not torch.exp: on CPU exp takes a slow path on -inf entries
+        # (a top-k prior's row, SmolLM2 8 x 49,152: 4.0 ms against softmax's 0.45 ms, and 0.2 / 0.5 ms
+        # with none); the base's log-probs are normalised, so softmax changes them by rounding only. A row
+        # with no finite entry gives NaN: dead, as it should be.
+        probs = torch.softmax(log_q, -1)
         if allowed.dim() == 1:  # one row for every particle: a matrix-vector product and one bias row
-            mass = torch.exp(log_q) @ allowed.to(log_q.dtype)
+            mass = probs @ allowed.to(log_q.dtype)
             bias = torch.zeros(allowed.shape, dtype=log_q.dtype, device=log_q.device).masked_fill(~allowed, -math.inf)
             masked = log_q + bias
         else:
-            mass = (torch.exp(log_q) * allowed).sum(-1)
+            mass = (probs * allowed).sum(-1)
             masked = log_q.masked_fill(~allowed, -math.inf)
-        log_mass = torch.log(mass)  # log A (the base's log-probs are normalised: no overflow)
+        log_mass = torch.log(mass)  # log A
         small = mass < 1e-280  # A near underflow: in log space, exactly
         if bool(small.any()):
             log_mass[small] = torch.logsumexp(masked[small], -1)

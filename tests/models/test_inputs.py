@@ -141,3 +141,22 @@ def test_pickle_only_checkpoint_is_refused_unexecuted(tmp_path, gpt2_lm):
     with pytest.raises(br.ModelLoadError, match="pickle.*pytorch_model.bin"):
         br.load_model(d)
     assert not marker.exists()
+
+
+def test_a_prompt_pass_runs_the_lm_head_at_its_last_position_only(gpt2_lm, llama_lm):
+    # logits_to_keep=1 where the model takes it: the same last-position logits, the head run once per row
+    for lm in (gpt2_lm, llama_lm):
+        ids = torch.tensor([[1, 3, 4, 2], [0, 1, 5, 3]])
+        att, pos = torch.ones_like(ids), torch.arange(4).expand(2, -1)
+        head_rows = []
+        hook = lm.model.get_output_embeddings().register_forward_hook(
+            lambda m, args, out: head_rows.append(args[0].shape[:-1].numel()))
+        try:
+            with torch.no_grad():
+                logits, _ = forward_with_cache(lm.model, ids, att, pos)
+        finally:
+            hook.remove()
+        with torch.no_grad():
+            full = lm.model(input_ids=ids, attention_mask=att, position_ids=pos).logits
+        assert head_rows == [2]
+        torch.testing.assert_close(logits, full[:, -1], rtol=1e-5, atol=1e-5)

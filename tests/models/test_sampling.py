@@ -63,3 +63,31 @@ def test_sample_with_base_draws_the_lora_model_and_scores_the_base_in_the_same_f
     assert (base_lp - policy.score(rows, c.ids, c.mask)).abs().max() > 1e-2  # the adapters matter here
     with pytest.raises(ConfigError, match="sample and score the base"):
         sample_with_base(base, prompts, 4, 5)
+
+
+def test_exp_log_probs_equals_exp_in_float64_with_and_without_minus_inf():
+    from bayes_rlhf.models.sampling import exp_log_probs
+
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(3, 500, generator=g) * 20 - 30  # down to exp(-130): below float32's range
+    part = dense.masked_fill(torch.rand(3, 500, generator=g) < 0.4, float("-inf"))
+    part[2] = float("-inf")  # a row with no mass stays all zeros
+    for x in (dense, part, dense.double()):
+        got, ref = exp_log_probs(x), torch.exp(x.double())
+        assert got.dtype == torch.float64
+        assert torch.equal(got == 0, ref == 0)
+        torch.testing.assert_close(got, ref, rtol=1e-14, atol=0)
+
+
+def test_sample_categorical_draws_the_law_of_a_sparse_row():
+    # a top-k-like row (all but 3 entries -inf): draws land on the finite entries in their proportions
+    from bayes_rlhf.models.sampling import sample_categorical
+
+    lp = torch.full((4000, 50), float("-inf"))
+    lp[:, [3, 17, 41]] = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    idx = sample_categorical(lp, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(idx, minlength=50)
+    assert counts.sum() == counts[[3, 17, 41]].sum()
+    freq = counts[[3, 17, 41]].double() / 4000
+    se = torch.sqrt(torch.tensor([0.5 * 0.5, 0.3 * 0.7, 0.2 * 0.8], dtype=torch.float64) / 4000)
+    assert ((freq - torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)).abs() < 4 * se).all()

@@ -179,6 +179,20 @@ def test_a_prefix_with_no_allowed_token_has_weight_zero_and_stays_unbiased(gpt2_
     assert int((~torch.isfinite(ws.log_weights)).sum()) > 0  # dead-end particles got weight 0
 
 
+def test_a_top_k_prior_locally_constrained_is_unbiased(gpt2_lm, mask):
+    # top-k rows are mostly -inf (the allowed mass comes from a softmax of them): Z_hat / Z has mean 1
+    lm = br.CausalLM(gpt2_lm.model, gpt2_lm.tokenizer, device="cpu", top_k=4)
+    reward = br.WeightedSum([(1.0, first_word_reward()), (1.0, mask.reward())])
+    target = br.Target(prior=lm, reward=reward, beta=1.5, max_new_tokens=4)
+    post = br.exact_posterior(target, PROMPT)
+    ws = smc(target, [PROMPT] * R, N, proposal=LocallyConstrained(mask), ess_threshold=1.0,
+             generator=torch.Generator().manual_seed(5))
+    mean, se, ok = _z_check(ws, post)
+    assert ok, (mean, se)
+    assert se < 0.05  # the check has power: a 20% bias would fail it
+
+
+
 def test_bad_constraints_are_refused_before_any_work(lipogram_target, mask):
     with pytest.raises(ConfigError, match="entries"):
         smc(lipogram_target, PROMPT, 4, proposal=LocallyConstrained(torch.zeros(5, dtype=torch.bool)))
