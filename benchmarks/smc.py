@@ -50,37 +50,45 @@ skips runs already there; ``--report-only`` summarises it again) and ``smc.pdf``
 takes the exact and sampled references from an earlier run when what they depend on (prompt, T,
 top_k, forbidden set size, vocabulary, reference runs and particles) is the same, and says so.
 
-Measured (one fresh run with the defaults at commit 4945cf9, 2026-12-02 16:44-17:10 UTC: the
-references computed again (258 s; the same values as before, to every printed digit): exact top-16
-log Z A -1.207413, B -3.798840; full-prior reference A -1.3113 +- 0.0036, B -3.3319 +- 0.0229,
-8 x 2048 particles; then 776 runs, one torch thread, nothing else running, load 0.93-1.00; our SMC
-draws the particles that share a prefix from strata of one CDF, ``stratify=True``, and a prompt
-pass run again computes from packed weights, ``models.packed.packed_repeat``). Peer cost / our cost
-at equal RMSE, the peer at its best mode, ratio at the middle of the shared RMSE range (its range
-over that RMSE range in brackets), wall time; positions after the slash:
-llamppl A 8.8x (2.7-9.3) / 27.4x, A-top16 4.8x (4.6-5.8) / 15.3x, B 7.2x (5.4-10.2) / 20.1x, B-top16
-9.8x (8.1-10.9) / 15.1x; genlm-control A 6.5x (2.6-14.8) / 26.2x, A-top16 5.7x (2.5-13.2) / 14.9x,
-B 7.8x / 14.2x, B-top16 >= 6.1x / >= 13.5x (">=": our cheapest point without failures, ours
-constrained N = 32 at RMSE 1.47, is more accurate than genlm's best, 2.39, so a bound). So the goal
-of issue 14 (>= 5x both peers at equal RMSE, wall time) holds in 7 of the 8 cells; A-top16 against
-llamppl reads 4.8x, where llamppl bootstrap reaches RMSE 0.18 at 2.4 s and our N = 2-8 points
-(0.32-0.43 s, RMSE 0.27-0.57) carry our curve. In positions every ratio is >= 13x.
+Measured (one fresh run with the defaults at commit 75873db, 2026-12-02 19:28-20:01 UTC, on the
+machine of that session; the references taken from the run at 4945cf9 with ``--reuse-reference``
+(the same prompt, T, top-k, forbidden set, vocabulary, runs and particles): exact top-16 log Z
+A -1.207413, B -3.798840 (enumeration, 12 s); full-prior reference A -1.3113 +- 0.0036, B -3.3319 +-
+0.0229, 8 x 2048 particles; then 776 runs, one torch thread, nothing else running, load 0.89-1.08).
+Peer cost / our cost at equal RMSE, the peer at its best mode, ratio at the middle of the shared RMSE
+range (its range over that RMSE range in brackets), wall time; positions after the slash:
+llamppl A 10.5x (2.5-14.5) / 27.0x, A-top16 7.0x (6.2-7.7) / 15.3x, B 8.8x (7.4-13.9) / 19.2x,
+B-top16 12.1x (10.2-13.4) / 15.1x; genlm-control A 11.1x (3.5-11.5) / 26.2x, A-top16 7.6x (3.4-17.1)
+/ 14.9x, B 8.8x / 14.2x, B-top16 >= 8.0x / >= 13.5x (">=": our cheapest point without failures,
+ours constrained N = 32 at RMSE 1.47, is more accurate than genlm's best, 2.39, so a bound). So the
+goal of issue 14 (>= 5x both peers at equal RMSE, wall time) holds in all 8 cells of this run.
 
-Two more runs with the same draws (all 776 log Z_hat equal in the three): at 068f958 (the same SMC
-code, 15:53-16:17; references reused) llamppl 9.0x, 5.3x, >= 6.9x, 9.7x and genlm 7.1x, 5.7x, 7.0x,
->= 5.7x; at b78f19f (before the prompt packing, 15:20-15:41) 8.3x, 4.8x, 6.7x, 9.6x and 6.0x, 5.0x,
-7.5x, >= 6.0x. The peers' run times moved by a median 7-14% between runs (the machine), ours by
-3-4%, so the A-top16 cell against llamppl sits at 4.8-5.3x: at the edge of 5x, not above it. Against
-the run at 8aca66d (independent draws, same references; x8.7 / 6.8, 5.0 / 4.6, 7.0 / 8.1, 7.8 /
+The machine matters, and this run says so: against the run at 4945cf9 (16:44-17:10 the same day, an
+earlier session's machine; llamppl 8.8x, 4.8x, 7.2x, 9.8x and genlm 6.5x, 5.7x, 7.8x, >= 6.1x) the
+same runs took a median 1.51x (llamppl) and 1.48x (genlm) as long here, ours 1.14x. A plain read of
+a 540 MB tensor ran at 8 GB/s on this machine (14 GB/s on the earlier one); our runs at small N
+are fewer, larger-row forwards, the peers' more forwards with more Python around them. Of our
+1.14x, the code between the two runs took some off: each of its two changes 1-6% of a run at
+N = 2, 8, 16 (A-top16, old and new code alternated in one process, 16 pairs each): prompt passes
+compute the LM head at the last position only (``logits_to_keep=1``; 5.0%, 0.5%, 5.7%), and the
+exp of -inf-heavy log-probs avoids MKL's slow path (2.0%, 3.7%, 5.6%). On the earlier
+machine A-top16 against llamppl read 4.8-5.3x in three runs: read the ratios as this machine's.
+652 of the 776 log Z_hat equal the run at 4945cf9 to 1e-5 (the peers' all, bit for bit); ours
+constrained on the full prior moved by 3e-5 (its allowed mass is now a softmax, normalised by its
+own sum, so log_softmax's float32 normalisation error, sum exp(log q) - 1 = 8e-6 on the first step,
+no longer enters), and 11 runs of ours drew other tokens.
+
+Against the run at 8aca66d (independent draws, same references; x8.7 / 6.8, 5.0 / 4.6, 7.0 / 8.1, 7.8 /
 >= 6.1): stratified draws made ours constrained more accurate from N = 16 on (A-top16 N = 16 RMSE
 0.081 against 0.171, N = 32 0.031 against 0.065; B-top16 N = 128 0.20 against 0.46) and, on A-top16,
 not at N = 4 (0.57 +- 0.24 against 0.30 +- 0.05; a separate 96-seed check: N = 4 0.51 against 0.36,
 N = 8 0.25 against 0.23). Stratification lowers the variance of Z_hat (tests: 0.71-0.76x against
-enumeration), not necessarily that of log Z_hat at 2-4 particles. Where the wall-time gap is: our
-runs are one prompt forward and T - 1 = 3 one-token forwards of N rows; on one CPU thread the prompt
-forward (18 positions) costs 0.10 s from packed weights (0.17 s plain) and a step of 8 rows 0.08 s
-(all 540 MB of weights are streamed per forward), so a forward of 8 rows costs almost what one of 64
-does; the peers' 6-15x more positions cost them only 2-5x more wall time at equal N.
+enumeration), not necessarily that of log Z_hat at 2-4 particles. Where the wall time goes: our
+runs are one prompt forward and T - 1 = 3 one-token forwards of N rows; on one CPU thread (the
+earlier machine) the prompt forward (18 positions) cost 0.10 s from packed weights (0.17 s plain) and
+a step of 8 rows 0.08 s (all 540 MB of weights are streamed per forward), so a forward of 8 rows
+costs almost what one of 64 does; the peers' 6-15x more positions cost them only 2-5x more wall
+time at equal N.
 """
 
 from __future__ import annotations
