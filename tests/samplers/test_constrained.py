@@ -192,7 +192,6 @@ def test_a_top_k_prior_locally_constrained_is_unbiased(gpt2_lm, mask):
     assert se < 0.05  # the check has power: a 20% bias would fail it
 
 
-
 def test_bad_constraints_are_refused_before_any_work(lipogram_target, mask):
     with pytest.raises(ConfigError, match="entries"):
         smc(lipogram_target, PROMPT, 4, proposal=LocallyConstrained(torch.zeros(5, dtype=torch.bool)))
