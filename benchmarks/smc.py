@@ -66,8 +66,8 @@ goal of issue 14 (>= 5x both peers at equal RMSE, wall time) holds in all 8 cell
 The machine matters, and this run says so: against the run at 4945cf9 (16:44-17:10 the same day, an
 earlier session's machine; llamppl 8.8x, 4.8x, 7.2x, 9.8x and genlm 6.5x, 5.7x, 7.8x, >= 6.1x) the
 same runs took a median 1.51x (llamppl) and 1.48x (genlm) as long here, ours 1.14x. A plain read of
-a 540 MB tensor ran at 8 GB/s on this machine (14 GB/s on the earlier one); our runs at small N
-are fewer, larger-row forwards, the peers' more forwards with more Python around them. Of our
+a 540 MB tensor ran at 8 GB/s on this machine (14 GB/s measured in an earlier session); why the
+peers slowed more than ours was not measured. Of our
 1.14x, the code between the two runs took some off: each of its two changes 1-6% of a run at
 N = 2, 8, 16 (A-top16, old and new code alternated in one process, 16 pairs each): prompt passes
 compute the LM head at the last position only (``logits_to_keep=1``; 5.0%, 0.5%, 5.7%), and the
