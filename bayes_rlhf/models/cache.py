@@ -60,9 +60,15 @@ class LMState:
 def cache_argument(model) -> str:
     """The name under which ``model``'s forward takes a KV cache: ``cache`` (transformers >= 5.24)
     or ``past_key_values`` (older 5.x, removed in 5.40). Read once from the forward's signature."""
+    return _forward_facts(model)[0]
+
+
+def _forward_facts(model) -> tuple[str, bool]:
+    """(cache argument name, whether the forward takes ``logits_to_keep``) of ``model``, or of the
+    model a peft / DDP wrapper holds; read once per forward from its signature."""
     forward = type(model).forward
-    name = _CACHE_ARGUMENT.get(forward)
-    if name is None:
+    facts = _FORWARD_FACTS.get(forward)
+    if facts is None:
         inner = model
         while True:  # peft and DDP wrappers take **kwargs: read the wrapped model's signature
             if hasattr(inner, "get_base_model"):
@@ -72,20 +78,12 @@ def cache_argument(model) -> str:
             else:
                 break
         params = inspect.signature(type(inner).forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        _CACHE_ARGUMENT[forward] = name
-        _LOGITS_TO_KEEP[forward] = "logits_to_keep" in params
-    return name
+        facts = ("cache" if "cache" in params else "past_key_values", "logits_to_keep" in params)
+        _FORWARD_FACTS[forward] = facts
+    return facts
 
 
-def _takes_logits_to_keep(model) -> bool:
-    """Whether ``model`` (or the model a peft / DDP wrapper holds) takes ``logits_to_keep``."""
-    cache_argument(model)
-    return _LOGITS_TO_KEEP[type(model).forward]
-
-
-_CACHE_ARGUMENT: dict = {}
-_LOGITS_TO_KEEP: dict = {}
+_FORWARD_FACTS: dict = {}
 
 
 def forward_with_cache(model, input_ids, attention_mask, position_ids, cache=None):
@@ -94,8 +92,9 @@ def forward_with_cache(model, input_ids, attention_mask, position_ids, cache=Non
     Passes the cache under the argument name the installed transformers supports (see
     ``cache_argument``) and reads it back from the output under either name.
     """
-    extra = {"logits_to_keep": 1} if input_ids.shape[-1] > 1 and _takes_logits_to_keep(model) else {}
+    name, takes_keep = _forward_facts(model)
+    extra = {"logits_to_keep": 1} if takes_keep and input_ids.shape[-1] > 1 else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, **{cache_argument(model): cache}, **extra)
+                use_cache=True, **{name: cache}, **extra)
     new_cache = out["cache"] if "cache" in out else out["past_key_values"]
     return out.logits[:, -1], new_cache

@@ -21,22 +21,14 @@ gradients that autograd adds, and a tied embedding two dense [V, H] embedding gr
 
 from __future__ import annotations
 
-import inspect
 
 import torch
 
-from bayes_rlhf.models.cache import _select_cache, cache_argument
-
-_KEEPS_LOGITS: dict = {}
-
+from bayes_rlhf.models.cache import _forward_facts, _select_cache, cache_argument
 
 def _takes_logits_to_keep(model) -> bool:
-    """Whether ``model``'s forward (through peft wrappers) takes ``logits_to_keep``."""
-    forward = type(model).forward
-    if forward not in _KEEPS_LOGITS:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        _KEEPS_LOGITS[forward] = "logits_to_keep" in inspect.signature(type(inner).forward).parameters
-    return _KEEPS_LOGITS[forward]
+    """Whether ``model``'s forward (through peft / DDP wrappers) takes ``logits_to_keep``."""
+    return _forward_facts(model)[1]
 
 
 def completion_logits(model, p_ids: torch.Tensor, p_att: torch.Tensor, index: torch.Tensor, ids: torch.Tensor,
