@@ -23,8 +23,9 @@ works on the k kept entries.
 Two copies are saved per step (same numbers, up to float rounding): ``reindex`` gathers the
 rows into buffers with a free slot for the next token, so the forward does not concatenate
 (``slots.py``); and the last forward (prefixes of length T - 1, most of the tree) runs the
-children of each parent as one block of query positions over the parent's own row, with a 4-d
-attention mask, instead of copying the parent's cache to every child (``siblings.py``).
+children of each parent as one block of query positions over the parent's own row, each child
+attending to the parent's keys and its own (``siblings.py``), instead of copying the parent's cache
+to every child.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def enumerate_completions(lm: CausalLM, prompt: str, T: int, batch_size: int = 2
         depth = node.depth + 1
         logits = child_state = None
         if depth + 1 == T and siblings is not False:  # the last forward: siblings share their parent's row
-            if siblings is None:  # once, on the first chunk: does this model take a 4-d mask?
+            if siblings is None:  # once, on the first chunk: does it agree with the one-token step?
                 siblings = sibling_check(lm, state, rows, toks, lambda st, r, t: _step(lm, st.reindex(r), t)[1])
             logits = sibling_logits(lm, state, rows, toks) if siblings else None
         if logits is None:

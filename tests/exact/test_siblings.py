@@ -6,6 +6,7 @@ import torch
 
 import bayes_rlhf.exact.enumerate as enumerate_module
 from bayes_rlhf.exact.enumerate import _step, enumerate_completions
+from bayes_rlhf.exact import siblings
 from bayes_rlhf.exact.siblings import sibling_check, sibling_logits
 from bayes_rlhf.models.toy import tiny_lm
 
@@ -49,3 +50,40 @@ def test_walk_with_and_without_sibling_step_agree(arch, top_k, monkeypatch):
     ids0, mask0, lp0 = enumerate_completions(lm, "w0 w4", 4, batch_size=23)
     assert torch.equal(ids, ids0) and torch.equal(mask, mask0)
     assert torch.allclose(lp, lp0, atol=1e-12, rtol=0)
+
+
+def test_sibling_logits_over_parents_that_are_not_consecutive():
+    lm = tiny_lm("llama", vocab_size=8, seed=2)  # grouped-query attention (2 heads, 1 kv head)
+    state, _ = lm.start("w1 w2")
+    state, _ = lm.step(state.reindex(torch.tensor([0, 0, 0, 0])), torch.tensor([1, 3, 4, 6]))
+    rows, toks = torch.tensor([0, 0, 2, 2, 3]), torch.tensor([5, 7, 1, 2, 3])  # row 1 has no child
+    got = sibling_logits(lm, state, rows, toks)
+    assert got is not None
+    assert torch.allclose(got, _one_token(lm, state, rows, toks), atol=1e-12, rtol=0)
+
+
+def test_sibling_forward_restores_the_attention_implementation(gpt2_lm):
+    config = gpt2_lm.model.config
+    before = config._attn_implementation
+    state, _ = gpt2_lm.start("w1")
+    state, _ = gpt2_lm.step(state.reindex(torch.tensor([0, 0])), torch.tensor([1, 2]))
+    assert sibling_logits(gpt2_lm, state, torch.tensor([0, 0, 1]), torch.tensor([1, 2, 3])) is not None
+    assert config._attn_implementation == before
+    # outside a sibling forward (or asked for what it does not implement) the attention declines
+    q = torch.zeros(1, 2, 1, 4)
+    with pytest.raises(siblings._Declined):
+        siblings._sibling_attention(gpt2_lm.model.transformer.h[0].attn, q, q, q, None)
+
+
+def test_sibling_check_rejects_a_model_the_sibling_attention_declines(gpt2_lm, monkeypatch):
+    from transformers import AttentionInterface
+
+    def declining(module, *a, **kw):
+        raise siblings._Declined
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, siblings._IMPLEMENTATION, declining)
+    state, _ = gpt2_lm.start("w1")
+    state, _ = gpt2_lm.step(state.reindex(torch.tensor([0, 0])), torch.tensor([1, 2]))
+    rows, toks = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 3])
+    assert not sibling_check(gpt2_lm, state, rows, toks, lambda st, r, t: _one_token(gpt2_lm, st, r, t))
+    assert gpt2_lm.model.config._attn_implementation != siblings._IMPLEMENTATION
