@@ -24,12 +24,14 @@ one-token steps and the sibling forwards), the walk's bookkeeping (top-k, leaves
 rewards + normalisation (exact_posterior less the walk). Printed per position beside the naive's:
 naive / (the walk's forwards alone) is the most naive / exact could be if exact did nothing else.
 
-Measured (tiny, T = 6, 2-core VM shared by 5 workers, load 4-6, ``--threads 1 --clock cpu``):
-naive 5.42 us per position over 61.0M positions (330.7 s); the walk's forwards 4.59 us over
-813,615 positions (3.74 s: the sibling forwards of the last depth, 93% of the positions, cost
-about 4.0-4.2 us, 15-20% less than the naive's; the one-token steps before them 5-7 us);
-bookkeeping 0.58 s, rewards + normalisation 1.18 s. So naive / exact <= 330.7 / 3.74 = 88x even
-with no bookkeeping, no reward and no normalisation at all; measured 60x (exact / bare 1.21x).
+Measured 2026-12-03 (2-core VM, ``--threads 1 --clock cpu``, best of 3). Tiny, T = 6, full naive:
+naive 7.19 us per position over 61.0M positions (438.7 s); exact_posterior 6.53 s (peak 2.58 GB),
+the walk 5.74 s, the bare model 7.18 s; the walk's forwards 5.95 us per position (4.84 s),
+bookkeeping 1.01 us, rewards + normalisation 0.97 us. naive / exact 67.2x, naive / walk 76.4x,
+exact / bare 0.91x; the ceiling naive / (walk's forwards) is 90.6x, so 90x would need exact to do
+nothing but its forwards. SmolLM2 top-8, T = 6 (250,475 completions, 35,782 prefixes, 1270 rows
+per forward, naive scaled from 1%): exact 161.0 s (peak 2.78 GB), walk 154.0 s, bare 154.6 s
+(peak 3.04 GB), naive 6578 s; exact / bare 1.04x, naive / exact 40.9x.
 The naive is at its best batch (1024 / 4096 / 8192 sequences: 5.4 / 4.7 / 5.1 us per position
 in one paired run) and its two heads (logits + log_softmax, or the row-tiled head) cost the same.
 
