@@ -33,7 +33,8 @@ nothing but its forwards. SmolLM2 top-8, T = 6 (250,475 completions, 35,782 pref
 per forward, naive scaled from 1%): exact 161.0 s (peak 2.78 GB), walk 154.0 s, bare 154.6 s
 (peak 3.04 GB), naive 6578 s; exact / bare 1.04x, naive / exact 40.9x.
 The naive is at its best batch (1024 / 4096 / 8192 sequences: 5.4 / 4.7 / 5.1 us per position
-in one paired run) and its two heads (logits + log_softmax, or the row-tiled head) cost the same.
+in one earlier paired run, on a busier machine) and its two heads (logits + log_softmax, or the
+row-tiled head) cost the same.
 
 Fairness: each side is warmed up before timing; exact and bare are timed ``--repeats`` times,
 interleaved (alternating which goes first), and the best of each is used, all times printed

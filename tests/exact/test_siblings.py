@@ -3,10 +3,11 @@ step's logits, and the walk gives the same table with it as without it."""
 
 import pytest
 import torch
+from transformers import AttentionInterface
 
 import bayes_rlhf.exact.enumerate as enumerate_module
-from bayes_rlhf.exact.enumerate import _step, enumerate_completions
 from bayes_rlhf.exact import siblings
+from bayes_rlhf.exact.enumerate import _step, enumerate_completions
 from bayes_rlhf.exact.siblings import sibling_check, sibling_logits
 from bayes_rlhf.models.toy import tiny_lm
 
@@ -76,8 +77,6 @@ def test_sibling_forward_restores_the_attention_implementation(gpt2_lm):
 
 
 def test_sibling_check_rejects_a_model_the_sibling_attention_declines(gpt2_lm, monkeypatch):
-    from transformers import AttentionInterface
-
     def declining(module, *a, **kw):
         raise siblings._Declined
 
