@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from bayes_rlhf._checks import check_generator, check_int
+from bayes_rlhf._checks import check_generator, check_int, is_integer
 from bayes_rlhf._deprecation import positional_generator
 from bayes_rlhf.errors import ConfigError, PromptError
 from bayes_rlhf.models.completions import Completions
@@ -128,7 +128,23 @@ class ExactPosterior:
         if isinstance(completion, str):
             ids, mask = self.vocabulary.encode([completion], self.completion_ids.shape[1])
             return ids[0, mask[0]].tolist()
-        return [int(t) for t in completion]
+        return self._token_ids(completion)
+
+    def _token_ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
+        """``ids`` as a list of ints, each checked to be a token id of the vocabulary (PromptError)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() > 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+                raise PromptError(f"token ids must be a 1-d integer tensor, got shape {tuple(ids.shape)} {ids.dtype}")
+            ids = ids.tolist()
+        if isinstance(ids, str) or not hasattr(ids, "__iter__"):
+            raise PromptError(f"token ids must be a sequence of ints, got {type(ids).__name__}")
+        ids = [t.item() if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.dtype.is_floating_point else t
+               for t in ids]
+        V = self.vocabulary.size
+        bad = [t for t in ids if not is_integer(t) or not 0 <= t < V]
+        if bad:
+            raise PromptError(f"token ids must be integers in [0, {V}) (the vocabulary), got {bad[0]!r} in {ids}")
+        return [int(t) for t in ids]
 
     def prefix_range(self, prefix: Sequence[int]) -> tuple[int, int]:
         """[lo, hi): rows of the table whose completion starts with ``prefix`` (token ids)."""
@@ -165,7 +181,7 @@ class ExactPosterior:
 
     # ------------------------------------------------------------------ token level
     def _check_prefix(self, prefix: Sequence[int]) -> tuple[int, int]:
-        prefix = [int(t) for t in prefix]
+        prefix = self._token_ids(prefix)
         eos = self.vocabulary.eos_token_id
         if eos is not None and eos in prefix:
             raise PromptError("the prefix contains EOS: the completion has already ended")
@@ -197,7 +213,7 @@ class ExactPosterior:
 
         For a complete completion this is its reward.
         """
-        prefix = [int(t) for t in prefix_ids]
+        prefix = self._token_ids(prefix_ids)
         lo, hi = self.prefix_range(prefix)
         if lo == hi:
             raise PromptError(f"the prefix {prefix} has zero prior probability")

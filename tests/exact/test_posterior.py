@@ -88,6 +88,25 @@ def test_prefix_errors(gpt2_post):
         gpt2_post.token_posterior([3, 3, 3, 3])
 
 
+@pytest.mark.parametrize("ids", [[3, 16], [-1], [3, 2.0], [3.7], torch.tensor([3.0]), torch.ones(1, 1, dtype=torch.long)])
+def test_token_ids_outside_the_vocabulary_or_not_ints_are_refused(gpt2_post, ids):
+    # token ids in [0, V) only: an id past the vocabulary (V = 16), negative or a float is a
+    # wrong value, not a completion of probability zero (int() would have truncated 2.0 and 3.7)
+    for query in (gpt2_post.token_posterior, gpt2_post.token_prior, gpt2_post.soft_value, gpt2_post.log_prob):
+        with pytest.raises(br.PromptError, match="token ids must be"):
+            query(ids)
+    with pytest.raises(br.PromptError, match="token ids must be"):  # text is for log_prob, not for prefixes
+        gpt2_post.token_posterior("w3")
+
+
+def test_token_ids_as_numpy_and_tensor_elements_are_read(gpt2_post):
+    prefix = [3, 4]
+    expected = gpt2_post.token_posterior(prefix)
+    for ids in (np.array(prefix), torch.tensor(prefix), [torch.tensor(3), np.int64(4)]):
+        assert torch.equal(gpt2_post.token_posterior(ids), expected)
+    assert gpt2_post.soft_value(torch.tensor(prefix)) == gpt2_post.soft_value(prefix)
+
+
 def test_top_and_summary(gpt2_post):
     top = gpt2_post.top(3)
     assert len(top) == 3 and top[0]["posterior"] >= top[1]["posterior"] >= top[2]["posterior"]
