@@ -138,8 +138,7 @@ class ExactPosterior:
             ids = ids.tolist()
         if isinstance(ids, str) or not hasattr(ids, "__iter__"):
             raise PromptError(f"token ids must be a sequence of ints, got {type(ids).__name__}")
-        ids = [t.item() if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.dtype.is_floating_point else t
-               for t in ids]
+        ids = [t.item() if isinstance(t, torch.Tensor) and t.numel() == 1 else t for t in ids]  # floats refused below
         V = self.vocabulary.size
         bad = [t for t in ids if not is_integer(t) or not 0 <= t < V]
         if bad:
