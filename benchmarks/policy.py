@@ -49,17 +49,20 @@ checkpointing off / on::
 Our full fine-tuning runs spent 4.40, 3.42 and 2.45 s of their 15.7, 14.9 and 13.8 s in the kernel;
 TRL's 1.76 s in its first run and 0.00-0.03 s after; our LoRA runs 0.02-0.08 s. ``perf record`` of a
 process running ours alone: 24% of its samples in ``clear_page_erms`` (the kernel zeroing fresh
-pages), most of them under torch's fill kernel (zeros written to freshly allocated buffers). It is the
-allocator's state, not the work: in the same venv a 113 MB ``torch.empty(...).fill_(1)`` (the size of
-the tied embedding and its gradient) took 27,588 page faults every time in a fresh process and 0 after
-one TRL run, whose frees leave a free region in the heap that serves later large requests. Tried,
-without a change beyond the run-to-run noise in our timed system time: glibc's tunables for both sides
-(``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184``: our process's
-page faults fell from 654k to 224k a run, the timed system time stayed 2.47 s), torch's huge pages
-(``THP_MEM_ALLOC_ENABLE=1``: a tenth of the faults, the same system time) and a sparse gradient for the tied input
-embedding (2.85 / 3.62 s against 2.27 / 3.18 s of system time over 6 steps, alternated). Without its
-system time the best full fine-tuning run would be 384 / 11.35 s = 33.8 tokens/s (1.31x): short of
-1.5x even then.
+pages), most of them under torch's fill kernel (zeros written to freshly allocated buffers); by phase
+(``getrusage`` around each), most page faults of a timed step come in the backward (about 65k a step).
+It is the allocator's state, not the work: in the same venv a 113 MB ``torch.empty(...).fill_(1)`` (the
+size of the tied embedding and its gradient) took 27,588 page faults every time in a fresh process and
+0 after one TRL run (presumably its frees leave a free region in the heap that serves later large
+requests). Tried, without a change beyond the run-to-run noise in our timed system time: glibc's
+tunables for both sides (``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184``:
+our process's page faults fell from 654k to 224k a run, the timed system time stayed 2.47 s); torch's
+huge pages (``THP_MEM_ALLOC_ENABLE=1``: a tenth of the faults, the same system time); a sparse gradient
+for the tied input embedding (2.85 / 3.62 s against 2.27 / 3.18 s of system time over 6 steps,
+alternated); keeping the gradient buffers between steps (``zero_grad(set_to_none=False)``, 7 runs of
+each, alternated in two processes: 25.7-34.6 against 25.3-33.5 tokens per CPU second, the first run of
+a process the slowest either way). Without its system time the best full fine-tuning run would be
+384 / 11.35 s = 33.8 tokens/s (1.31x): short of 1.5x even then.
 
 Measured 2026-12-02 06:52-07:00 UTC, after the fix of stale sampling weights (c61b429), on a quiet
 machine (load 0.8-1.4), one thread per side, 384 timed tokens per run, best of 3 runs per side
