@@ -113,7 +113,7 @@ class CausalLM(TextIds):
         top-k support, None loads the plain model. Extra keyword arguments go to
         ``AutoModelForCausalLM.from_pretrained`` (e.g. ``gguf_file=...``).
         """
-        from bayes_rlhf.models.loading import load_pretrained, read_support, support_prior
+        from bayes_rlhf.models.loading import load_pretrained, own_aligned, read_support, support_prior
 
         name = str(name_or_path)
         if isinstance(dtype, str):
@@ -122,7 +122,9 @@ class CausalLM(TextIds):
         tokenizer, model = load_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
         if support == "auto":
             support = None if record is None else support_prior(record, name, device, dtype)
-        return cls(model, tokenizer, device=device, dtype=dtype, top_k=top_k, support=support, source=name)
+        lm = cls(model, tokenizer, device=device, dtype=dtype, top_k=top_k, support=support, source=name)
+        own_aligned(lm.model)  # what stayed on the CPU leaves the memory map: bit-for-bit reloads
+        return lm
 
     def with_top_k(self, top_k: int | None) -> "CausalLM":
         """The same model and tokenizer with another truncation (shares weights)."""

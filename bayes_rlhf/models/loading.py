@@ -1,6 +1,7 @@
 """Loading checkpoints safely, and the record of a policy's support restriction.
 
     load_pretrained(name)          tokenizer + model from a directory or hub id; safetensors only
+    own_aligned(module)            CPU tensors moved off a memory map into 64-byte-aligned memory
     write_support(dir, lm)         support.json beside a policy restricted to a prior's top-k support
     read_support(dir)              that record, or None
 
@@ -26,6 +27,7 @@ from bayes_rlhf.errors import ModelLoadError
 SUPPORT_FILE = "support.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # 'gpt2', 'owner/name'
+_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives every tensor it makes
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -65,6 +67,22 @@ def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, *
                              "files (a truncated or corrupted model.safetensors reads as a header error: "
                              "save it again), or a hub id that is cached when offline") from exc
     return tokenizer, model
+
+
+def own_aligned(module):
+    """``module`` with every CPU parameter and buffer in memory of its own, aligned as torch allocates.
+
+    Weights read from safetensors are views into the memory-mapped file, at the file's offsets (8-byte
+    aligned). On some CPUs (seen on AMD EPYC) the BLAS kernels then take another path than for the
+    same values in fresh memory, and a reloaded checkpoint's log-probabilities differ from the
+    in-memory policy's in the last float32 bit (1e-6 relative). Copying those tensors once gives a
+    reloaded policy the numbers the policy that was saved gave, bit for bit. Tied weights stay tied
+    (the shared Parameter is changed in place).
+    """
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
+            t.data = t.data.clone()
+    return module
 
 
 def _check_weight_files(directory: Path, gguf_file: str | None) -> None:

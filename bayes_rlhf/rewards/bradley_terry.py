@@ -217,7 +217,9 @@ class BradleyTerryReward:
     def load(cls, directory, device=None) -> "BradleyTerryReward":
         """Load a reward written by ``save`` (``trust_remote_code`` stays off)."""
         from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        from bayes_rlhf.models.loading import own_aligned
 
         directory = Path(directory)
         if not (directory / "bradley_terry.json").exists():
@@ -225,10 +227,8 @@ class BradleyTerryReward:
                                  "give a directory written by BradleyTerryReward.save")
         meta = json.loads((directory / "bradley_terry.json").read_text())
         tokenizer = AutoTokenizer.from_pretrained(directory / "backbone")
-        from transformers import AutoModel
-
         auto = AutoModelForCausalLM if meta.get("auto") == "causal_lm" else AutoModel
-        model = auto.from_pretrained(directory / "backbone")
+        model = own_aligned(auto.from_pretrained(directory / "backbone"))  # bit-for-bit reloads
         state = load_file(str(directory / "head.safetensors"))
         head = torch.nn.Linear(meta["hidden"], 1, dtype=state["weight"].dtype)
         head.load_state_dict(state)

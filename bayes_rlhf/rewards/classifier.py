@@ -30,13 +30,15 @@ class ClassifierReward:
                  include_prompt: bool = False, device=None, batch_size: int = 64, name: str | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from bayes_rlhf.models.loading import own_aligned
+
         batch_size = check_int(batch_size, "ClassifierReward batch_size", 1)
         if kind not in ("logit", "log_prob"):
             raise RewardError(f"ClassifierReward kind must be 'logit' or 'log_prob', got {kind!r}")
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             try:
                 tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-                model = AutoModelForSequenceClassification.from_pretrained(model)
+                model = own_aligned(AutoModelForSequenceClassification.from_pretrained(model))
             except OSError as exc:
                 raise ModelLoadError(f"could not load a sequence classifier from {model!r}: {exc}") from exc
         if tokenizer is None:

@@ -42,3 +42,30 @@ def test_missing_hub_id_and_missing_path_say_which(monkeypatch):
         load_pretrained("no-such-owner-xyz/no-such-model")
     with pytest.raises(br.ModelLoadError, match="does not exist"):
         load_pretrained("./no/such/dir")
+
+
+def test_loaded_weights_own_aligned_memory_and_stay_tied(tmp_path):
+    """A reloaded checkpoint's weights are copied off the safetensors memory map (8-byte offsets) into
+    64-byte-aligned memory, so its log-probabilities equal the saved policy's bit for bit on CPUs whose
+    BLAS takes another path for unaligned operands; the tied output embedding is still the input one."""
+    import torch
+
+    from bayes_rlhf.models.default_model import default_lm
+    from bayes_rlhf.models.loading import own_aligned
+
+    lm = default_lm()
+    lm.save_pretrained(tmp_path / "m")
+    back = br.load_model(tmp_path / "m")
+    for name, p in [*back.model.named_parameters(), *back.model.named_buffers()]:
+        assert p.data_ptr() % 64 == 0, name
+    assert back.model.get_output_embeddings().weight is back.model.get_input_embeddings().weight
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(back.model(ids).logits, lm.model(ids).logits)
+
+    t = torch.zeros(9)[1:]  # a view 4 bytes into its storage: copied; an aligned tensor is left alone
+    m = torch.nn.Linear(8, 1)
+    m.weight.data = t.view(1, 8)
+    keep = m.bias.data_ptr()
+    own_aligned(m)
+    assert m.weight.data_ptr() % 64 == 0 and m.bias.data_ptr() == keep
