@@ -32,6 +32,11 @@ exact / bare 0.91x; the ceiling naive / (walk's forwards) is 90.6x, so 90x would
 nothing but its forwards. SmolLM2 top-8, T = 6 (250,475 completions, 35,782 prefixes, 1270 rows
 per forward, naive scaled from 1%): exact 161.0 s (peak 2.78 GB), walk 154.0 s, bare 154.6 s
 (peak 3.04 GB), naive 6578 s; exact / bare 1.04x, naive / exact 40.9x.
+Measured 2026-12-04 19:48-19:58 UTC on another 2-core VM (AMD EPYC with AVX-512), quiet, the same
+flags, tiny, T = 6, full naive: naive 5.43 us per position (331.3 s); exact_posterior 4.63 s (peak
+2.58 GB), the walk 3.72 s, the bare model 4.50 s (runs of each side spread 11-31%); the walk's forwards
+3.46 us per position, bookkeeping 0.37 us, rewards + normalisation 1.12 us. naive / exact 71.5x, naive /
+walk 88.9x, exact / bare 1.03x; ceiling 117.8x.
 The naive is at its best batch (1024 / 4096 / 8192 sequences: 5.4 / 4.7 / 5.1 us per position
 in one earlier paired run, on a busier machine) and its two heads (logits + log_softmax, or the
 row-tiled head) cost the same.

@@ -64,6 +64,17 @@ each, alternated in two processes: 25.7-34.6 against 25.3-33.5 tokens per CPU se
 a process the slowest either way). Without its system time the best full fine-tuning run would be
 384 / 11.35 s = 33.8 tokens/s (1.31x): short of 1.5x even then.
 
+Measured 2026-12-04 19:58-20:05 UTC with the same recipe on a third 2-core VM (AMD EPYC with AVX-512),
+quiet (load 0.1-1.0), best of 3 runs per side (results/policy_smollm2_epyc.json; the runs at the end of
+results/policy_smollm2.log), wall and per CPU second equal to 0.1 token/s::
+
+                      ours tok/s   TRL tok/s, ckpt off / on   ours / TRL
+    full fine-tuning     25.2          23.8 / 21.0             1.06x / 1.20x
+    LoRA r = 8           31.6          24.0 / 21.5             1.32x / 1.47x
+
+The same system-time pattern: our full fine-tuning runs 3.45, 2.33 and 1.57 s of their 17.1, 18.5 and
+15.3 s, TRL's 0.00-0.04 s, our LoRA runs 0.10-0.41 s.
+
 Measured 2026-12-02 06:52-07:00 UTC, after the fix of stale sampling weights (c61b429), on a quiet
 machine (load 0.8-1.4), one thread per side, 384 timed tokens per run, best of 3 runs per side
 (stored in results/policy_smollm2.json until 2026-12-03; every run in results/policy_smollm2.log),
