@@ -36,7 +36,9 @@ Measured 2026-12-04 19:48-19:58 UTC on another 2-core VM (AMD EPYC with AVX-512)
 flags, tiny, T = 6, full naive: naive 5.43 us per position (331.3 s); exact_posterior 4.63 s (peak
 2.58 GB), the walk 3.72 s, the bare model 4.50 s (runs of each side spread 11-31%); the walk's forwards
 3.46 us per position, bookkeeping 0.37 us, rewards + normalisation 1.12 us. naive / exact 71.5x, naive /
-walk 88.9x, exact / bare 1.03x; ceiling 117.8x.
+walk 88.9x, exact / bare 1.03x; ceiling 117.8x. SmolLM2 top-8, T = 6 (20:06-20:33 UTC): exact 139.5 s
+(peak 3.01 GB), walk 144.1 s, bare 140.3 s (peak 3.32 GB), naive 5637 s (scaled from 1%); exact / bare
+0.99x, naive / exact 40.4x.
 The naive is at its best batch (1024 / 4096 / 8192 sequences: 5.4 / 4.7 / 5.1 us per position
 in one earlier paired run, on a busier machine) and its two heads (logits + log_softmax, or the
 row-tiled head) cost the same.
