@@ -161,8 +161,8 @@ def test_distilled_policy_reaches_005_nats_of_best_of_n(default_target, kw):
     # from 0.016 to 8.99 nats in the one optimiser step 389 (largest parameter change 0.004; the same
     # jump in float64, so the surface, not rounding) and ended at 0.40 at step 400, where on a Xeon it
     # had ended at 0.017-0.029 (seeds 0-2); BOND at 300 steps ended at 0.025-0.059 (seeds 0-4). At
-    # lr 1e-3 for 600 steps, on the EPYC: BOND 0.008-0.021, vBoN 0.009-0.016, BOND with estimated
-    # quantiles 0.007-0.010 (seeds 0-4 each), with no evaluation above 0.07 after step 200.
+    # lr 1e-3 for 600 steps, on the EPYC: BOND 0.008-0.021 and vBoN 0.009-0.016 (no evaluation, every 10
+    # steps, above 0.07 after step 200), BOND with estimated quantiles 0.007-0.010 (seeds 0-4 each).
     # BOND from prior samples (importance weights BoN_4 / pi0) converges more slowly and its importance
     # weights are the noise, not the step count: at lr 2e-3 for 300 steps 0.036-0.141 (seeds 0-4, EPYC;
     # 0.046-0.131 for seeds 0-2 on the Xeon), at lr 1e-3 for 600 steps 0.028-0.172; a runaway (it reached
