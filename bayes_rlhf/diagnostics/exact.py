@@ -105,7 +105,8 @@ def compare(policy: CausalLM | torch.Tensor, posterior: ExactPosterior, batch_si
     kl_qp = float((q[pos] * (lq[pos] - lp[pos])).sum())
     if q_outside > 0:
         kl_qp = math.inf
-    kl_pq = float((p * (lp - lq)).sum()) if bool((lq[p > 0] > -math.inf).all()) else math.inf
+    on_p = p > 0  # a hard constraint leaves p = 0 (lp = -inf) rows: 0 * (-inf) there would be NaN
+    kl_pq = float((p[on_p] * (lp[on_p] - lq[on_p])).sum()) if bool((lq[on_p] > -math.inf).all()) else math.inf
     tv = 0.5 * (float((q - p).abs().sum()) + q_outside)
     r = posterior.rewards
     finite_r = torch.isfinite(r)

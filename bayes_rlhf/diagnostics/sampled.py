@@ -70,11 +70,18 @@ def _log_weights(log_q, prior_log_probs, rewards, beta: float, q_may_vanish: boo
     r = _vec(rewards, "rewards", lq.numel())
     if bool((lq == math.inf).any()) or (not q_may_vanish and bool((lq == -math.inf).any())):
         raise ConfigError("log_q has infinite entries: every draw of q must have 0 < q(x) <= 1")
+    if bool((lp == math.inf).any()):
+        raise ConfigError("prior_log_probs has +inf entries: every draw must have pi0(x) <= 1")
+    if bool((r == math.inf).any()):
+        raise ConfigError("rewards has +inf entries: exp(r / beta) would make the posterior not normalisable; "
+                          "rewards must be finite or -inf (a hard constraint)")
     return lp + r / beta - lq
 
 
 def _snis_stderr(wbar: torch.Tensor, influence: torch.Tensor) -> float:
     """Delta-method standard error ``sqrt(sum wbar^2 phi^2)`` (phi: centred influence [n])."""
+    if int((wbar > 0).sum()) < 2:  # one draw (or one with weight) says nothing about its spread
+        return math.inf
     return float(torch.sqrt((wbar * wbar * influence * influence).sum()))
 
 

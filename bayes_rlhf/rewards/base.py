@@ -25,13 +25,20 @@ class TokenReward:
         ``fn(completion_ids: LongTensor [n, T], completion_mask: BoolTensor [n, T]) -> Tensor [n]``.
         The mask is True at real tokens (the EOS that ends a completion included).
     name : str, optional
+    prefix_closed : bool
+        True if the reward is -inf on a prefix only when it is -inf on every extension of it (a
+        banned token, once drawn, stays drawn): ``PrefixPotential`` may then prune such prefixes.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], name: str | None = None):
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], name: str | None = None,
+                 prefix_closed: bool = False):
         if not callable(fn):
             raise RewardError(f"TokenReward needs a callable, got {type(fn).__name__}")
+        if not isinstance(prefix_closed, bool):
+            raise RewardError(f"prefix_closed must be True or False, got {prefix_closed!r}")
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "token_reward")
+        self.prefix_closed = prefix_closed
 
     def score_batch(self, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.fn(ids, mask)

@@ -20,12 +20,18 @@ class Constraint:
     predicate : callable
         With ``on="text"``: ``predicate(prompts, completions) -> sequence of bool``.
         With ``on="tokens"``: ``predicate(ids [n, T], mask [n, T]) -> BoolTensor [n]``.
+    prefix_closed : bool
+        True if a prefix that fails the predicate fails it for every extension (nothing banned,
+        once written, can be undone): ``PrefixPotential`` may then prune such prefixes. Leave it
+        False for a constraint a prefix can still meet later ("must contain w").
     """
 
-    def __init__(self, predicate: Callable, on: str = "text", name: str | None = None):
+    def __init__(self, predicate: Callable, on: str = "text", name: str | None = None, prefix_closed: bool = False):
         if on not in ("text", "tokens"):
             raise RewardError(f"Constraint(on=...) must be 'text' or 'tokens', got {on!r}")
-        self.predicate, self.on = predicate, on
+        if not isinstance(prefix_closed, bool):
+            raise RewardError(f"prefix_closed must be True or False, got {prefix_closed!r}")
+        self.predicate, self.on, self.prefix_closed = predicate, on, prefix_closed
         self.name = name or getattr(predicate, "__name__", "constraint")
 
     def score_batch(self, lm, prompts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -44,6 +45,55 @@ def check_proposal_lm(target: Target, proposal) -> CausalLM:
         raise TokenizerMismatchError("the proposal's tokenizer differs from the prior's (vocabulary or EOS); "
                                      "use a proposal fine-tuned from the same base model as the prior")
     return proposal
+
+
+def _same_truncation(a: CausalLM, b: CausalLM) -> bool:
+    """Whether a and b are one distribution: the same object, or the same weights and top-k."""
+    return a is b or (a.model is b.model and a.top_k == b.top_k and a.support is b.support)
+
+
+def check_covers_prior(target: Target, q: CausalLM, sampler: str) -> None:
+    """Refuse a proposal that can give probability 0 where the prior has mass (ConfigError).
+
+    An importance weight pi0 exp(r / beta) / q never sees a completion q cannot draw, so with such
+    a q the estimate of Z misses that mass without a sign. A CausalLM is zero only where it is
+    truncated: by its own ``top_k`` (its own k most likely tokens, which need not be the prior's),
+    or by a ``support`` restriction to another truncated model's top k.
+    """
+    prior = target.prior
+    if q is prior or _same_truncation(q, prior):
+        return
+    own = q.top_k is not None and q.top_k < q.vocab_size
+    support_ok = q.support is None or (prior.top_k is not None and _same_truncation(q.support, prior))
+    if not own and support_ok:
+        return
+    what = (f"its own top_k={q.top_k} (its k most likely tokens, not necessarily the prior's)" if own else
+            f"the top-{q.support.top_k} support of another model than the target's prior")
+    raise ConfigError(f"{sampler}: the proposal is truncated to {what}, so it can give probability 0 to "
+                      "completions the prior can produce, and the importance weights would miss their mass "
+                      "(E[Z_hat] < Z, with no warning). Pass the proposal untruncated (lm.with_top_k(None)), "
+                      "or, for a target truncated to top-k, restricted to that prior's support "
+                      "(lm.with_top_k(None).with_support(target.prior))")
+
+
+def check_table_support(post, target: Target, what: str) -> None:
+    """Refuse an ExactPosterior (as a twist or proposal) whose support misses target mass: one
+    enumerated from another truncation of the prior, or under a reward that is -inf where the
+    target's is not (the twist or proposal is 0 there, and E[Z_hat] < Z without a sign)."""
+    k_table, k_target = getattr(post.lm, "top_k", None), target.prior.top_k
+    if post.lm is not None and k_table != k_target:
+        raise ConfigError(f"the {what}'s posterior was enumerated from a prior with top_k={k_table}, the target's "
+                          f"has top_k={k_target}: the {what} would be 0 on prefixes the target can produce. "
+                          "Build it from exact_posterior(target, prompt)")
+    zero = torch.nonzero(post.rewards == -math.inf).squeeze(-1)
+    if zero.numel():
+        r = target.rewards(post.prompt, post.completion_ids[zero], post.mask[zero])
+        if bool((r > -math.inf).any()):
+            i = int(zero[torch.nonzero(r > -math.inf)[0, 0]])
+            raise ConfigError(f"the {what}'s posterior gives completion {post.completions[i]!r} of prompt "
+                              f"{post.prompt!r} probability 0 (its reward -inf), but the target's reward is finite "
+                              f"there: the {what} is of another target and would drop that mass. Build it from "
+                              "exact_posterior(target, prompt)")
 
 
 def prior_log_probs(target: Target, proposal: CausalLM, prompts_per_row: list[str], ids: torch.Tensor,

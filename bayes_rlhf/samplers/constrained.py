@@ -37,7 +37,7 @@ import torch
 
 from bayes_rlhf.errors import ConfigError, ConstraintMismatchError
 from bayes_rlhf.models.causal_lm import CausalLM
-from bayes_rlhf.samplers._common import check_proposal_lm
+from bayes_rlhf.samplers._common import check_covers_prior, check_proposal_lm
 from bayes_rlhf.samplers.constraints import NextTokenConstraint, PrefixConstraint, TokenMask, as_constraint
 from bayes_rlhf.samplers.proposal_protocol import Proposal, Proposed, StepView
 from bayes_rlhf.samplers.proposals import LMProposal, PriorProposal
@@ -100,7 +100,7 @@ class LocallyConstrained:
         if self._lm_to_check is target.prior:  # the prior itself: no second model to step
             self.base = PriorProposal()
         elif self._lm_to_check is not None:
-            check_proposal_lm(target, self._lm_to_check)
+            check_covers_prior(target, check_proposal_lm(target, self._lm_to_check), "LocallyConstrained")
         if hasattr(self.constraint, "check"):
             self.constraint.check(target)
         if hasattr(self.base, "check"):

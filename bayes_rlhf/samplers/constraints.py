@@ -106,7 +106,8 @@ class TokenMask:
                 bad = bad | ~((ids == eos) & mask).any(-1)
             return torch.where(bad, -math.inf, 0.0).double().cpu()
 
-        return TokenReward(no_forbidden_token, name=name)
+        # without must_end a forbidden token, once drawn, stays: -inf on a prefix is -inf on its extensions
+        return TokenReward(no_forbidden_token, name=name, prefix_closed=not must_end)
 
 
 class NextTokenConstraint:

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from bayes_rlhf._checks import check_generator
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.completions import Completions
-from bayes_rlhf.samplers._common import (as_prompts, check_count, check_proposal_lm, check_target,
-                                         log_z_per_prompt, prior_log_probs)
+from bayes_rlhf.samplers._common import (as_prompts, check_count, check_covers_prior, check_proposal_lm,
+                                         check_target, log_z_per_prompt, prior_log_probs)
 from bayes_rlhf.samplers.resampling import get_resampler
 from bayes_rlhf.samplers.weighted import WeightedSamples
 from bayes_rlhf.target import Target
@@ -73,7 +73,9 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
     num_samples : int
         N >= 1 proposals per prompt.
     proposal : CausalLM, optional
-        Any model sharing the prior's tokenizer (e.g. a fine-tuned policy); default the prior.
+        Any model sharing the prior's tokenizer (e.g. a fine-tuned policy); default the prior. It
+        must be > 0 wherever the prior is: one truncated by its own top_k, or restricted to the
+        support of a model other than a truncated target's prior, is refused (``ConfigError``).
     generator : torch.Generator, optional
         Source of all randomness (``torch.Generator().manual_seed(seed)``; a plain seed is a ConfigError).
     batch_size : int
@@ -90,7 +92,7 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
     Raises
     ------
     ConfigError, PromptError, TokenizerMismatchError
-        Bad sizes, prompts, or a proposal with another tokenizer (checked before sampling).
+        Bad sizes, prompts, a proposal with another tokenizer or a truncated one (checked before sampling).
     NoMassError
         Every proposal of some prompt has zero target mass.
     """
@@ -99,6 +101,7 @@ def importance_sample(target: Target, prompt: str | Sequence[str], num_samples: 
     batch_size = check_count(batch_size, "batch_size")
     check_generator(generator)
     q = check_proposal_lm(target, proposal)
+    check_covers_prior(target, q, "importance_sample")
     prompts = as_prompts(target, prompt)
     t0 = time.perf_counter()
     comps = draw_proposals(target, q, prompts, num_samples, generator=generator, batch_size=batch_size,

@@ -25,7 +25,7 @@ from typing import Sequence
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.models.causal_lm import CausalLM
-from bayes_rlhf.samplers._common import check_proposal_lm
+from bayes_rlhf.samplers._common import check_covers_prior, check_proposal_lm
 from bayes_rlhf.samplers.exact_proposal import ExactProposal
 from bayes_rlhf.samplers.proposal_protocol import Proposal, Proposed, Stateless, StepView
 from bayes_rlhf.samplers.twisted_proposal import TwistedProposal
@@ -64,7 +64,8 @@ def as_proposal(proposal, target: Target, prompts: Sequence[str]) -> Proposal:
     if isinstance(proposal, (ExactPosterior, list, tuple, dict)):
         return ExactProposal(proposal, target, prompts)
     if isinstance(proposal, CausalLM):
-        return LMProposal(check_proposal_lm(target, proposal))
+        check_covers_prior(target, check_proposal_lm(target, proposal), "smc")
+        return LMProposal(proposal)
     if isinstance(proposal, Proposal):
         if hasattr(proposal, "check"):  # e.g. LocallyConstrained: its mask and base, before any work
             proposal.check(target, prompts)

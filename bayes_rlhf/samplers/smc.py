@@ -57,7 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bayes_rlhf._checks import check_generator
-from bayes_rlhf.errors import NoMassError
+from bayes_rlhf.errors import ConfigError, NoMassError
 from bayes_rlhf.logweights import kish_ess, log_mean_exp
 from bayes_rlhf.models.packed import packed_lm
 from bayes_rlhf.models.sampling import sample_categorical, stratified_uniforms
@@ -184,6 +184,7 @@ class SMC:
     def _increments(self, state: SMCState, view: StepView, proposed: Proposed, tok, new_psi) -> torch.Tensor:
         """log pi0 - log q of the drawn tokens + log psi' - log psi [n] (0 for finished particles, -inf for NaN)."""
         live = view.live
+        self._check_twist_support(state, live, tok, new_psi)
         tl = tok[live, None].to(view.prior_logp.device)
         inc = torch.zeros_like(state.log_w)
         inc[live] = ((view.prior_logp.gather(-1, tl) - proposed.log_q.gather(-1, tl)).squeeze(-1).cpu()
@@ -191,6 +192,28 @@ class SMC:
         if proposed.dead is not None:  # no allowed next token: the particle has no target mass
             inc[live[proposed.dead.cpu()]] = -math.inf
         return torch.where(torch.isnan(inc), -math.inf, inc)
+
+    def _check_twist_support(self, state: SMCState, live: torch.Tensor, tok: torch.Tensor, new_psi: torch.Tensor):
+        """ConfigError where a twist was -inf on a prefix whose extension has a finite potential.
+
+        A twist of 0 drops the particle (its weight is 0 from then on), which is right only where no
+        completion extending the prefix has target mass: one that has shows the twist undercounts Z
+        (E[Z_hat] < Z). Seen only when such a particle survives to a finite potential, so a twisted
+        proposal (which never draws a token of potential 0) cannot show it: PrefixPotential refuses
+        -inf on unfinished prefixes unless told that it prunes correctly (``prune=True``)."""
+        bad = (state.log_psi[live] == -math.inf) & (new_psi[live] > -math.inf)
+        if not bool(bad.any()):
+            return
+        i = int(live[torch.nonzero(bad)[0, 0]])
+        t = state.t
+        prefix = self.target.prior.decode(state.ids[i: i + 1, :t], state.mask[i: i + 1, :t])[0]
+        raise ConfigError(
+            f"the twist ({type(self.twist).__name__}) was -inf (psi = 0) on the prefix {prefix!r} of prompt "
+            f"{self.row_prompts[i]!r}, but its extension by token {int(tok[i])} has log potential "
+            f"{float(new_psi[i]):.4g}: a twist may be 0 only where no completion extending the prefix has "
+            "target mass, else the log Z estimate misses that mass. A reward a prefix can still meet later "
+            "(e.g. 'must contain w') is not a valid twist as it is; pass a twist that is finite on such "
+            "prefixes, or twist=None")
 
     def _maybe_resample(self, generator, state: SMCState, more: bool, stepped: int) -> tuple[SMCState, dict]:
         N = self.N
@@ -270,8 +293,9 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, prop
         None: the prior (bootstrap). "twisted": q(x_t | x_<t) ∝ pi0(x_t | x_<t) psi_t(x_{1:t}),
         the locally optimal proposal for the twist (evaluates the twist, or the reward for
         tokens that end, on every token in the prior's support: use a top_k prior on large
-        vocabularies). A CausalLM sharing the prior's tokenizer, or exact posteriors (one per
-        prompt) whose token posterior pi*(x_t | x_<t) proposes. Each is converted once to a
+        vocabularies). A CausalLM sharing the prior's tokenizer (one truncated below the prior's
+        support, by its own top_k, is refused: the weights would miss that mass), or exact
+        posteriors (one per prompt) whose token posterior pi*(x_t | x_<t) proposes. Each is converted once to a
         ``Proposal`` (``samplers.proposals``); an object with that method set is used as it is.
         ``TwistedProposal(top_p=0.95)``: the twisted proposal evaluating the potentials on the
         head of pi0 only (unbiased; far cheaper on large vocabularies).
@@ -286,6 +310,10 @@ def smc(target: Target, prompt: str | Sequence[str], num_particles: int, *, prop
         ``info["note"]`` says so); a twist is what makes SMC worth running.
         "prefix": ``PrefixPotential(target.reward)``, the target's own reward evaluated on
         prefixes (a heuristic twist; exact only when the reward of a prefix predicts its soft value).
+        A twist must be > 0 wherever the target has mass below the prefix: a prefix reward of -inf
+        is refused unless the reward is prefix-closed (``PrefixPotential``), an ExactPosterior of
+        another target that is 0 where this one is not is refused, and a particle of twist 0 that
+        reaches a finite potential raises ``ConfigError``.
         "exact": the optimal soft-value twist from enumerating each prompt's posterior (small
         models only). ExactPosterior(s): the same twist from tables you have. A reward (text or
         TokenReward) on prefixes: ``PrefixPotential``. ``LearnedTwist`` (``fit_twist``,

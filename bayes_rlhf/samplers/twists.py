@@ -23,7 +23,8 @@ import torch
 from bayes_rlhf._checks import did_you_mean, is_real
 from bayes_rlhf.errors import ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.rewards.base import evaluate_reward
+from bayes_rlhf.rewards.base import evaluate_reward, reward_name
+from bayes_rlhf.samplers._common import check_table_support
 
 
 class Twist(Protocol):
@@ -67,6 +68,7 @@ class ExactTwist:
             if post.completion_ids.shape[1] != target.max_new_tokens:
                 raise ConfigError("the twist's posterior was enumerated with another max_new_tokens "
                                   f"({post.completion_ids.shape[1]} vs {target.max_new_tokens})")
+            check_table_support(post, target, "twist")
 
     def log_value(self, prompt: str, prefix: tuple) -> float:
         key = (prompt, prefix)
@@ -89,18 +91,42 @@ class PrefixPotential:
 
     ``reward`` follows the reward protocol (a text reward or a ``TokenReward``); it is called on
     unfinished prefixes. ``scale`` multiplies it (e.g. to temper a heuristic).
+
+    A reward of -inf on an unfinished prefix would make psi = 0 there and drop every completion
+    extending it, which keeps log Z unbiased only if none of them can have target mass (a banned
+    word, once written, stays written). A hard constraint a prefix can still meet later ("must
+    contain w") breaks that, silently with the twisted proposal. So -inf on a prefix is refused
+    (ConfigError) unless ``prune=True`` says the reward is -inf on a prefix only when it is -inf on
+    all its extensions (default: the reward's own ``prefix_closed``, as ``TokenMask.reward()`` and
+    ``Constraint(..., prefix_closed=True)`` set it); SMC still raises if a pruned prefix's extension
+    turns out finite.
     """
 
-    def __init__(self, reward, scale: float = 1.0):
+    def __init__(self, reward, scale: float = 1.0, prune: bool | None = None):
         if not callable(reward) and not hasattr(reward, "score_batch"):
             raise ConfigError("PrefixPotential needs a reward f(prompts, completions) or a TokenReward")
         if not is_real(scale) or not math.isfinite(scale):
             raise ConfigError(f"scale must be a finite number, got {scale!r}")
-        self.reward, self.scale = reward, float(scale)
+        if prune is None:
+            prune = getattr(reward, "prefix_closed", False) is True
+        if not isinstance(prune, bool):
+            raise ConfigError(f"prune must be True, False or None (the reward's prefix_closed), got {prune!r}")
+        self.reward, self.scale, self.prune = reward, float(scale), prune
 
     def log_potential(self, prompts: list[str], ids: torch.Tensor, target) -> torch.Tensor:
         mask = torch.ones(ids.shape, dtype=torch.bool)
-        return self.scale * evaluate_reward(self.reward, target.prior, prompts, ids, mask) / target.beta
+        r = evaluate_reward(self.reward, target.prior, prompts, ids, mask)
+        if not self.prune and bool((r == -math.inf).any()):
+            i = int(torch.nonzero(r == -math.inf)[0, 0])
+            text = target.prior.decode(ids[i: i + 1], mask[i: i + 1])[0]
+            raise ConfigError(
+                f"the prefix reward {reward_name(self.reward)!r} is -inf on the unfinished prefix {text!r}: as a "
+                "twist that drops every completion extending it, which is right only if none of them can have "
+                "finite reward. If so (a banned word stays banned), pass PrefixPotential(reward, prune=True); "
+                "for a constraint a prefix can still meet later ('must contain w'), give a prefix reward that "
+                "is finite there, or use twist=None (a token-level constraint: proposal=LocallyConstrained(...))")
+        pruned = r == -math.inf  # stays psi = 0 whatever the scale (0 * -inf would be NaN, -1 * -inf +inf)
+        return torch.where(pruned, -math.inf, self.scale * r.masked_fill(pruned, 0.0) / target.beta)
 
 
 TWIST_NAMES = ("prefix", "exact")

@@ -131,3 +131,22 @@ def test_token_kl_bad_input(short_post, policy):
         token_kl(policy, short_post, short_post.completion_ids[:0], short_post.mask[:0])
     with pytest.raises(ConfigError, match="direction"):
         token_kl(policy, short_post, short_post.completion_ids[:1], short_post.mask[:1], "both")
+
+
+def test_a_hard_constraint_leaves_the_forward_kl_finite(gpt2_lm):
+    # pi* = 0 where the constraint fails (log pi* = -inf): those rows add 0 to KL(pi* || q), not
+    # 0 * (-inf) = NaN (once returned for every q, pi* itself included)
+    ban = br.TokenReward(lambda ids, mask: torch.where(((ids == 4) & mask).any(-1), -math.inf,
+                                                       ((ids == 3) & mask).sum(-1).double()), name="no_w1")
+    post = br.exact_posterior(br.Target(gpt2_lm, ban, 1.0, 3), "w1")
+    assert bool((post.log_probs == -math.inf).any())
+    prior = br.compare(gpt2_lm, post)
+    assert math.isclose(prior.kl_posterior_q, post.kl_to_prior, rel_tol=1e-12)
+    assert prior.kl_q_posterior == math.inf  # the prior puts mass where pi* has none
+    itself = br.compare(post.log_probs, post)
+    assert itself.kl_posterior_q == 0.0 and itself.kl_q_posterior == 0.0
+    other = tiny_lm("gpt2", vocab_size=8, seed=11)
+    keep = post.probs > 0
+    lq = policy_log_probs(other, post)
+    want = float((post.probs[keep] * (post.log_probs[keep] - lq[keep])).sum())
+    assert math.isclose(br.compare(other, post).kl_posterior_q, want, rel_tol=1e-12) and want > 0

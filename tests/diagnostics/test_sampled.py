@@ -119,3 +119,26 @@ def test_bad_input(post, log_q):
         reverse_kl(torch.zeros(3), torch.zeros(2), torch.zeros(3), 1.0)
     with pytest.raises(ConfigError, match="beta"):
         reverse_kl(torch.zeros(3), torch.zeros(3), torch.zeros(3), 0.0)
+
+
+def test_one_draw_has_no_standard_error_and_infinite_rewards_are_refused(post, log_q):
+    # one draw says nothing about the spread (as Estimate.of_terms): inf, not the 0 of the formula
+    rows = torch.arange(1)
+    args = (log_q[rows], post.prior_log_probs[rows], post.rewards[rows], post.beta)
+    assert importance_log_z(*args).stderr == math.inf
+    assert reverse_kl(*args).kl.stderr == math.inf and reverse_kl(*args).elbo.stderr == math.inf
+    assert forward_kl(*args).kl.stderr == math.inf
+    assert math.isfinite(importance_log_z(log_q[:2], post.prior_log_probs[:2], post.rewards[:2], post.beta).stderr)
+    # SNIS weights with one non-zero weight: the same
+    w = torch.tensor([0.0, -math.inf, -math.inf])
+    rows = torch.arange(3)
+    assert forward_kl(log_q[rows], post.prior_log_probs[rows], post.rewards[rows], post.beta,
+                      log_weights=w).eubo.stderr == math.inf
+    r = post.rewards[rows].clone()
+    r[0] = math.inf  # exp(r / beta) = inf: no posterior (as evaluate_reward refuses it)
+    with pytest.raises(ConfigError, match=r"\+inf"):
+        importance_log_z(log_q[rows], post.prior_log_probs[rows], r, post.beta)
+    lp = post.prior_log_probs[rows].clone()
+    lp[1] = math.inf
+    with pytest.raises(ConfigError, match=r"prior_log_probs has \+inf"):
+        reverse_kl(log_q[rows], lp, post.rewards[rows], post.beta)
