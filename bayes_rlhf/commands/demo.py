@@ -51,14 +51,19 @@ def _run(args) -> int:
     from bayes_rlhf.commands._common import claim, format_posterior, write_top_completions
     from bayes_rlhf.demo import DEFAULT_MODEL, DEFAULT_PROMPTS, DEFAULT_REWARD, demo_target
     from bayes_rlhf.diagnostics.run_dir import save_run
+    from bayes_rlhf.exact.enumerate import check_space
     from bayes_rlhf.exact.from_target import exact_posterior
     from bayes_rlhf.report import write_report
 
     check_int(args.particles, "--particles", 1)
     check_int(args.train_steps, "--train-steps", 0)
+    check_int(args.seed, "--seed", 0)  # TrainerConfig's rule, before the enumeration and SMC that precede it
     folder = claim(args, "demo", {"beta": args.beta, "max_new_tokens": args.max_new_tokens,
                                   "particles": args.particles, "train_steps": args.train_steps, "seed": args.seed})
     target = demo_target(args.beta, args.max_new_tokens, device="cpu")
+    for prompt in DEFAULT_PROMPTS:  # the context and the size of the space, before the first enumeration
+        target.check_prompt(prompt)
+    check_space(target.prior, target.max_new_tokens)
     print(f"bayes-rlhf demo: embedded word-level GPT-2 (vocab {target.prior.vocab_size}), reward = {DEFAULT_REWARD}, "
           f"beta = {target.beta:g}, T = {target.max_new_tokens}\n")
     posteriors = []

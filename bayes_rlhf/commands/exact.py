@@ -65,11 +65,15 @@ def _controlled_target(args, moments, prompts, max_completions):
 
     if moments:
         lm = load_prior(args)
+        for p in prompts:  # the context, before the size of the space (cheap, and the likelier mistake)
+            lm.check_prompt(p, args.max_new_tokens)
         check_space(lm, args.max_new_tokens, max_completions)
         features = [parse_reward(spec, lm) for spec, _ in moments]
         return moment_target(lm, prompts, features, [v for _, v in moments], args.max_new_tokens, method="exact",
                              max_completions=max_completions, progress=True), None
     target = load_target(args)
+    for p in prompts:
+        target.check_prompt(p)
     check_space(target.prior, target.max_new_tokens, max_completions)
     if args.kl_budget is None:
         return target, None

@@ -64,7 +64,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train an amortised policy q towards the posterior pi*",
                        description="Fine-tune a copy of the prior with RLOO (the default) or another objective "
                                    "(objective = \"ppo\", \"grpo\", \"dpg\", \"distill\", \"vargrad\", "
-                                   "\"fdpg\", \"bond\", \"vbon\", \"dpo\", \"ipo\", \"online_dpo\"; any "
+                                   "\"fdpg\", \"bond\", \"vbon\", \"online_dpo\"; \"dpo\" and \"ipo\" "
+                                   "learn from preference pairs: train_policy(preferences=...) from Python; any "
                                    "TrainerConfig field goes in the [trainer] table), log metrics and exact KL to "
                                    "pi*, and save the policy.",
                        epilog=EPILOG, formatter_class=HelpFormatter)
@@ -146,7 +147,15 @@ def _settings(cfg: dict, config) -> tuple[dict, dict]:
     a marker of an earlier version may lack; the same fields the checkpoint's fingerprint covers."""
     from bayes_rlhf.variational import TrainerConfig
 
-    return {"target": cfg["target"], "trainer": config.fingerprint_dict()}, {"trainer": TrainerConfig().fingerprint_dict()}
+    exact = cfg.get("evaluate", {}).get("exact", False)  # a rerun without it would drop the run's exact/
+    return ({"target": cfg["target"], "trainer": config.fingerprint_dict(), "evaluate": {"exact": exact}},
+            {"trainer": TrainerConfig().fingerprint_dict(), "evaluate": {"exact": False}})
+
+
+# [trainer] keys the command sets itself, inside --out: elsewhere they could overwrite files it never claimed
+_OWN_PATHS = ("checkpoint_dir", "log_jsonl", "log_csv")
+# objectives that learn from preference pairs, which a config file cannot give yet
+_PAIR_OBJECTIVES = ("dpo", "ipo")
 
 
 def train_from_config(source, out, overwrite: bool = False) -> dict:
@@ -162,16 +171,27 @@ def train_from_config(source, out, overwrite: bool = False) -> dict:
     from bayes_rlhf.rewards.spec import check_spec, parse_reward
     from bayes_rlhf.target import Target
     from bayes_rlhf.variational.distributed import is_main_process
+    from bayes_rlhf.variational.trainer import check_train_inputs
 
     cfg = load_config(source)
     check_spec(cfg["target"]["reward"])
     t, out = cfg["target"], Path(out)
-    settings, defaults = _settings(cfg, _trainer_config(cfg, out, True))  # field errors before loading anything
+    own = sorted(set(cfg.get("trainer", {})) & set(_OWN_PATHS))
+    if own:
+        raise ConfigError(f"[trainer] {', '.join(own)}: the command keeps checkpoints and logs in --out "
+                          f"({out}/checkpoints, history.jsonl, history.csv); drop the key(s) and choose --out")
+    if cfg.get("trainer", {}).get("objective") in _PAIR_OBJECTIVES:
+        raise ConfigError(f"objective {cfg['trainer']['objective']!r} learns from preference pairs, which a config "
+                          "file cannot give: call train_policy(..., preferences=...) from Python, or use "
+                          "objective = \"online_dpo\" (pairs drawn from the policy and labelled by the reward)")
+    config = _trainer_config(cfg, out, True)  # field errors before loading anything
+    settings, defaults = _settings(cfg, config)
     folder = claim_out(out, "train", settings, overwrite=overwrite, defaults=defaults)
     lm = load_model(model_path(t["model"]), dtype=t["dtype"], top_k=t["top_k"])
     target = Target(lm, parse_reward(t["reward"], lm), t["beta"], t["max_new_tokens"])
-    for p in t["prompts"]:
-        lm.encode_prompt(p)
+    if folder.mode == "replace":  # --overwrite: the old checkpoint is not resumed
+        config = _trainer_config(cfg, out, False)
+    check_train_inputs(target, t["prompts"], config)  # prompts (their context), sizes, the checkpoint's step
     main = is_main_process()  # under `accelerate launch`, one process writes
     with folder.writing(in_place=True, main=main) as d:
         if main and not folder.resume and not isinstance(source, dict):

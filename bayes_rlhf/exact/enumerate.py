@@ -67,6 +67,10 @@ def count_completions(branching: int, T: int, has_eos: bool) -> tuple[int, int]:
     return leaves, internal
 
 
+# 10^15 completions: a table of int64 ids alone would need petabytes
+_LOG10_FAR_TOO_MANY = 15.0
+
+
 def _branching(lm: CausalLM) -> int:
     return min(lm.top_k or lm.vocab_size, lm.vocab_size)
 
@@ -82,10 +86,16 @@ def check_space(lm: CausalLM, T: int, max_completions: int | None = DEFAULT_MAX_
     (upper bound on the completions, upper bound on the internal prefixes).
     """
     branching = _branching(lm)
+    hint = ("Lower max_new_tokens, truncate the prior with top_k (load_model(..., top_k=k))")
+    # before any exact count: b^T for a large T is a huge integer (slow to build, too long to print)
+    log10_leaves = T * math.log10(branching) if branching > 1 else 0.0
+    if log10_leaves > max(_LOG10_FAR_TOO_MANY, math.log10(max(max_completions or 1, 1))):
+        raise SpaceTooLargeError(
+            f"the completion space has about 10^{log10_leaves:,.0f} completions ({branching} tokens per step, "
+            f"max_new_tokens={T}), far more than any table could hold. {hint}.")
     # with top-k truncation EOS may fall outside the k kept tokens: bound by k^T leaves
     exact_count = branching == lm.vocab_size and lm.eos_token_id is not None
     leaves, internal = count_completions(branching, T, exact_count)
-    hint = ("Lower max_new_tokens, truncate the prior with top_k (load_model(..., top_k=k))")
     if max_completions is not None:
         if leaves > max_completions:
             raise SpaceTooLargeError(

@@ -34,8 +34,8 @@ def exact_posterior(target: Target, prompt: str, *, batch_size: int = 2048, rewa
         raise PromptError(f"exact_posterior takes one prompt (a str), got {type(prompt).__name__}; "
                           "call it once per prompt")
     T = target.max_new_tokens
+    target.check_prompt(prompt)  # prompt errors (the context included) before any work
     check_space(target.prior, T, max_completions, memory_budget=memory_budget, batch_size=batch_size)
-    target.check_prompt(prompt)  # prompt errors before any work
     ids, mask, prior_lp = enumerate_completions(target.prior, prompt, T, batch_size=batch_size,
                                                 max_completions=max_completions, progress=progress,
                                                 memory_budget=memory_budget)

@@ -24,7 +24,8 @@ import re
 import torch
 
 from bayes_rlhf._checks import did_you_mean
-from bayes_rlhf.errors import RewardError
+from bayes_rlhf.errors import PromptError, RewardError
+from bayes_rlhf.models.text import encode_known
 from bayes_rlhf.rewards.base import TokenReward
 
 SPEC_HELP = ("sentiment | length | contains:WORD | regex:PATTERN | classifier:PATH[:LABEL] | "
@@ -70,6 +71,10 @@ def parse_reward(spec: str, lm):
     if spec == "length":
         return TokenReward(lambda ids, mask: mask.sum(-1).to(torch.float64), name="length")
     if kind == "contains":
+        try:  # a word the tokenizer cannot spell never occurs: the reward would be 0 on every completion
+            encode_known(lm.tokenizer, arg, add_special_tokens=False, what="text of the reward 'contains:'")
+        except PromptError as exc:
+            raise RewardError(f"{exc}; the reward {spec!r} would be 0 on every completion") from None
         return _named(lambda p, c: [float(x.count(arg)) for x in c], f"contains[{arg}]")
     if kind == "regex":
         pattern = re.compile(arg)

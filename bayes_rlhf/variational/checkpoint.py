@@ -83,6 +83,14 @@ def has_checkpoint(directory) -> bool:
     return directory is not None and (Path(directory) / NAME / "meta.json").exists()
 
 
+def checkpoint_step(directory) -> int | None:
+    """The step of the checkpoint in ``directory`` (from its meta.json alone), or None if there is none."""
+    if not has_checkpoint(directory):
+        return None
+    with open(Path(directory) / NAME / "meta.json") as fh:
+        return int(json.load(fh)["step"])
+
+
 def _same(a, b) -> bool:
     return json.dumps(a, default=str) == json.dumps(b, default=str)
 

@@ -88,10 +88,8 @@ def train_policy(target: Target, prompts: str | Sequence[str], config: TrainerCo
     history : TrainingHistory
     """
     config = TrainerConfig() if config is None else config
-    prompts, evaluator = _check_inputs(target, prompts, config, evaluator)
-    objective = config.bound_objective()
-    pairs = None if preferences is None else as_preferences(preferences, target.prior, target.max_new_tokens)
-    check_source(objective.source, sampler, pairs, prompts)
+    prompts, evaluator, objective, pairs = check_train_inputs(target, prompts, config, evaluator=evaluator,
+                                                              sampler=sampler, preferences=preferences)
     backend = make_backend(config, target.prior)
     fixed_beta = evaluator if evaluator is not None and not evaluator.follows_beta else None
     control = make_kl_control(config, len(prompts), backend.num_processes, fixed_beta)  # None: beta fixed
@@ -143,8 +141,18 @@ def _loop(run: RunState, draws: Draws, history: TrainingHistory, start: int, ext
         history.close()
 
 
+def check_train_inputs(target, prompts, config, *, evaluator=None, sampler=None, preferences=None):
+    """Every check ``train_policy`` makes on its arguments, before any work (a command runs it before it
+    writes anything): (prompts as a list, the evaluator as one, the bound objective, the preference pairs)."""
+    prompts, evaluator = _check_inputs(target, prompts, config, evaluator)
+    objective = config.bound_objective()
+    pairs = None if preferences is None else as_preferences(preferences, target.prior, target.max_new_tokens)
+    check_source(objective.source, sampler, pairs, prompts)
+    return prompts, evaluator, objective, pairs
+
+
 def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], Evaluator | None]:
-    """Every check on the arguments, before any work: the prompts as a list, and the evaluator as one."""
+    """The arguments' own checks: the prompts as a list, and the evaluator as one."""
     if not isinstance(target, Target):
         raise ConfigError(f"target must be a bayes_rlhf.Target, got {type(target).__name__}")
     if not isinstance(config, TrainerConfig):
@@ -158,6 +166,12 @@ def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], Evalua
     evaluator = as_evaluator(evaluator)
     if evaluator is not None:
         evaluator.check(prompts)
+    done = ckpt.checkpoint_step(config.checkpoint_dir) if config.resume else None
+    if done is not None and done > config.steps:
+        raise ConfigError(f"checkpoint_dir {config.checkpoint_dir!r} holds a checkpoint at step {done}, past "
+                          f"steps={config.steps}: training does not go back. Give steps >= {done} to resume it "
+                          "(equal: nothing to train), another checkpoint_dir, or resume=False to start over "
+                          "(the CLI: another --out, or --overwrite)")
     return prompts, evaluator
 
 
@@ -177,7 +191,7 @@ def _resume(run: RunState, config: TrainerConfig, extra: dict) -> tuple[int, lis
     state = ckpt.load_checkpoint(config.checkpoint_dir, config.fingerprint(extra), config.fingerprint_dict(extra),
                                  TrainerConfig.defaults())
     run.load(state)
-    return min(state["step"], config.steps), state["history"][: config.steps]
+    return state["step"], state["history"]  # never past config.steps (check_train_inputs)
 
 
 def _timed(row: dict, history: TrainingHistory) -> dict:

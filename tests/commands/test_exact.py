@@ -76,6 +76,9 @@ def test_moment_target_from_the_command_line(tmp_path, capsys):
     (["--moment", "length=2", "--beta", "0.5"], "drop --reward"),
     (["--kl-budget", "0"], "--kl-budget must be a finite number > 0"),
     (["--kl-budget", "100"], "cannot be reached"),
+    (["--reward", "contains:zzz"], "'zzz'"),  # a word the tokenizer cannot spell: the reward would be 0
+    (["--max-new-tokens", "30"], "past this model's context of 32"),
+    (["--max-new-tokens", "1000000"], "past this model's context of 32"),  # once counted b^T first: hung
 ])
 def test_bad_control_input_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "never"

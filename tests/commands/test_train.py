@@ -66,6 +66,13 @@ def test_train_command_writes_run_and_resumes(tmp_path, capsys):
         train_from_config(cfg, out)
     refused(capsys, ["train", "--config", str(cfg), "--out", str(out)], out, "target.beta 1.0 -> 0.5")
     assert tree_hash(out) == before
+    # fewer steps than the checkpoint's would relabel the step-6 policy as step 5 (and cut its history):
+    # refused, as is dropping [evaluate] exact (the rerun would delete exact/)
+    cfg.write_text(TOML.replace("steps = 4", "steps = 5"))
+    refused(capsys, ["train", "--config", str(cfg), "--out", str(out)], out, "at step 6, past steps=5")
+    cfg.write_text(TOML.replace("steps = 4", "steps = 6").replace("exact = true", "exact = false"))
+    refused(capsys, ["train", "--config", str(cfg), "--out", str(out)], out, "evaluate.exact True -> False")
+    assert tree_hash(out) == before
     # --overwrite trains afresh beside it and swaps the new run in
     cfg.write_text(TOML.replace("beta = 1.0", "beta = 0.5").replace("steps = 4", "steps = 3"))
     assert main(["train", "--config", str(cfg), "--out", str(out), "--overwrite"]) == 0
@@ -137,6 +144,22 @@ def test_bad_config_through_the_cli_leaves_out_alone(tmp_path, capsys):
     refused(capsys, ["train", "--config", str(path), "--out", str(out)], out, "[evaluate] exact must be true or false")
     path.write_text("[target]\nprompts = ['the movie was']\n")  # a good config onto a foreign folder
     refused(capsys, ["train", "--config", str(path), "--out", str(out)], out, "not written by bayes-rlhf (notes.txt)")
+
+
+@pytest.mark.parametrize("change,match", [
+    (("max_new_tokens = 2", "max_new_tokens = 30"), "past this model's context of 32"),
+    (("progress = false", "progress = false\nprompts_per_step = 5"), "prompts_per_step=5 is more than the 2"),
+    (("progress = false", "progress = false\nobjective = 'dpo'"), "learns from preference pairs"),
+    (("progress = false", "progress = false\nlog_jsonl = 'elsewhere.jsonl'"), "[trainer] log_jsonl"),
+    (("progress = false", "progress = false\ncheckpoint_dir = 'elsewhere'"), "[trainer] checkpoint_dir"),
+    (('reward = "sentiment"', 'reward = "contains:zzz"'), "'zzz'"),
+])
+def test_errors_found_with_the_model_loaded_still_write_nothing(tmp_path, capsys, change, match):
+    # each once wrote config.toml and run.json first, and the folder then refused the corrected rerun
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TOML.replace(*change))
+    refused(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "out")], tmp_path / "out", match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
 
 
 def test_missing_config_file(tmp_path):

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 
 import bayes_rlhf as br
 from bayes_rlhf.exact import count_completions, enumerate_completions
-from bayes_rlhf.exact.enumerate import lexicographic_order
+from bayes_rlhf.exact.enumerate import check_space, lexicographic_order
 from bayes_rlhf.models.toy import tiny_lm
 from tests.exact.conftest import binned_counts
 
@@ -79,6 +79,15 @@ def test_space_too_large_is_refused_before_work(gpt2_lm, reward):
         br.exact_posterior(target, "w1")
     with pytest.raises(br.SpaceTooLargeError, match="top_k"):
         br.exact_posterior(br.Target(gpt2_lm, reward, 1.0, 4), "w1", max_completions=100)
+
+
+def test_a_huge_horizon_is_refused_without_counting_it(gpt2_lm):
+    # b^T for T = 5000 is a 4,500-digit integer (once a ValueError printing it; T = 10^6 took minutes)
+    for T in (5000, 10 ** 6):
+        with pytest.raises(br.SpaceTooLargeError, match=r"about 10\^[0-9,]+ completions"):
+            check_space(gpt2_lm, T)
+    with pytest.raises(br.SpaceTooLargeError, match="max_completions"):  # below the threshold: counted exactly
+        check_space(gpt2_lm, 12, max_completions=1000)
 
 
 def test_count_completions_formula():

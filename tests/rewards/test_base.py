@@ -101,3 +101,16 @@ def test_samplers_and_exact_raise_the_reward_error(gpt2_lm):
         br.importance_sample(target, "w0", 64, generator=torch.Generator().manual_seed(0))
     with pytest.raises(br.RewardError, match="'picky'"):
         br.smc(target, "w0", 64, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_contains_spec_with_a_word_the_tokenizer_cannot_spell_is_refused():
+    # on the word-level default model "zzz" never occurs: the reward would be 0 everywhere, silently
+    import bayes_rlhf as br
+    from bayes_rlhf.errors import RewardError
+    from bayes_rlhf.rewards.spec import parse_reward
+
+    lm, _ = br.default_model()
+    with pytest.raises(RewardError, match="'zzz'.*0 on every completion"):
+        parse_reward("contains:zzz", lm)
+    reward = parse_reward("contains:great", lm)
+    assert reward(["p", "p"], ["a great great movie", "bad"]) == [2.0, 0.0]

@@ -52,6 +52,12 @@ def test_resume_with_other_config_is_an_error(small_target, fast_config, tmp_pat
     # more steps with the same config continue the run
     _, hist = train_policy(small_target, "w0", fast_config(steps=4, checkpoint_dir=str(tmp_path)))
     assert hist.column("step") == [1, 2, 3, 4]
+    # fewer would return the step-4 policy as a 3-step one (and cut its history): refused before any work
+    with pytest.raises(ConfigError, match="at step 4, past steps=3"):
+        train_policy(small_target, "w0", fast_config(steps=3, checkpoint_dir=str(tmp_path)))
+    _, again = train_policy(small_target, "w0", fast_config(steps=4, checkpoint_dir=str(tmp_path)))
+    assert again.column("step") == [1, 2, 3, 4]  # equal steps: the finished run, nothing trained
+    assert again.column("loss") == hist.column("loss")
 
 
 def test_checkpoint_of_an_earlier_version_resumes_when_new_fields_are_default(small_target, fast_config, tmp_path):
