@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bayes_rlhf._checks import is_real
 from bayes_rlhf.diagnostics.exact import compare, position_kl
 from bayes_rlhf.diagnostics.frontier import (FrontierPoint, best_of_n_points, policy_point, posterior_frontier,
                                              sampler_point)
@@ -280,6 +281,10 @@ def write_report(run_dir: str | os.PathLike, *, betas: Sequence[float] | None = 
     progress : bool
         Show a progress bar over prompts.
     """
+    if betas is not None:  # the user's values, before the run's own beta joins the grid
+        bad = [b for b in betas if not (is_real(b) and math.isfinite(b) and b > 0)]
+        if bad or not list(betas):
+            raise ConfigError(f"betas must be finite numbers > 0, got {list(betas)}")
     run = load_run(run_dir)
     figs = Figures(run.path, embed_figures)
     s = run.summary

@@ -85,6 +85,9 @@ def test_exact_command(tmp_path, capsys):
     (["--max-new-tokens", "3", "--max-completions", "100"], "or --max-completions N."),
     (["--max-completions", "0"], "argument --max-completions: must be an integer >= 1"),  # was read as no limit
     (["--reward", "nonsense"], "unknown reward"),
+    (["--reward", "classifier:./nope"], "'./nope' does not exist"),  # was a hub id format error
+    (["--reward", "bradley_terry:./nope"], "'./nope' does not exist"),  # was "holds no Bradley-Terry reward"
+    (["--prompt", "the movie was " * 12, "--max-new-tokens", "1"], "Shorten the prompt to at most 31 tokens"),
 ])
 def test_bad_input_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "never"
@@ -175,3 +178,15 @@ def test_help_has_examples():
     for cmd in ("demo", "exact", "train", "evaluate", "report"):
         res = subprocess.run([sys.executable, "-m", "bayes_rlhf.cli", cmd, "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "example" in res.stdout
+
+
+def test_paths_that_are_not_what_they_should_be_are_named_as_such(tmp_path, capsys):
+    # a local path under a folder that is here is not read as a hub id; a file is not "missing"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for argv, message in ((["evaluate", "--policy", str(tmp_path / "runs" / "nope")], "is read as a path"),
+                          (["report", str(tmp_path / "afile")], "is a file, not a directory"),
+                          (["report", str(tmp_path / "afile"), "--betas", "-1", "0"], "got [-1.0, 0.0]")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

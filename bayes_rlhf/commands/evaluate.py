@@ -102,11 +102,13 @@ def check_policy_path(policy: str) -> None:
 
     path = Path(policy)
     if not path.exists():
-        if "/" in policy and looks_like_hub_id(policy):
+        local = path.parent.is_dir() and str(path.parent) not in (".", "")  # runs/nope: runs/ is here
+        if "/" in policy and looks_like_hub_id(policy) and not local:
             return  # a hub id (the loader says if it is not cached)
+        why = f" ({str(path.parent)!r} is a folder here, so --policy is read as a path, not a hub id)" if local else ""
         raise ModelLoadError(f"--policy {policy!r} does not exist; give the folder of a saved checkpoint "
                              "(config.json, model.safetensors, tokenizer files), e.g. demo_out/policy or "
-                             "runs/NAME/policy")
+                             f"runs/NAME/policy{why}")
     if path.is_file():
         raise ModelLoadError(f"--policy {policy!r} is a file; give the checkpoint's folder (config.json, "
                              "model.safetensors, tokenizer files)")

@@ -223,7 +223,8 @@ def load_run(run_dir: str | os.PathLike, verify: bool = True) -> Run:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist; give a directory written by "
+        what = "is a file, not a directory" if run_dir.exists() else "does not exist"
+        raise RunDirError(f"run directory {run_dir} {what}; give a directory written by "
                           "save_run (e.g. the --out folder of `bayes-rlhf demo`)")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())

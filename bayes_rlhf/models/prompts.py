@@ -59,10 +59,17 @@ class TextIds:
         ids = self.encode_prompt(prompt)
         n_ctx = self.context_length
         if n_ctx is not None and len(ids) + max_new_tokens > n_ctx:
+            room = n_ctx - len(ids)
+            if room >= 1:
+                fix = f"Shorten the prompt or lower max_new_tokens to at most {room}"
+            elif max_new_tokens < n_ctx:  # not even one new token fits after this prompt
+                keep = n_ctx - max_new_tokens
+                fix = f"Shorten the prompt to at most {keep} token{'s' if keep > 1 else ''}"
+            else:
+                fix = f"Lower max_new_tokens below {n_ctx} and shorten the prompt to fit"
             raise PromptError(
                 f"prompt {short(prompt)} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
-                f"{len(ids) + max_new_tokens} positions, past this model's context of {n_ctx}. Shorten the "
-                f"prompt or lower max_new_tokens to at most {max(n_ctx - len(ids), 0)}")
+                f"{len(ids) + max_new_tokens} positions, past this model's context of {n_ctx}. {fix}")
         return ids
 
     def _pad_rows(self, rows: list[list[int]], T: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,14 +84,31 @@ def parse_reward(spec: str, lm):
 
         path, _, label = arg.rpartition(":") if arg.count(":") else (arg, "", "1")
         label = int(label) if label.isdigit() else label
+        _check_local(path or arg, spec)
         return ClassifierReward(path or arg, label=label)
     if kind == "bradley_terry":
         from bayes_rlhf.rewards.bradley_terry import BradleyTerryReward
 
+        _check_local(arg, spec)
         return BradleyTerryReward.load(arg, device=lm.device)
     if kind == "factory":
         return _import(arg, spec)(lm)
     return _import(spec, spec)
+
+
+def _check_local(name: str, spec: str) -> None:
+    """RewardError for a path that is plainly local (./x, /x, ../x, or under a folder that is here) and
+    does not exist: said as such, not as a malformed hub id or an empty folder."""
+    from pathlib import Path
+
+    from bayes_rlhf.models.loading import looks_like_hub_id
+
+    path = Path(name)
+    if path.exists():
+        return
+    if not looks_like_hub_id(name) or (path.parent.is_dir() and str(path.parent) not in (".", "")):
+        raise RewardError(f"reward spec {spec!r}: {name!r} does not exist; give the folder of a saved model "
+                          "(or a hub id such as owner/name)")
 
 
 def _import(path: str, spec: str):
