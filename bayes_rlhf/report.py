@@ -177,7 +177,7 @@ def _prompt_section(run: Run, i: int, figs: "Figures", betas, best_of_n) -> str:
     if comps:
         tables.append(vertical(comps, "policy q against π* (exact)"))
     parts.append('<div class="tables">' + "".join(tables) + "</div>")
-    parts += ["<h3>Most probable completions under the posterior</h3>", table(post.top(10))]
+    parts += ["<h3>Most probable completions under the posterior</h3>", table([{k: v for k, v in row.items() if k != "index"} for row in post.top(10)])]
     points = _frontier_points(post, run.policies, i, betas, best_of_n) + _sampler_points(run, post, i)
     fig = plot_frontier(points)
     grid = [p.beta for p in points if p.kind == "posterior"]

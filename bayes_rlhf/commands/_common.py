@@ -251,6 +251,16 @@ def _probability(p: float) -> str:
     return f"{p:.4f}" if p == 0 or p >= 1e-4 else f"{p:.0e}".rjust(6)
 
 
+def _textless(post: ExactPosterior, i: int) -> str:
+    """A completion whose text is empty: EOS at once reads '' (empty); one of special tokens only
+    (padding, BOS), which text drops, names its tokens, so that such rows are told apart."""
+    eos = post.vocabulary.eos_token_id
+    ids = [t for t in post.completion_ids[i][post.mask[i]].tolist() if t != eos]
+    if not ids:
+        return "'' (empty)"
+    return f"'' ({' '.join(post.vocabulary.tokenizer.convert_ids_to_tokens(ids))})"
+
+
 def format_posterior(post: ExactPosterior, k: int = 5) -> str:
     """A readable summary: log Z, E[r] under prior and posterior, KL, the top completions."""
     s = post.summary()
@@ -264,7 +274,7 @@ def format_posterior(post: ExactPosterior, k: int = 5) -> str:
     for by in ("prior", "posterior"):
         lines.append(f"  most probable under the {by}:   (prior p, posterior p, reward)")
         for row in post.top(k, by=by):
-            text = repr(row["completion"]) if row["completion"] else "'' (empty)"
+            text = repr(row["completion"]) if row["completion"] else _textless(post, row["index"])
             lines.append(f"    {text:40s} {_probability(row['prior'])}  {_probability(row['posterior'])}  "
                          f"{row['reward']:+.2f}")
     return "\n".join(lines)

@@ -285,7 +285,8 @@ class ExactPosterior:
     def top(self, k: int = 10, by: str = "posterior") -> list[dict]:
         """The k most probable completions under ``by`` ("posterior" or "prior"); k an integer >= 1.
 
-        Returns at most ``num_completions`` rows, most probable first.
+        Returns at most ``num_completions`` rows, most probable first: completion (its text),
+        prior, posterior, reward and index (its row in the table).
         """
         k = check_int(k, "top(k): k", 1)
         if by not in ("posterior", "prior"):
@@ -294,7 +295,7 @@ class ExactPosterior:
         idx = torch.topk(key, min(k, self.num_completions)).indices
         texts = self.vocabulary.decode(self.completion_ids[idx], self.mask[idx])
         return [{"completion": t, "prior": float(self.prior_log_probs[i].exp()),
-                 "posterior": float(self.log_probs[i].exp()), "reward": float(self.rewards[i])}
+                 "posterior": float(self.log_probs[i].exp()), "reward": float(self.rewards[i]), "index": i}
                 for t, i in zip(texts, idx.tolist())]
 
     def summary(self) -> dict:

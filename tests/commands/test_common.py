@@ -120,3 +120,19 @@ def test_commands_hide_transformers_bars_with_the_embedded_model_only(monkeypatc
         assert cli.main(argv) == 0
         assert hf_logging.is_progress_bar_enabled()  # restored
     assert seen == [False, True]  # a real model's loading bar stays: its loading can take a while
+
+
+def test_completions_without_text_are_told_apart(default):
+    # padding or BOS as a completion decodes to '' as EOS at once does: the summary names their tokens
+    import bayes_rlhf as br
+    from bayes_rlhf.commands._common import _textless
+
+    lm, reward = default
+    post = br.exact_posterior(br.Target(lm, reward, 1.0, 1), "the")
+    empty = [i for i, t in enumerate(post.completions) if t == ""]
+    shown = {_textless(post, i) for i in empty}
+    assert len(shown) == len(empty) >= 2, shown  # EOS at once, and each special token of its own
+    eos_row = next(i for i in empty if post.completion_ids[i, 0] == lm.eos_token_id)
+    assert _textless(post, eos_row) == "'' (empty)"
+    assert post.top(1)[0]["index"] == int(post.log_probs.argmax())  # top's rows name their table row
+    assert post.top(1, by="prior")[0]["index"] == int(post.prior_log_probs.argmax())
