@@ -225,6 +225,7 @@ def _reward_atoms(log_base: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.
 def held_posteriors(target: Target, posteriors) -> dict:
     """{prompt: ExactPosterior} from tables a caller already holds (None, one, a sequence or a dict), each
     checked to be an enumeration of ``target.prior`` with T = ``target.max_new_tokens`` (any beta)."""
+    from bayes_rlhf.exact.matching import check_prior, check_rewards
     from bayes_rlhf.exact.posterior import ExactPosterior
 
     if posteriors is None:
@@ -241,6 +242,8 @@ def held_posteriors(target: Target, posteriors) -> dict:
             raise ConfigError(f"the posterior of {post.prompt!r} is not a table of this target (T = "
                               f"{post.completion_ids.shape[1]}, or another vocabulary); pass exact_posterior(target, "
                               f"prompt) tables of its prior, reward and max_new_tokens={target.max_new_tokens}")
+        check_prior(target, post.prompt, post, "the posterior")  # another prior or reward: another pi*(beta)
+        check_rewards(target, post.prompt, post, "the posterior")
     return {post.prompt: post for post in items}
 
 

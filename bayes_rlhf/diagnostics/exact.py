@@ -199,6 +199,11 @@ def position_kl(log_q: torch.Tensor, posterior: ExactPosterior, direction: str =
     lq = torch.as_tensor(log_q).double().reshape(-1)
     if lq.numel() != posterior.num_completions:
         raise ConfigError(f"log_q has {lq.numel()} entries for a table of {posterior.num_completions}")
+    mass = float(torch.logsumexp(lq, 0).exp())
+    if abs(mass - 1.0) > 1e-4:  # q's conditionals would be renormalised over the table: not q's own
+        raise ConfigError(f"q has mass {mass:.6f} on the table, not 1: its per-position KLs are not those of q "
+                          "(q puts mass outside the truncated support); restrict the policy to the target's "
+                          "support (policy.with_support(prior)) or use token_kl, which reads q's own conditionals")
     lp = posterior.log_probs
     if direction == "reverse":
         lp, lq = lq, lp

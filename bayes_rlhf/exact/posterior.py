@@ -21,7 +21,7 @@ import torch
 
 from bayes_rlhf._checks import check_generator, check_int, is_integer
 from bayes_rlhf._deprecation import positional_generator
-from bayes_rlhf.errors import ConfigError, PromptError
+from bayes_rlhf.errors import ConfigError, NoMassError, PromptError
 from bayes_rlhf.models.completions import Completions
 from bayes_rlhf.models.vocabulary import Vocabulary
 
@@ -203,6 +203,9 @@ class ExactPosterior:
 
     def _next_token(self, lp: torch.Tensor, tok: torch.Tensor, log: bool) -> torch.Tensor:
         m = lp.max()
+        if m == -math.inf:  # the prefix has prior mass but none under this table (a hard constraint)
+            raise NoMassError("the prefix has probability 0 under this distribution (every completion through "
+                              "it has reward -inf): its next-token distribution is undefined")
         mass = torch.zeros(self.vocabulary.size, dtype=torch.float64).index_add_(0, tok, (lp - m).exp())
         mass = mass / mass.sum()
         return mass.log() if log else mass

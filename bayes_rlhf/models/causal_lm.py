@@ -142,10 +142,13 @@ class CausalLM(TextIds):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write model (safetensors) and tokenizer atomically to ``directory``; with a support
-        restriction also ``support.json`` naming the prior and k (see ``bayes_rlhf.models.loading``)."""
+        restriction also ``support.json`` naming the prior and k (see ``bayes_rlhf.models.loading``).
+        An earlier checkpoint there is replaced; a folder holding other files, a file, the working
+        directory or the support's prior is refused (OutputDirError) before anything is written."""
         from bayes_rlhf.io import atomic_dir
-        from bayes_rlhf.models.loading import write_support
+        from bayes_rlhf.models.loading import check_save_dir, write_support
 
+        check_save_dir(directory, self)  # a file, a folder of other files, the support's prior: refused
         with atomic_dir(directory) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from bayes_rlhf.errors import ModelLoadError
+from bayes_rlhf.errors import ModelLoadError, OutputDirError
 
 SUPPORT_FILE = "support.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -108,6 +108,37 @@ def source_name(lm) -> str | None:
     if Path(source).exists() and Path(source).resolve() == Path(DEFAULT_DIR).resolve():
         return "default"
     return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+# what a checkpoint folder holds (model, tokenizer, our support.json): a folder holding anything else is
+# someone's, and saving over it would delete that
+_CHECKPOINT_FILES = re.compile(r"(config|generation_config|special_tokens_map|added_tokens|tokenizer(_config)?|vocab|"
+                               r"preprocessor_config|chat_template|support)\.(json|jinja)|merges\.txt|vocab\.txt|"
+                               r"tokenizer\.model|spiece\.model|model(-\d+-of-\d+)?\.safetensors|"
+                               r"model\.safetensors\.index\.json")
+
+
+def check_save_dir(directory, lm) -> Path:
+    """The folder ``lm.save_pretrained`` may (re)write, or OutputDirError before anything is written:
+    not a file, not the working directory, not a folder of other files, not the prior of lm's support."""
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise OutputDirError(f"{str(d)!r} is a file; save_pretrained writes a folder: give a new folder's path")
+    if d.resolve() == Path.cwd().resolve() or d.resolve() == Path(d.anchor or "/").resolve():
+        raise OutputDirError(f"save_pretrained({str(directory)!r}) would replace the whole folder "
+                             f"{str(d.resolve())!r}: give a folder for the checkpoint, e.g. ./policy")
+    support = getattr(lm, "support", None)
+    source = getattr(support, "source", None)
+    if source is not None and Path(source).exists() and Path(source).resolve() == d.resolve():
+        raise OutputDirError(f"{str(d)!r} holds the prior this policy is restricted to (its support.json names "
+                             "it): saving there would destroy it; give another folder")
+    if d.is_dir():
+        others = sorted(p.name for p in d.iterdir() if not _CHECKPOINT_FILES.fullmatch(p.name))
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise OutputDirError(f"{str(d)!r} holds files that are not a checkpoint's ({shown}); saving there "
+                                 "would delete them: give a new or empty folder, or remove them first")
+    return d
 
 
 def write_support(directory: Path, lm) -> None:

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bayes_rlhf._checks import check_int, check_real
-from bayes_rlhf.errors import ModelLoadError, RewardError
+from bayes_rlhf._checks import check_int, check_real, is_real
+from bayes_rlhf.errors import ConfigError, ModelLoadError, RewardError
 
 
 @dataclass
@@ -76,7 +76,18 @@ def dpo_implied_reward(policy_log_probs: torch.Tensor, prior_log_probs: torch.Te
 
 def dpo_loss(policy_chosen: torch.Tensor, prior_chosen: torch.Tensor, policy_rejected: torch.Tensor,
              prior_rejected: torch.Tensor, beta: float) -> torch.Tensor:
-    """DPO loss -mean log sigmoid(beta [log pi/pi0 (y_w) - log pi/pi0 (y_l)]) from sequence log-probs [n]."""
+    """DPO loss -mean log sigmoid(beta [log pi/pi0 (y_w) - log pi/pi0 (y_l)]) from sequence log-probs [n].
+
+    Each argument is one sequence log-prob per pair, Tensor [n] (summed over tokens); beta > 0.
+    Other shapes (per-token [n, T], [n, 1] that would broadcast to n x n pairs) are a ConfigError.
+    """
+    b = float(beta) if isinstance(beta, torch.Tensor) and beta.numel() == 1 else beta
+    if not is_real(b) or not math.isfinite(b) or b <= 0:
+        raise ConfigError(f"dpo_loss: beta must be a finite number > 0, got {beta!r}")
+    shapes = [tuple(torch.as_tensor(x).shape) for x in (policy_chosen, prior_chosen, policy_rejected, prior_rejected)]
+    if len(shapes[0]) != 1 or any(s != shapes[0] for s in shapes):
+        raise ConfigError(f"dpo_loss takes four sequence log-prob tensors [n] of one shape (sum per-token log-probs "
+                          f"over each completion first), got shapes {shapes}")
     return bradley_terry_loss(dpo_implied_reward(policy_chosen, prior_chosen, beta),
                               dpo_implied_reward(policy_rejected, prior_rejected, beta))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from bayes_rlhf._checks import did_you_mean, is_real, plain
@@ -145,6 +146,9 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self):
+        """Checks and normalises every field (run again by train_policy: a field set after construction)."""
+        if isinstance(self.adam_betas, (str, bytes)) or not hasattr(self.adam_betas, "__iter__"):
+            raise ConfigError(f"TrainerConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         self.adam_betas = tuple(self.adam_betas)
         self.steps = check_int_at_least(self.steps, "TrainerConfig.steps", 1)
         record = get_objective(self.objective)
@@ -174,7 +178,9 @@ class TrainerConfig:
         for name in ("checkpoint_dir", "log_jsonl", "log_csv", "tensorboard_dir"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
-                v = str(v)
+                if not isinstance(v, os.PathLike):  # bytes or a number would become a path named "b'x'" or "5"
+                    raise ConfigError(f"TrainerConfig.{name} must be a path (str or pathlib.Path) or None, got {v!r}")
+                v = os.fspath(v)
                 setattr(self, name, v)
             if v is not None and not v:
                 raise ConfigError(f"TrainerConfig.{name} must be a non-empty path or None")

@@ -26,6 +26,7 @@ from bayes_rlhf.diagnostics.frontier import retilt
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.exact.from_target import exact_posterior
+from bayes_rlhf.exact.matching import check_prior, check_rewards
 
 
 @runtime_checkable
@@ -76,7 +77,8 @@ class ExactEvaluator:
                 raise ConfigError(f"the evaluator's posterior for {p!r} has beta={post.beta}, "
                                   f"T={post.completion_ids.shape[1]}; the target has beta={target.beta}, "
                                   f"T={target.max_new_tokens}")
-            _check_rewards(target, p, post)
+            check_rewards(target, p, post, "the evaluator's posterior")
+            check_prior(target, p, post, "the evaluator's posterior")
         self.posteriors = dict(self.table)
         return self.posteriors
 
@@ -85,20 +87,6 @@ class ExactEvaluator:
         beta = target.beta
         return evaluate(policy, {p: post if post.beta == beta else retilt(post, beta)
                                  for p, post in self.posteriors.items()})
-
-
-def _check_rewards(target, prompt: str, post: ExactPosterior, rows: int = 64) -> None:
-    """ConfigError when ``post`` was enumerated for another reward than ``target``'s (checked on ``rows``
-    completions spread over the table): e.g. a posterior of pi* given to a best-of-N run, which fits BoN_N."""
-    k = post.completion_ids.shape[0]
-    idx = torch.linspace(0, k - 1, min(rows, k)).long().unique()
-    got = target.rewards(prompt, post.completion_ids[idx], post.mask[idx]).double().cpu()
-    want = post.rewards[idx].double().cpu()
-    same = (got == want) | torch.isclose(got, want, rtol=1e-5, atol=1e-6)
-    if not bool(same.all()):
-        raise ConfigError(f"the evaluator's posterior for {prompt!r} was enumerated for another reward than the "
-                          "target this run fits (for bond / vbon: the best-of-N law); pass evaluator=True, or "
-                          "bon_posterior(post, n) for best-of-N, or a posterior of this target")
 
 
 def _as_table(posteriors) -> dict[str, ExactPosterior]:

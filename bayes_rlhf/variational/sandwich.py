@@ -66,8 +66,18 @@ class SandwichEvaluator:
             raise ConfigError(f"the evaluator has posterior samples for {unknown}, which are not training prompts")
 
     def prepare(self, target, prompts) -> dict:
-        """Nothing to prepare (the samples are given); no exact posteriors to share: {}."""
+        """Nothing to prepare (the samples are given); no exact posteriors to share: {}. The samples
+        are checked against the target: its max_new_tokens and its vocabulary (ConfigError)."""
         self.check(prompts)
+        T, V = target.max_new_tokens, target.prior.vocab_size
+        for prompt, s in self.posterior_samples.items():
+            c = s[0] if isinstance(s, tuple) else s
+            if c.ids.shape[1] != T:
+                raise ConfigError(f"the posterior samples for {prompt!r} have {c.ids.shape[1]} token positions, the "
+                                  f"target max_new_tokens={T}: draw them from this target")
+            if c.ids.numel() and (int(c.ids.max()) >= V or int(c.ids.min()) < 0):
+                raise ConfigError(f"the posterior samples for {prompt!r} hold token ids outside the prior's "
+                                  f"vocabulary of {V}: they come from another tokenizer")
         return {}
 
     def evaluate(self, policy, target) -> dict:

@@ -157,6 +157,8 @@ def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], Evalua
         raise ConfigError(f"target must be a bayes_rlhf.Target, got {type(target).__name__}")
     if not isinstance(config, TrainerConfig):
         raise ConfigError(f"config must be a TrainerConfig, got {type(config).__name__}")
+    config.__post_init__()  # a field set after construction is checked too (e.g. config.lr = -1)
+    _check_paths(config)
     if config.use_accelerate:
         require_accelerate()
     prompts = check_prompts(target, prompts)
@@ -173,6 +175,24 @@ def _check_inputs(target, prompts, config, evaluator) -> tuple[list[str], Evalua
                           "(equal: nothing to train), another checkpoint_dir, or resume=False to start over "
                           "(the CLI: another --out, or --overwrite)")
     return prompts, evaluator
+
+
+def _check_paths(config: TrainerConfig) -> None:
+    """ConfigError, before any work, for an output path that could not be written at the first save:
+    a folder setting that is a file (or under one), a log file setting that is a folder (or under a file)."""
+    from pathlib import Path
+
+    def under_a_file(path: Path) -> bool:
+        return any(p.exists() and not p.is_dir() for p in path.parents)
+
+    for name in ("checkpoint_dir", "tensorboard_dir"):
+        value = getattr(config, name)
+        if value is not None and ((Path(value).exists() and not Path(value).is_dir()) or under_a_file(Path(value))):
+            raise ConfigError(f"TrainerConfig.{name}={value!r} is a file or lies under one; give a folder's path")
+    for name in ("log_jsonl", "log_csv"):
+        value = getattr(config, name)
+        if value is not None and (Path(value).is_dir() or under_a_file(Path(value))):
+            raise ConfigError(f"TrainerConfig.{name}={value!r} is a folder or lies under a file; give a file's path")
 
 
 def _target_fingerprint(target: Target, prompts: list[str]) -> dict:

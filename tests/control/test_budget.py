@@ -161,3 +161,18 @@ def test_held_tables_of_another_target_are_refused(gpt2_target, posts, gpt2_lm):
         with pytest.raises(ConfigError, match=message):
             br.beta_for_kl(gpt2_target, "w1 w2", 0.4, posteriors=held,
                            method="snis" if message == "method='snis'" else "auto")
+
+
+def test_tables_of_another_prior_or_reward_are_refused(gpt2_target):
+    # beta_for_kl on tables of another model with the same tokenizer once returned its beta (0.67 for
+    # a budget whose beta is 0.60), and tables of another reward a false UnreachableError
+    from bayes_rlhf.models.toy import tiny_lm
+
+    other_lm = tiny_lm("gpt2", vocab_size=8, seed=5)
+    other_prior = br.exact_posterior(br.Target(other_lm, gpt2_target.reward, 1.0, gpt2_target.max_new_tokens), "w3")
+    with pytest.raises(ConfigError, match="another prior"):
+        br.beta_for_kl(gpt2_target, "w3", 0.5, posteriors=other_prior)
+    other_reward = br.exact_posterior(br.Target(gpt2_target.prior, first_word_reward(4), 1.0,
+                                                gpt2_target.max_new_tokens), "w3")
+    with pytest.raises(ConfigError, match="another reward"):
+        br.beta_for_kl(gpt2_target, "w3", 0.5, posteriors=other_reward)

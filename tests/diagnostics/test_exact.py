@@ -150,3 +150,25 @@ def test_a_hard_constraint_leaves_the_forward_kl_finite(gpt2_lm):
     lq = policy_log_probs(other, post)
     want = float((post.probs[keep] * (post.log_probs[keep] - lq[keep])).sum())
     assert math.isclose(br.compare(other, post).kl_posterior_q, want, rel_tol=1e-12) and want > 0
+
+
+def test_a_prefix_pi_star_never_visits_has_no_next_token_law(gpt2_lm):
+    # under a hard constraint a prefix can have prior mass and no posterior mass: its pi*(. | prefix)
+    # was all NaN, and token_kl read 0 there
+    ban = br.TokenReward(lambda ids, mask: torch.where(((ids == 4) & mask).any(-1), -math.inf, 0.0).double())
+    post = br.exact_posterior(br.Target(gpt2_lm, ban, 1.0, 3), "w1")
+    assert torch.isfinite(post.token_prior([4])).all()
+    with pytest.raises(br.NoMassError, match="probability 0"):
+        post.token_posterior([4])
+    with pytest.raises(br.NoMassError):
+        token_kl(gpt2_lm, post, torch.tensor([[4, 3, 3]]), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_position_kl_refuses_a_q_with_mass_off_the_table(gpt2_lm, reward):
+    # q untruncated on a top-3 table: its conditionals renormalised over the table are not q's own
+    post = br.exact_posterior(br.Target(gpt2_lm.with_top_k(3), reward, 0.7, 3), "w1")
+    with pytest.raises(ConfigError, match="mass .* on the table, not 1"):
+        position_kl(policy_log_probs(gpt2_lm, post), post)
+    restricted = policy_log_probs(tiny_lm("gpt2", vocab_size=8, seed=11).with_support(post.lm), post)
+    want = br.compare(restricted, post).kl_posterior_q
+    assert want > 0.01 and math.isclose(float(position_kl(restricted, post).sum()), want, rel_tol=1e-9)

@@ -69,3 +69,30 @@ def test_loaded_weights_own_aligned_memory_and_stay_tied(tmp_path):
     keep = m.bias.data_ptr()
     own_aligned(m)
     assert m.weight.data_ptr() % 64 == 0 and m.bias.data_ptr() == keep
+
+
+def test_save_pretrained_replaces_a_checkpoint_but_no_one_elses_files(tmp_path, monkeypatch):
+    # it once swapped the whole folder in, deleting whatever else was there (notes, an eval run),
+    # renamed a file out of the way, and could overwrite the prior a support.json names
+    from bayes_rlhf.errors import OutputDirError
+    from bayes_rlhf.models.toy import tiny_lm
+
+    lm = tiny_lm("gpt2", vocab_size=8, seed=0)
+    ckpt = tmp_path / "ckpt"
+    lm.save_pretrained(ckpt)
+    lm.save_pretrained(ckpt)  # an earlier checkpoint is replaced
+    (ckpt / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"not a checkpoint's \(notes.txt\)"):
+        lm.save_pretrained(ckpt)
+    assert (ckpt / "notes.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputDirError, match="is a file"):
+        lm.save_pretrained(tmp_path / "afile")
+    monkeypatch.chdir(tmp_path / "ckpt")
+    with pytest.raises(OutputDirError, match="whole folder"):
+        lm.save_pretrained(".")
+    lm.save_pretrained(tmp_path / "prior")
+    prior = br.load_model(str(tmp_path / "prior"), top_k=3)
+    with pytest.raises(OutputDirError, match="holds the prior"):
+        lm.with_support(prior).save_pretrained(prior.source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ckpt", "prior"]  # no temporaries left

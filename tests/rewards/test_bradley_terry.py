@@ -93,3 +93,18 @@ def test_bad_input():
         BradleyTerryConfig(lr=0)
     with pytest.raises(RewardError, match="transformers model"):
         BradleyTerryReward("gpt2", lm.tokenizer)
+
+
+def test_dpo_loss_refuses_what_it_would_misread():
+    # beta = -1 once rewarded the rejected completion; [n, 1] against [n] broadcast to n x n pairs
+    import bayes_rlhf as br
+    from bayes_rlhf.errors import ConfigError
+
+    x = torch.tensor([-1.0, -2.0])
+    assert torch.isfinite(br.dpo_loss(x, x - 0.5, x - 1.0, x, 0.1))
+    for beta in (-1.0, 0.0, float("nan"), "1"):
+        with pytest.raises(ConfigError, match="beta"):
+            br.dpo_loss(x, x, x, x, beta)
+    for bad in (x[:, None], x[:1], torch.zeros(2, 3)):
+        with pytest.raises(ConfigError, match="shape"):
+            br.dpo_loss(bad, x, x, x, 0.1)

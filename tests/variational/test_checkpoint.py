@@ -106,3 +106,25 @@ def test_nan_loss_stops_with_step_and_cause_and_keeps_last_good_checkpoint(small
     from safetensors.torch import load_file
     weights = load_file(str(tmp_path / "last" / "model.safetensors"))
     assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+
+
+def test_a_config_changed_after_construction_and_bad_paths_are_refused_before_work(small_target, fast_config,
+                                                                                  tmp_path):
+    # they once failed as bare ValueError / ZeroDivisionError mid-run, or at the first save after every step
+    (tmp_path / "afile").write_text("x")
+    for change, match in ((dict(lr=-1.0), "TrainerConfig.lr"), (dict(eval_every=0), "eval_every"),
+                          (dict(steps=0), "TrainerConfig.steps"),
+                          (dict(checkpoint_dir=str(tmp_path / "afile")), "checkpoint_dir"),
+                          (dict(checkpoint_dir=str(tmp_path / "afile" / "ck")), "checkpoint_dir"),
+                          (dict(log_jsonl=str(tmp_path)), "log_jsonl"),
+                          (dict(log_csv=str(tmp_path / "afile" / "h.csv")), "log_csv")):
+        cfg = fast_config(steps=2)
+        for k, v in change.items():
+            setattr(cfg, k, v)
+        with pytest.raises(ConfigError, match=match):
+            train_policy(small_target, "w0", cfg, evaluator=True)
+    for kw, match in ((dict(adam_betas=0.9), "adam_betas"), (dict(objective=["rloo"]), "objective"),
+                      (dict(log_jsonl=b"x"), "must be a path")):
+        with pytest.raises(ConfigError, match=match):
+            fast_config(**kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

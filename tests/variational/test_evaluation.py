@@ -93,3 +93,22 @@ def test_a_posterior_without_its_model_evaluates(small_target, small_posts):
     ev.prepare(small_target, list(bare))
     ref.prepare(small_target, list(small_posts))
     assert ev.evaluate(small_target.prior, small_target) == ref.evaluate(small_target.prior, small_target)
+
+
+def test_an_exact_posterior_of_another_prior_is_refused(small_target, fast_config):
+    # it once logged KL(q || pi*) = 0.60 against a pi* of another model (the true value 0.09)
+    from bayes_rlhf.models.toy import tiny_lm
+
+    other = br.Target(tiny_lm("gpt2", vocab_size=6, seed=4, hidden=16), small_target.reward, small_target.beta, 3)
+    with pytest.raises(ConfigError, match="another prior"):
+        train_policy(small_target, "w0", fast_config(steps=1), evaluator=br.exact_posterior(other, "w0"))
+    truncated = br.Target(small_target.prior.with_top_k(3), small_target.reward, small_target.beta, 3)
+    with pytest.raises(ConfigError, match="top_k=3"):
+        train_policy(small_target, "w0", fast_config(steps=1), evaluator=br.exact_posterior(truncated, "w0"))
+
+
+def test_sandwich_samples_of_another_horizon_are_refused(small_target, fast_config):
+    short = br.Target(small_target.prior, small_target.reward, small_target.beta, 2)
+    samples = br.exact_posterior(short, "w0").sample(16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="2 token positions, the target max_new_tokens=3"):
+        train_policy(small_target, "w0", fast_config(steps=1), evaluator=SandwichEvaluator({"w0": samples}))

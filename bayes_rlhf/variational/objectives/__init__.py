@@ -63,9 +63,9 @@ def register_objective(objective: Objective) -> Objective:
 
 def get_objective(name: str) -> Objective:
     """The record registered as ``name`` (ConfigError naming the registered ones otherwise)."""
-    if name not in OBJECTIVES:
+    if not isinstance(name, str) or name not in OBJECTIVES:
         raise ConfigError(f"TrainerConfig.objective must be one of {list(OBJECTIVES)}, got {name!r}"
-                          f"{did_you_mean(name, OBJECTIVES)}")
+                          f"{did_you_mean(name, OBJECTIVES) if isinstance(name, str) else ''}")
     return OBJECTIVES[name]
 
 
