@@ -30,7 +30,12 @@ class EmptySamplesError(ConfigError):
 
 def check_log_weights(log_weights, name: str = "log_weights") -> torch.Tensor:
     """``log_weights`` as a 1-D float64 Tensor [n]; EmptySamplesError if empty, ConfigError on NaN / +inf."""
-    lw = torch.as_tensor(log_weights).detach().double().reshape(-1)
+    # a list of Python floats is float64 already: torch.as_tensor would read it as float32
+    lw = (log_weights.detach() if isinstance(log_weights, torch.Tensor)
+          else torch.as_tensor(log_weights, dtype=torch.float64)).double()
+    if lw.dim() > 1:
+        raise ConfigError(f"{name} must be one weight per sample, a 1-d sequence [n]; got shape {tuple(lw.shape)}")
+    lw = lw.reshape(-1)
     if lw.numel() == 0:
         raise EmptySamplesError(f"{name} is empty: draw at least one sample before computing diagnostics")
     if bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):

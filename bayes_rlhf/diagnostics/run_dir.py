@@ -140,11 +140,13 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
     """
     posteriors = list(posteriors)
     _check_inputs(posteriors, samples)
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, histories, samples)
     tables = _policy_tables(policies, posteriors)
     from safetensors.torch import save_file
 
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = _files_of(run_dir)  # an earlier run's tables and histories: removed if this one does not rewrite them
     (run_dir / "summary.json").unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".run.", dir=run_dir))
     try:
@@ -180,10 +182,31 @@ def save_run(run_dir: str | os.PathLike, posteriors: Sequence[ExactPosterior], *
                                   history=first(histories), samples=first(samples))
         save_inference_data(idata, tmp / "inference_data.nc")
         summary = _summary(posteriors, tables, hist_files, sample_info, comparisons, extra)
-        _move_into(tmp, run_dir, summary)
+        _move_into(tmp, run_dir, summary, stale)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return run_dir
+
+
+def _check_run_dir(run_dir: Path, histories, samples) -> None:
+    """RunDirError, before anything is written: ``run_dir`` a file or under one, a folder of other files
+    (not a run directory: saving would replace its tokenizer/ and mix the two), or two labels that would
+    share one file name."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; give a folder for the run directory")
+    if any(p.exists() and not p.is_dir() for p in run_dir.parents):
+        raise RunDirError(f"{run_dir} lies under a file; give a folder's path")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "summary.json").is_file():
+        raise RunDirError(f"{run_dir} holds files and is not a run directory (no summary.json): give a new or "
+                          "empty folder, or an earlier run directory to replace")
+    for kind, labels in (("history", histories or {}), ("samples", samples or {})):
+        seen = {}
+        for label in labels:
+            name = _label(label)
+            if name in seen:
+                raise RunDirError(f"{kind} labels {seen[name]!r} and {label!r} would both be written as "
+                                  f"{kind}_{name}: rename one")
+            seen[name] = label
 
 
 def _summary(posteriors, tables, hist_files, sample_info, comparisons, extra) -> dict:
@@ -197,7 +220,15 @@ def _summary(posteriors, tables, hist_files, sample_info, comparisons, extra) ->
         "comparisons": {k: c.as_dict() for k, c in comparisons.items()}, "extra": dict(extra or {})})
 
 
-def _move_into(tmp: Path, run_dir: Path, summary: dict) -> None:
+def _files_of(run_dir: Path) -> list[str]:
+    """The files the manifest of ``run_dir``'s summary.json lists ([] if it has none)."""
+    try:
+        return list(json.loads((run_dir / "summary.json").read_text()).get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _move_into(tmp: Path, run_dir: Path, summary: dict, stale: list[str]) -> None:
     manifest = {}
     for f in sorted(tmp.rglob("*")):
         if f.is_file():
@@ -208,6 +239,9 @@ def _move_into(tmp: Path, run_dir: Path, summary: dict) -> None:
     umask_permissions(tmp)
     for f in sorted(tmp.iterdir()):
         os.replace(f, run_dir / f.name)
+    for rel in sorted(set(stale) - set(manifest)):
+        if "/" not in rel and (run_dir / rel).is_file():
+            (run_dir / rel).unlink()
     summary["files"] = manifest
     fd, tmp_summary = tempfile.mkstemp(prefix=".summary.", dir=run_dir)
     with os.fdopen(fd, "w") as fh:

@@ -52,7 +52,8 @@ class ForwardKL:
 
 
 def _vec(x, name: str, n: int | None = None) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().double().cpu().reshape(-1)
+    t = (x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64)).double().cpu()
+    t = t.reshape(-1)  # (a list of floats as float64, not torch's float32 default)
     if t.numel() == 0:
         raise EmptySamplesError(f"{name} is empty: pass at least one sample")
     if n is not None and t.numel() != n:

@@ -113,11 +113,10 @@ class CausalLM(TextIds):
         top-k support, None loads the plain model. Extra keyword arguments go to
         ``AutoModelForCausalLM.from_pretrained`` (e.g. ``gguf_file=...``).
         """
-        from bayes_rlhf.models.loading import load_pretrained, own_aligned, read_support, support_prior
+        from bayes_rlhf.models.loading import as_dtype, load_pretrained, own_aligned, read_support, support_prior
 
         name = str(name_or_path)
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        dtype = as_dtype(dtype)
         record = read_support(Path(name)) if support == "auto" and Path(name).is_dir() else None
         tokenizer, model = load_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
         if support == "auto":

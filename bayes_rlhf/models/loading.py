@@ -36,6 +36,18 @@ def looks_like_hub_id(name: str) -> bool:
     return bool(_HUB_ID.fullmatch(name)) and ".." not in name
 
 
+_DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")
+
+
+def as_dtype(dtype):
+    """A torch floating dtype from one or its name ("float32", "bfloat16", ...); None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return getattr(torch, dtype)
+    raise ModelLoadError(f"dtype must be None, a floating torch.dtype or one of {list(_DTYPE_NAMES)}, got {dtype!r}")
+
+
 def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, **kwargs):
     """(tokenizer, model) from a local directory or a hub id; ModelLoadError when that fails.
 
@@ -48,8 +60,7 @@ def load_pretrained(name: str, *, dtype=None, trust_remote_code: bool = False, *
     if not hub_form and not Path(name).exists():
         raise ModelLoadError(f"model path {name!r} does not exist; give an existing directory "
                              "holding config.json and weights, or a hub id such as 'gpt2'")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = as_dtype(dtype)
     if Path(name).is_dir():
         _check_weight_files(Path(name), kwargs.get("gguf_file"))
     if "gguf_file" not in kwargs:

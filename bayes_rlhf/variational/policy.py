@@ -32,8 +32,12 @@ def make_policy(prior: CausalLM, config) -> CausalLM:
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                     category=FutureWarning)
             torch.manual_seed(config.seed)
-            model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                     target_modules="all-linear", lora_dropout=0.0))
+            try:
+                model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                                         target_modules="all-linear", lora_dropout=0.0))
+            except ValueError as exc:  # peft's NoMatchingPeftModuleError: no linear layer it can adapt
+                raise ConfigError(f"LoRA (TrainerConfig.lora_rank={config.lora_rank}) found no layer of this model "
+                                  f"to adapt ({exc}); set lora_rank = 0 for full fine-tuning") from exc
     support = prior if prior.top_k is not None else None
     policy = CausalLM(model, prior.tokenizer, device=prior.device, support=support, source=prior.source)
     policy.model.eval()  # no dropout: the sampled and the differentiated policy are the same

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import bayes_rlhf as br
 from bayes_rlhf.diagnostics.run_dir import RunDirError, load_run, save_run
 from bayes_rlhf.diagnostics.weights import EmptySamplesError
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
@@ -75,3 +76,27 @@ def test_save_run_bad_input(gpt2_post, tmp_path):
     with pytest.raises(TokenizerMismatchError):
         save_run(tmp_path / "d", [gpt2_post], policies={"p": tiny_lm("gpt2", vocab_size=10)})
     assert not (tmp_path / "d" / "summary.json").exists()
+
+
+def test_save_run_refuses_what_it_would_mix_or_lose(tmp_path, gpt2_lm, reward):
+    # labels that share a file name once loaded back the other's history; a user's folder lost its
+    # tokenizer/; an earlier run's extra posterior stayed beside the new run's
+    target = br.Target(gpt2_lm, reward, 1.0, 2)
+    posts = [br.exact_posterior(target, p) for p in ("w1", "w2")]
+    with pytest.raises(RunDirError, match="'run a' and 'run_a'"):
+        br.save_run(tmp_path / "r", posts, histories={"run a": [{"loss": 1.0}], "run_a": [{"loss": 2.0}]})
+    mine = tmp_path / "mine"
+    (mine / "tokenizer").mkdir(parents=True)
+    (mine / "tokenizer" / "notes.txt").write_text("x")
+    with pytest.raises(RunDirError, match="not a run directory"):
+        br.save_run(mine, posts)
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "r"):
+        with pytest.raises(RunDirError, match="file"):
+            br.save_run(bad, posts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]
+    br.save_run(tmp_path / "r", posts, histories={"a": [{"loss": 1.0}]})
+    br.save_run(tmp_path / "r", posts[:1])  # an earlier run directory is replaced, its extra files removed
+    assert not (tmp_path / "r" / "posterior_1.safetensors").exists()
+    assert not (tmp_path / "r" / "history_a.json").exists()
+    assert len(br.load_run(tmp_path / "r").posteriors) == 1

@@ -120,3 +120,17 @@ def test_bad_input():
         kish_ess(torch.tensor([0.0, float("nan")]))
     with pytest.raises(NoMassError):
         weight_diagnostics(torch.full((5,), -math.inf))
+
+
+def test_log_weights_from_a_list_keep_float64_and_one_dimension():
+    # a list of floats was read as float32 (log Z off by ~1e-6); a 2-d array was flattened silently
+    import math
+
+    import bayes_rlhf as br
+    from bayes_rlhf.errors import ConfigError
+
+    lw = [0.1234567891234, -1.9876543210987, 0.5555555555555]
+    want = math.log(sum(math.exp(x) for x in lw) / 3)
+    assert abs(br.weight_diagnostics(lw).log_z - want) < 1e-14
+    with pytest.raises(ConfigError, match="1-d"):
+        br.weight_diagnostics([[0.0, 1.0], [2.0, 3.0]])

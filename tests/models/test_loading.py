@@ -1,6 +1,7 @@
 """models/loading.py: what a model name means (local path or hub id) before anything is read."""
 
 import pytest
+import torch
 
 import bayes_rlhf as br
 from bayes_rlhf.models.loading import load_pretrained, looks_like_hub_id
@@ -96,3 +97,14 @@ def test_save_pretrained_replaces_a_checkpoint_but_no_one_elses_files(tmp_path, 
     with pytest.raises(OutputDirError, match="holds the prior"):
         lm.with_support(prior).save_pretrained(prior.source)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ckpt", "prior"]  # no temporaries left
+
+
+@pytest.mark.parametrize("dtype", ["bogus", "fp16", "torch.float32", "int8", 3])
+def test_a_dtype_that_is_not_one_is_a_model_load_error(tmp_path, dtype):
+    from bayes_rlhf.errors import ModelLoadError
+    from bayes_rlhf.models.toy import tiny_lm
+
+    tiny_lm("gpt2", vocab_size=8, seed=0).save_pretrained(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="dtype must be"):
+        br.load_model(str(tmp_path / "m"), dtype=dtype)
+    assert br.load_model(str(tmp_path / "m"), dtype="float64").dtype == torch.float64

@@ -135,3 +135,14 @@ def test_prompts_per_step_and_evaluator_true(small_target, fast_config):
     assert hist.last["reward_evals"] == 4 * 8  # one prompt of two per step
     assert [r["step"] for r in hist.evaluated()] == [2, 4]
     assert all(r["kl_q_posterior"] > 0 and r["kl_posterior_q"] > 0 for r in hist.evaluated())
+
+
+def test_lora_on_a_model_it_cannot_adapt_is_a_config_error(fast_config):
+    # peft's NoMatchingPeftModuleError (a ValueError) came out untyped
+    from bayes_rlhf.errors import ConfigError
+    from bayes_rlhf.models.toy import tiny_lm
+
+    target = br.Target(tiny_lm(vocab_size=8, layers=0), br.TokenReward(lambda ids, mask: mask.sum(-1).double()),
+                       1.0, 2)
+    with pytest.raises(ConfigError, match="LoRA .* found no layer"):
+        train_policy(target, "w0", fast_config(steps=1, lora_rank=2))
