@@ -41,7 +41,7 @@ from bayes_rlhf.diagnostics.inference_data import (_float_list, _history_rows, p
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, weight_diagnostics
 from bayes_rlhf.errors import BayesRLHFError, ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.io import json_safe, umask_permissions
+from bayes_rlhf.io import json_restore, json_safe, umask_permissions
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.vocabulary import Vocabulary
 
@@ -293,7 +293,8 @@ def _read_run(run_dir: Path, summary: dict) -> Run:
                                              t["rewards"], float(summary["beta"]), vocabulary=vocabulary))
             for label in policies:
                 policies[label].append(t[f"policy.{label}"])
-        histories = {k: json.loads((run_dir / f).read_text()) for k, f in summary["histories"].items()}
+        histories = {k: json_restore(json.loads((run_dir / f).read_text()))  # nan / inf: floats again
+                     for k, f in summary["histories"].items()}
         samples = {k: load_file(run_dir / v["file"]) for k, v in summary["samples"].items()}
     except (KeyError, OSError, ValueError) as exc:
         raise RunDirError(f"{run_dir} is not a complete {RUN_FORMAT} run directory ({exc!r}); "

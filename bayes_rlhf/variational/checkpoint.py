@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.errors import BayesRLHFError, ConfigError
 from bayes_rlhf.io import atomic_dir
 
 NAME = "last"
@@ -87,8 +88,11 @@ def checkpoint_step(directory) -> int | None:
     """The step of the checkpoint in ``directory`` (from its meta.json alone), or None if there is none."""
     if not has_checkpoint(directory):
         return None
-    with open(Path(directory) / NAME / "meta.json") as fh:
-        return int(json.load(fh)["step"])
+    try:
+        with open(Path(directory) / NAME / "meta.json") as fh:
+            return int(json.load(fh)["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _unreadable(Path(directory) / NAME, exc) from exc
 
 
 def _same(a, b) -> bool:
@@ -107,6 +111,20 @@ def load_checkpoint(directory, fingerprint: str, config: dict, defaults: dict | 
     one process or of versions that kept only that one).
     """
     path = Path(directory) / NAME
+    try:
+        return _load(path, directory, fingerprint, config, defaults)
+    except BayesRLHFError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # a file cut short or missing
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> ConfigError:
+    return ConfigError(f"the checkpoint in {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); delete "
+                       "it to start over, or set resume = false")
+
+
+def _load(path: Path, directory, fingerprint: str, config: dict, defaults: dict | None) -> dict:
     with open(path / "meta.json") as fh:
         meta = json.load(fh)
     if meta["fingerprint"] != fingerprint:

@@ -128,8 +128,10 @@ class TrainingHistory:
 
     @classmethod
     def from_jsonl(cls, path) -> "TrainingHistory":
-        with open(path) as fh:
-            return cls([json.loads(line) for line in fh if line.strip()])
+        from bayes_rlhf.io import json_restore
+
+        with open(path) as fh:  # the non-finite values written as strings come back as floats
+            return cls([json_restore(json.loads(line)) for line in fh if line.strip()])
 
 
 def _jsonable(row: dict) -> dict:

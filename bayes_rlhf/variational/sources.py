@@ -72,6 +72,9 @@ def check_source(source: Source, sampler: Callable | None, preferences=None, pro
         check_covers(preferences, prompts)
     if source.kind not in KINDS:
         raise ConfigError(f"unknown sample source {source.kind!r}; an objective's source is one of {list(KINDS)}")
+    if source.kind != "given" and sampler is not None:
+        raise ConfigError("train_policy(sampler=...) is read by objective='distill' with distill_source='given' "
+                          "only; choose that or leave sampler out")
     if source.kind == "given" and sampler is None:
         raise ConfigError("distill_source='given' needs train_policy(..., sampler=f) with f(prompt, n, generator) "
                           "-> Completions, (Completions, log_weights) or WeightedSamples")

@@ -100,3 +100,12 @@ def test_save_run_refuses_what_it_would_mix_or_lose(tmp_path, gpt2_lm, reward):
     assert not (tmp_path / "r" / "posterior_1.safetensors").exists()
     assert not (tmp_path / "r" / "history_a.json").exists()
     assert len(br.load_run(tmp_path / "r").posteriors) == 1
+
+
+def test_history_values_that_are_not_finite_come_back_as_floats(tmp_path, gpt2_lm, reward):
+    import math
+
+    post = br.exact_posterior(br.Target(gpt2_lm, reward, 1.0, 2), "w1")
+    save_run(tmp_path / "r", [post], histories={"a": [{"step": 1, "kl": math.nan, "ratio": math.inf}]})
+    row = load_run(tmp_path / "r").histories["a"][0]
+    assert math.isnan(row["kl"]) and row["ratio"] == math.inf

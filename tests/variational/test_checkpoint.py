@@ -128,3 +128,31 @@ def test_a_config_changed_after_construction_and_bad_paths_are_refused_before_wo
         with pytest.raises(ConfigError, match=match):
             fast_config(**kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_unreadable_checkpoint_is_a_config_error(small_target, fast_config, tmp_path):
+    cfg = fast_config(steps=2, checkpoint_dir=str(tmp_path))
+    train_policy(small_target, "w0", cfg)
+    model = tmp_path / "last" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])  # cut short (a disk filled up, a copy interrupted)
+    with pytest.raises(ConfigError, match="cannot be read .*resume = false"):
+        train_policy(small_target, "w0", fast_config(steps=3, checkpoint_dir=str(tmp_path)))
+    (tmp_path / "last" / "meta.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        train_policy(small_target, "w0", fast_config(steps=3, checkpoint_dir=str(tmp_path)))
+
+
+def test_non_finite_history_values_read_back_as_floats(tmp_path):
+    import math
+
+    from bayes_rlhf.variational import TrainingHistory
+
+    h = TrainingHistory([{"step": 1, "kl": math.nan, "r": -math.inf, "name": "x"}], jsonl=str(tmp_path / "h.jsonl"))
+    h.close()
+    back = TrainingHistory.from_jsonl(tmp_path / "h.jsonl").rows[0]
+    assert math.isnan(back["kl"]) and back["r"] == -math.inf and back["name"] == "x"
+
+
+def test_a_sampler_for_an_objective_that_does_not_read_it_is_refused(small_target, fast_config):
+    with pytest.raises(ConfigError, match="sampler=.*distill_source='given'"):
+        train_policy(small_target, "w0", fast_config(steps=1), sampler=lambda prompt, n, generator: None)
