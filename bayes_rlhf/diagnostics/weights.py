@@ -95,13 +95,18 @@ def psis_khat(log_weights) -> tuple[torch.Tensor, float]:
     return torch.from_numpy(smoothed), k
 
 
-def khat_label(khat: float) -> str:
-    """'good' (< 0.5), 'ok' (< 0.7), 'bad' (< 1), 'very bad' (>= 1) or 'unknown' (NaN)."""
+def khat_label(khat: float, n: int | None = None) -> str:
+    """'good' (< 0.5), 'ok' (< 0.7), 'bad' (< 1), 'very bad' (>= 1) or 'unknown' (NaN). With the number
+    of draws ``n`` the reliable range ends at min(1 - 1/log10(n), 0.7) instead (0.29 at n = 25): a k-hat
+    past it is 'bad' however far below 0.7."""
     if math.isnan(khat):
         return "unknown"
-    if khat < KHAT_GOOD:
+    reliable = KHAT_OK
+    if n is not None:  # below n = 10 the bound is <= 0: no k-hat is reliable
+        reliable = min(1 - 1 / math.log10(n), KHAT_OK) if n > 10 else 0.0
+    if khat == -math.inf or khat < min(KHAT_GOOD, reliable):  # -inf: equal weights, no tail at all
         return "good"
-    if khat < KHAT_OK:
+    if khat < reliable:
         return "ok"
     return "bad" if khat < KHAT_BAD else "very bad"
 
@@ -145,5 +150,5 @@ def weight_diagnostics(log_weights) -> WeightDiagnostics:
     n = lw.shape[0]
     ess = kish_ess(lw)
     _, k = psis_khat(lw)
-    return WeightDiagnostics(n, ess, ess / n, k, khat_label(k), float(log_mean_exp(lw)),
+    return WeightDiagnostics(n, ess, ess / n, k, khat_label(k, n), float(log_mean_exp(lw)),
                              float(normalized_weights(lw).max()))

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from bayes_rlhf._checks import check_generator, check_int, check_real
-from bayes_rlhf.errors import ConfigError, PromptError
+from bayes_rlhf.errors import ConfigError, PromptError, TokenizerMismatchError
 from bayes_rlhf.logweights import group_sum, normalized_log_weights
 from bayes_rlhf.models.text import encode_known
 
@@ -148,6 +148,11 @@ def as_preferences(data, lm, max_new_tokens: int) -> Preferences:
                               f"max_new_tokens is {max_new_tokens}: sample them for this target")
         if not len(data):
             raise ConfigError("preferences is empty; give at least one (prompt, chosen, rejected) pair")
+        V = lm.vocab_size
+        for ids in (data.chosen_ids, data.rejected_ids):
+            if ids.numel() and (int(ids.max()) >= V or int(ids.min()) < 0):
+                raise TokenizerMismatchError(f"the preferences hold token ids outside this model's vocabulary of {V}: "
+                                             "they were tokenised for another model; sample them for this target")
         return data
     triples = _triples(data)
     rows = {"chosen": [], "rejected": []}

@@ -134,3 +134,10 @@ def test_log_weights_from_a_list_keep_float64_and_one_dimension():
     assert abs(br.weight_diagnostics(lw).log_z - want) < 1e-14
     with pytest.raises(ConfigError, match="1-d"):
         br.weight_diagnostics([[0.0, 1.0], [2.0, 3.0]])
+
+
+def test_khat_label_reads_the_sample_size():
+    # the reliable range is k < min(1 - 1/log10(n), 0.7): 0.29 at n = 25, 0.7 from n = 2154 on
+    assert khat_label(0.4) == "good" and khat_label(0.4, 10_000) == "good"
+    assert khat_label(0.4, 25) == "bad" and khat_label(0.6, 100) == "bad" and khat_label(0.6, 10_000) == "ok"
+    assert khat_label(-math.inf, 25) == "good" and khat_label(1.2, 10_000) == "very bad"

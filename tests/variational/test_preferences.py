@@ -187,3 +187,16 @@ def test_a_real_datasets_dataset(small_target):
     ds = datasets.Dataset.from_dict({"prompt": ["w0"], "chosen": ["w1"], "rejected": ["w2"]})
     assert as_preferences(ds, small_target.prior, 3).chosen_ids.tolist() == [[4, small_target.prior.eos_token_id,
                                                                             small_target.prior.pad_id]]
+
+
+def test_preferences_of_another_vocabulary_are_refused(small_target):
+    # tokenised for a vocab-16 model, they once crashed mid-run with an IndexError
+    from bayes_rlhf.errors import TokenizerMismatchError
+    from bayes_rlhf.models.toy import tiny_lm
+
+    big = br.Target(tiny_lm("gpt2", vocab_size=16, seed=0), small_target.reward, small_target.beta,
+                    small_target.max_new_tokens)
+    pairs = sample_preferences(big, "w0", 32, generator=torch.Generator().manual_seed(0))
+    assert int(pairs.chosen_ids.max()) >= small_target.prior.vocab_size  # the test can fail
+    with pytest.raises(TokenizerMismatchError, match="outside this model's vocabulary"):
+        as_preferences(pairs, small_target.prior, small_target.max_new_tokens)
