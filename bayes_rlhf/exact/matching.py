@@ -1,7 +1,10 @@
-"""Checks that an ExactPosterior a caller holds is a table of a given target: its prior and its reward
-(on completions spread over the table), before it is used as that target's posterior."""
+"""Checks that an ExactPosterior a caller holds is a table of a given target, before it is used as
+that target's posterior (its prior and reward, on completions spread over the table), or as a twist
+or proposal of it (its support: zero only where the target's is)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -28,10 +31,7 @@ def check_prior(target, prompt: str, post: ExactPosterior, what: str, rows: int 
     its log-probs on ``rows`` completions spread over the table): its KLs would be to another pi*."""
     if post.lm is target.prior:
         return
-    k_table, k_target = getattr(post.lm, "top_k", None), target.prior.top_k
-    if post.lm is not None and k_table != k_target:
-        raise ConfigError(f"{what} for {prompt!r} was enumerated from a prior with top_k={k_table}, the target's "
-                          f"has top_k={k_target}; enumerate it from this target")
+    _check_top_k(post, target, what)
     k = post.completion_ids.shape[0]
     idx = torch.linspace(0, k - 1, min(rows, k)).long().unique()
     with torch.no_grad():
@@ -42,3 +42,28 @@ def check_prior(target, prompt: str, post: ExactPosterior, what: str, rows: int 
         raise ConfigError(f"{what} for {prompt!r} was enumerated from another prior than the target's (log pi0 "
                           f"differs by up to {float((got - want).abs().max()):.3g} on its completions); enumerate "
                           "it from this target")
+
+
+def _check_top_k(post: ExactPosterior, target, what: str) -> None:
+    k_table, k_target = getattr(post.lm, "top_k", None), target.prior.top_k
+    if post.lm is not None and k_table != k_target:
+        raise ConfigError(f"{what} for {post.prompt!r} was enumerated from a prior with top_k={k_table}, the "
+                          f"target's has top_k={k_target}: it is 0 on prefixes the target can produce. Enumerate "
+                          "it from this target (exact_posterior(target, prompt))")
+
+
+def check_table_support(post: ExactPosterior, target, what: str, chunk: int = 65536) -> None:
+    """ConfigError for a table (a twist's or proposal's) that is 0 where the target has mass: enumerated
+    from another truncation of the prior, or under a reward that is -inf where the target's is not
+    (E[Z_hat] < Z without a sign). The target's reward is evaluated on the table's -inf rows only."""
+    _check_top_k(post, target, what)
+    zero = torch.nonzero(post.rewards == -math.inf).squeeze(-1)
+    for s in range(0, zero.numel(), chunk):
+        rows = zero[s: s + chunk]
+        r = target.rewards(post.prompt, post.completion_ids[rows], post.mask[rows])
+        if bool((r > -math.inf).any()):
+            i = int(rows[torch.nonzero(r > -math.inf)[0, 0]])
+            text = post.vocabulary.decode(post.completion_ids[i: i + 1], post.mask[i: i + 1])[0]
+            raise ConfigError(f"{what} for {post.prompt!r} gives completion {text!r} probability 0 (its reward "
+                              "-inf), but the target's reward is finite there: it is of another target and would "
+                              "drop that mass. Build it from exact_posterior(target, prompt)")

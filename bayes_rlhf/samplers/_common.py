@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -74,26 +73,6 @@ def check_covers_prior(target: Target, q: CausalLM, sampler: str) -> None:
                       "(E[Z_hat] < Z, with no warning). Pass the proposal untruncated (lm.with_top_k(None)), "
                       "or, for a target truncated to top-k, restricted to that prior's support "
                       "(lm.with_top_k(None).with_support(target.prior))")
-
-
-def check_table_support(post, target: Target, what: str) -> None:
-    """Refuse an ExactPosterior (as a twist or proposal) whose support misses target mass: one
-    enumerated from another truncation of the prior, or under a reward that is -inf where the
-    target's is not (the twist or proposal is 0 there, and E[Z_hat] < Z without a sign)."""
-    k_table, k_target = getattr(post.lm, "top_k", None), target.prior.top_k
-    if post.lm is not None and k_table != k_target:
-        raise ConfigError(f"the {what}'s posterior was enumerated from a prior with top_k={k_table}, the target's "
-                          f"has top_k={k_target}: the {what} would be 0 on prefixes the target can produce. "
-                          "Build it from exact_posterior(target, prompt)")
-    zero = torch.nonzero(post.rewards == -math.inf).squeeze(-1)
-    if zero.numel():
-        r = target.rewards(post.prompt, post.completion_ids[zero], post.mask[zero])
-        if bool((r > -math.inf).any()):
-            i = int(zero[torch.nonzero(r > -math.inf)[0, 0]])
-            raise ConfigError(f"the {what}'s posterior gives completion {post.completions[i]!r} of prompt "
-                              f"{post.prompt!r} probability 0 (its reward -inf), but the target's reward is finite "
-                              f"there: the {what} is of another target and would drop that mass. Build it from "
-                              "exact_posterior(target, prompt)")
 
 
 def prior_log_probs(target: Target, proposal: CausalLM, prompts_per_row: list[str], ids: torch.Tensor,

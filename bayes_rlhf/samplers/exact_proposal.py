@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 
 from bayes_rlhf.errors import ConfigError, TokenizerMismatchError
+from bayes_rlhf.exact.matching import check_table_support
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.samplers._common import check_table_support
 from bayes_rlhf.samplers.proposal_protocol import Proposed, StepView
 from bayes_rlhf.samplers.twists import lookup, posterior_table
 from bayes_rlhf.target import Target
@@ -46,7 +46,7 @@ class ExactProposal:
             if post.completion_ids.shape[1] != target.max_new_tokens:
                 raise ConfigError(f"the proposal posterior has max_new_tokens={post.completion_ids.shape[1]}, "
                                   f"the target {target.max_new_tokens}; enumerate it from the same target")
-            check_table_support(post, target, "proposal")
+            check_table_support(post, target, "the proposal's posterior")
         self.vocab_size = target.prior.vocab_size
 
     def start(self, num_particles: int) -> Blocks:

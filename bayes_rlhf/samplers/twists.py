@@ -22,9 +22,9 @@ import torch
 
 from bayes_rlhf._checks import did_you_mean, is_real
 from bayes_rlhf.errors import ConfigError
+from bayes_rlhf.exact.matching import check_table_support
 from bayes_rlhf.exact.posterior import ExactPosterior
 from bayes_rlhf.rewards.base import evaluate_reward, reward_name
-from bayes_rlhf.samplers._common import check_table_support
 
 
 class Twist(Protocol):
@@ -68,7 +68,7 @@ class ExactTwist:
             if post.completion_ids.shape[1] != target.max_new_tokens:
                 raise ConfigError("the twist's posterior was enumerated with another max_new_tokens "
                                   f"({post.completion_ids.shape[1]} vs {target.max_new_tokens})")
-            check_table_support(post, target, "twist")
+            check_table_support(post, target, "the twist's posterior")
 
     def log_value(self, prompt: str, prefix: tuple) -> float:
         key = (prompt, prefix)
