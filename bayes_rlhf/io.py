@@ -68,6 +68,11 @@ def swap_in(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def under_a_file(path: str | os.PathLike) -> bool:
+    """Whether some folder above ``path`` exists as a file (so ``path`` can never be created)."""
+    return any(p.exists() and not p.is_dir() for p in Path(path).parents)
+
+
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 

@@ -41,7 +41,7 @@ from bayes_rlhf.diagnostics.inference_data import (_float_list, _history_rows, p
 from bayes_rlhf.diagnostics.weights import EmptySamplesError, weight_diagnostics
 from bayes_rlhf.errors import BayesRLHFError, ConfigError
 from bayes_rlhf.exact.posterior import ExactPosterior
-from bayes_rlhf.io import json_restore, json_safe, umask_permissions
+from bayes_rlhf.io import json_restore, json_safe, umask_permissions, under_a_file
 from bayes_rlhf.models.causal_lm import CausalLM
 from bayes_rlhf.models.vocabulary import Vocabulary
 
@@ -194,7 +194,7 @@ def _check_run_dir(run_dir: Path, histories, samples) -> None:
     share one file name."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is a file; give a folder for the run directory")
-    if any(p.exists() and not p.is_dir() for p in run_dir.parents):
+    if under_a_file(run_dir):
         raise RunDirError(f"{run_dir} lies under a file; give a folder's path")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "summary.json").is_file():
         raise RunDirError(f"{run_dir} holds files and is not a run directory (no summary.json): give a new or "

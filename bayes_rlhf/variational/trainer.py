@@ -182,8 +182,7 @@ def _check_paths(config: TrainerConfig) -> None:
     a folder setting that is a file (or under one), a log file setting that is a folder (or under a file)."""
     from pathlib import Path
 
-    def under_a_file(path: Path) -> bool:
-        return any(p.exists() and not p.is_dir() for p in path.parents)
+    from bayes_rlhf.io import under_a_file
 
     for name in ("checkpoint_dir", "tensorboard_dir"):
         value = getattr(config, name)
